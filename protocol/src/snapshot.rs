@@ -1,0 +1,102 @@
+//! The snapshot envelope: a worker's state as opaque bytes, labelled with the
+//! app that wrote it and the schema version of those bytes, and checksummed.
+//!
+//! The supervisor never looks inside `bytes`; it stores the newest envelope and
+//! hands it to the next worker, which checks [`Snapshot::verify`] and the schema
+//! before it decodes anything.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// A checksummed, versioned state blob.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Name of the app that wrote it (a worker refuses another app's state).
+    pub app: String,
+    /// Schema version of `bytes`, as declared by the writing app.
+    pub schema: u32,
+    /// CRC-32 (IEEE) of `bytes`.
+    pub checksum: u32,
+    /// The app's serialized state.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// Why an envelope cannot be used.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    #[error(
+        "snapshot checksum mismatch: envelope says {expected:08x}, bytes hash to {actual:08x}"
+    )]
+    Checksum { expected: u32, actual: u32 },
+    #[error("snapshot was written by app {found:?}, this worker is {expected:?}")]
+    WrongApp { expected: String, found: String },
+    #[error("snapshot schema {found} is not one this build reads (reads {readable:?})")]
+    Schema { found: u32, readable: Vec<u32> },
+}
+
+impl Snapshot {
+    /// Wrap `bytes`, computing the checksum.
+    pub fn seal(app: impl Into<String>, schema: u32, bytes: Vec<u8>) -> Self {
+        let checksum = crc32fast::hash(&bytes);
+        Snapshot {
+            app: app.into(),
+            schema,
+            checksum,
+            bytes,
+        }
+    }
+
+    /// Check the checksum, the app name and that `schema` is one of `readable`.
+    pub fn verify(&self, app: &str, readable: &[u32]) -> Result<(), SnapshotError> {
+        let actual = crc32fast::hash(&self.bytes);
+        if actual != self.checksum {
+            return Err(SnapshotError::Checksum {
+                expected: self.checksum,
+                actual,
+            });
+        }
+        if self.app != app {
+            return Err(SnapshotError::WrongApp {
+                expected: app.into(),
+                found: self.app.clone(),
+            });
+        }
+        if !readable.contains(&self.schema) {
+            return Err(SnapshotError::Schema {
+                found: self.schema,
+                readable: readable.to_vec(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flipped_bit_is_caught() {
+        let mut s = Snapshot::seal("bot", 1, vec![1, 2, 3]);
+        assert!(s.verify("bot", &[1]).is_ok());
+        s.bytes[1] ^= 0x10;
+        assert!(matches!(
+            s.verify("bot", &[1]),
+            Err(SnapshotError::Checksum { .. })
+        ));
+    }
+
+    #[test]
+    fn wrong_app_and_schema_are_refused() {
+        let s = Snapshot::seal("bot", 2, vec![]);
+        assert!(matches!(
+            s.verify("other", &[2]),
+            Err(SnapshotError::WrongApp { .. })
+        ));
+        assert!(matches!(
+            s.verify("bot", &[1]),
+            Err(SnapshotError::Schema { found: 2, .. })
+        ));
+    }
+}

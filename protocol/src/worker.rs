@@ -1,0 +1,162 @@
+//! Messages between the supervisor and a worker, over the worker's inherited
+//! socketpair. See the crate docs for the sequence of a handoff.
+
+use serde::{Deserialize, Serialize};
+
+use crate::snapshot::Snapshot;
+
+/// A connection's identity, chosen by the worker that opened it and kept by
+/// every later worker it is handed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ConnId(pub u32);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "conn#{}", self.0)
+    }
+}
+
+/// What kind of stream a held descriptor carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConnKind {
+    /// A websocket client connection over plain TCP.
+    WebSocket,
+}
+
+/// Description of a connection, as registered by the worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnInfo {
+    pub id: ConnId,
+    /// Name the app gave it (e.g. `feed-0`).
+    pub name: String,
+    pub kind: ConnKind,
+    /// The URL it was opened with.
+    pub url: String,
+    /// Remote address, for operators.
+    pub peer: String,
+}
+
+/// First message of every worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    pub pid: u32,
+    /// Free-form build identity (version, git hash) for operators.
+    pub build_id: String,
+    /// App name (snapshot envelopes carry it).
+    pub app: String,
+    /// Schema version this build writes.
+    pub writes_schema: u32,
+    /// Schema versions this build can read.
+    pub reads_schemas: Vec<u32>,
+}
+
+/// Whether a restore continues a live handoff or follows a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestoreMode {
+    /// The previous worker froze at a message boundary: nothing is missing.
+    Handoff,
+    /// The previous worker died: input since the checkpoint may be missing and
+    /// the app should reconcile.
+    Recovery,
+}
+
+/// One connection handed to a new worker; its descriptor travels in the same
+/// frame, at the same index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnRestore {
+    pub info: ConnInfo,
+    /// Bytes the previous owner had taken from the kernel but not consumed.
+    #[serde(with = "serde_bytes")]
+    pub leftovers: Vec<u8>,
+}
+
+/// Everything a new worker needs to take over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restore {
+    pub mode: RestoreMode,
+    pub snapshot: Option<Snapshot>,
+    pub conns: Vec<ConnRestore>,
+}
+
+/// A connection's part of a frozen worker's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnLeftovers {
+    pub id: ConnId,
+    #[serde(with = "serde_bytes")]
+    pub leftovers: Vec<u8>,
+}
+
+/// A frozen worker's answer to [`ToWorker::Freeze`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frozen {
+    pub snapshot: Snapshot,
+    pub conns: Vec<ConnLeftovers>,
+    /// When the worker stopped consuming ([`crate::monotonic_ns`]).
+    pub frozen_at_ns: u64,
+    /// The app's JSON summary of its state, if it has one.
+    pub summary: Option<String>,
+}
+
+/// A periodic (or requested) copy of the worker's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub snapshot: Snapshot,
+    pub summary: Option<String>,
+    /// When it was taken ([`crate::monotonic_ns`]).
+    pub taken_at_ns: u64,
+}
+
+/// Supervisor → worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Answer to `Hello` for a first start: open your own connections.
+    StartFresh,
+    /// Take over (descriptors attached, one per `conns` entry, in order).
+    /// Answer `Ready` without consuming anything, or `Rejected`.
+    Restore(Restore),
+    /// Start consuming (only after `Ready`).
+    Go,
+    /// Stop consuming at a message boundary, flush, answer `Frozen`.
+    Freeze,
+    /// The upgrade was abandoned: resume exactly where you froze.
+    Thaw,
+    /// Exit without touching the connections (no close frame, no shutdown).
+    Exit,
+    /// Stop for good: close the connections cleanly and exit.
+    Stop,
+    /// Send a `Checkpoint` now.
+    CheckpointNow,
+}
+
+/// Worker → supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromWorker {
+    Hello(Hello),
+    /// A new connection (its descriptor attached): the supervisor keeps a copy.
+    Register(ConnInfo),
+    /// The connection is gone for good; the supervisor drops its copy.
+    Unregister {
+        id: ConnId,
+        reason: String,
+    },
+    Checkpoint(Checkpoint),
+    Frozen(Frozen),
+    /// Could not freeze (e.g. a peer would not take the pending writes); the
+    /// worker carries on as if never asked.
+    FreezeFailed {
+        reason: String,
+    },
+    /// Restored and ready to consume.
+    Ready,
+    /// Refused the restore; the worker exits after sending it.
+    Rejected {
+        reason: String,
+    },
+    /// The first message consumed after `Go`, ([`crate::monotonic_ns`]).
+    FirstConsumed {
+        at_ns: u64,
+    },
+    /// Liveness, from the app's event loop.
+    Heartbeat,
+}
