@@ -1,0 +1,276 @@
+//! One websocket connection: the writer loop (paced trade feed, replies,
+//! pings) running alongside the client reader.
+
+use crate::client_reader::{self, Command};
+use crate::feed::TradeGenerator;
+use crate::frames::{ChunkedWriter, Encoder};
+use crate::state::{signalled, unix_ms, Shared};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+
+/// Serve upgraded connection `id` (already registered in the audit) until it
+/// closes. `initial` holds bytes the client sent right after its upgrade request.
+pub async fn serve(
+    shared: Arc<Shared>,
+    id: u64,
+    stream: TcpStream,
+    peer: SocketAddr,
+    initial: Vec<u8>,
+) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
+    }
+    tracing::info!(conn = id, %peer, "websocket connection open");
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel(256);
+    tokio::join!(
+        client_reader::read_loop(&shared, id, rd, initial, tx),
+        write_loop(&shared, id, wr, rx),
+    );
+    shared.notify_progress();
+    tracing::info!(conn = id, "websocket connection done");
+}
+
+/// Paces trade emission at `rate` per second per stream, in batches.
+struct Pacer {
+    rate: u64,
+    base: Instant,
+    emitted: u64,
+}
+
+impl Pacer {
+    fn new(rate: u32) -> Self {
+        Self {
+            rate: u64::from(rate.max(1)),
+            base: Instant::now(),
+            emitted: 0,
+        }
+    }
+
+    /// Restart the schedule (after subscribing or resuming) without a backlog.
+    fn reset(&mut self) {
+        self.base = Instant::now();
+        self.emitted = 0;
+    }
+
+    /// Trades per stream due now. A backlog (slow reader) is capped at 50 ms
+    /// worth: the rate drops, ids are never skipped.
+    fn due(&mut self) -> u64 {
+        let elapsed = Instant::now()
+            .saturating_duration_since(self.base)
+            .as_nanos();
+        let due_total = u64::try_from(elapsed * u128::from(self.rate) / 1_000_000_000)
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let cap = (self.rate / 20).max(1);
+        let mut n = due_total.saturating_sub(self.emitted);
+        if n > cap {
+            self.emitted = due_total - cap;
+            n = cap;
+        }
+        self.emitted += n;
+        n
+    }
+
+    fn period(&self) -> Duration {
+        Duration::from_nanos(1_000_000_000 / self.rate).max(Duration::from_millis(1))
+    }
+}
+
+fn write_error_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe => "reset".into(),
+        _ => format!("error: write: {e}"),
+    }
+}
+
+/// Per-connection seed for the shaping randomness (not part of the feed).
+fn shaping_seed(seed: u64, id: u64, salt: u64) -> u64 {
+    seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt
+}
+
+/// What the writer does after handling one event.
+enum Next {
+    Continue,
+    /// Flush what is buffered, shut the write side down, and stop.
+    Finish,
+    /// Stop without writing anything more.
+    Stop,
+}
+
+struct Writer<'a> {
+    shared: &'a Shared,
+    id: u64,
+    encoder: Encoder,
+    generators: Vec<TradeGenerator>,
+    pacer: Pacer,
+    buf: Vec<u8>,
+    pings: u64,
+}
+
+impl Writer<'_> {
+    fn push_text(&mut self, text: String) -> io::Result<()> {
+        let pushed = self.encoder.push_text(text, &mut self.buf)?;
+        self.pings += pushed.pings;
+        Ok(())
+    }
+
+    fn handle(&mut self, cmd: Option<Command>) -> io::Result<Next> {
+        match cmd {
+            // The reader is done (EOF, reset): the client is gone.
+            None => return Ok(Next::Stop),
+            Some(Command::Subscribe { streams, response }) => {
+                self.push_text(response)?;
+                let first = self.generators.is_empty();
+                let cfg = &self.shared.config;
+                for stream in streams {
+                    if !self.generators.iter().any(|g| g.stream() == stream) {
+                        let g = TradeGenerator::new(&stream, cfg.seed, cfg.last_trade);
+                        self.generators.push(g);
+                    }
+                }
+                if first {
+                    self.pacer.reset();
+                }
+            }
+            Some(Command::Reply(text)) => self.push_text(text)?,
+            Some(Command::Pong(payload)) => self.encoder.push_pong(payload, &mut self.buf)?,
+            Some(Command::Close(code)) => {
+                let code = code.unwrap_or(1000);
+                self.encoder.push_close(code, "", &mut self.buf)?;
+                return Ok(Next::Finish);
+            }
+        }
+        Ok(Next::Continue)
+    }
+
+    /// Our own shutdown: close with 1001 (going away).
+    fn going_away(&mut self) -> io::Result<Next> {
+        self.shared.audit(|a| a.close(self.id, "shutdown"));
+        self.encoder.push_close(1001, "shutdown", &mut self.buf)?;
+        Ok(Next::Finish)
+    }
+
+    fn feeding(&self) -> bool {
+        self.generators.iter().any(|g| !g.is_finished())
+    }
+
+    /// Encode the trades due now; records them as sent (before they are written,
+    /// so an ack can never overtake its own `sent` record).
+    fn produce(&mut self) -> io::Result<()> {
+        let rounds = self.pacer.due();
+        let now_ms = unix_ms();
+        let mut sent: Vec<(u64, u64)> = vec![(0, 0); self.generators.len()];
+        for _ in 0..rounds {
+            for (i, slot) in sent.iter_mut().enumerate() {
+                let Some(generator) = self.generators.get_mut(i) else {
+                    continue;
+                };
+                let Some(trade) = generator.next_trade() else {
+                    continue;
+                };
+                let text = generator.encode(&trade, now_ms, self.encoder.next_pad());
+                *slot = (slot.0 + 1, trade.id);
+                self.push_text(text)?;
+            }
+        }
+        let (id, generators) = (self.id, &self.generators);
+        self.shared.audit(|a| {
+            for (g, (count, last)) in generators.iter().zip(&sent) {
+                if *count > 0 {
+                    a.sent(id, g.stream(), *count, *last);
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+async fn write_loop(shared: &Shared, id: u64, wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Command>) {
+    let cfg = &shared.config;
+    let mut out = ChunkedWriter::new(wr, cfg.max_chunk, shaping_seed(cfg.seed, id, 1));
+    let mut w = Writer {
+        shared,
+        id,
+        encoder: Encoder::new(cfg.shaping, shaping_seed(cfg.seed, id, 2)),
+        generators: Vec::new(),
+        pacer: Pacer::new(cfg.rate),
+        buf: Vec::new(),
+        pings: 0,
+    };
+    let mut paused_rx = shared.paused();
+    let mut paused = *paused_rx.borrow_and_update();
+    let mut pause_switch_alive = true;
+    let mut shutdown = shared.shutdown();
+    let mut ticker = tokio::time::interval(w.pacer.period());
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        let feeding = !paused && w.feeding();
+        let next = tokio::select! {
+            biased;
+            () = signalled(&mut shutdown) => w.going_away(),
+            cmd = rx.recv() => {
+                // The reader also stops on shutdown, and tokio's task budget can
+                // let its hang-up win over the (biased) shutdown branch.
+                if cmd.is_none() && *shutdown.borrow() {
+                    w.going_away()
+                } else {
+                    w.handle(cmd)
+                }
+            }
+            changed = paused_rx.changed(), if pause_switch_alive => {
+                pause_switch_alive = changed.is_ok();
+                if pause_switch_alive {
+                    let was = paused;
+                    paused = *paused_rx.borrow_and_update();
+                    if was && !paused {
+                        w.pacer.reset();
+                    }
+                }
+                Ok(Next::Continue)
+            }
+            _ = ticker.tick(), if feeding => w.produce().map(|()| Next::Continue),
+        };
+        let next = match next {
+            Ok(next) => next,
+            Err(e) => {
+                // Encoding into memory failed: nothing sensible to send.
+                shared.audit(|a| a.close(id, &format!("error: encode: {e}")));
+                Next::Stop
+            }
+        };
+        if matches!(next, Next::Stop) {
+            return;
+        }
+        if w.pings > 0 {
+            let pings = std::mem::take(&mut w.pings);
+            shared.audit(|a| {
+                if let Some(c) = a.conn(id) {
+                    c.pings_sent += pings;
+                }
+            });
+        }
+        if !w.buf.is_empty() {
+            let result = out.write_all(&w.buf).await;
+            w.buf.clear();
+            if let Err(e) = result {
+                tracing::info!(conn = id, "write failed: {e}");
+                shared.audit(|a| a.close(id, &write_error_reason(&e)));
+                shared.notify_progress();
+                return;
+            }
+        }
+        if matches!(next, Next::Finish) {
+            let _ = out.shutdown().await;
+            return;
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! `exchange-sim`: an adversarial market-data exchange for testing clients
+//! that must not lose a message, in particular across zero-downtime process
+//! handoffs.
+//!
+//! The simulator serves a websocket feed shaped like Binance's combined
+//! stream: a client sends `{"method":"SUBSCRIBE","params":["btcusdt@trade"],"id":1}`
+//! and then receives `{"stream":"btcusdt@trade","data":{"e":"trade",…,"t":1,…}}`
+//! messages whose trade ids are contiguous from 1 on every connection and whose
+//! prices/quantities follow a seeded random walk (same `--seed` ⇒ same
+//! sequence, byte for byte, whatever the timing).
+//!
+//! To prove that a client's framing layer is robust, the feed can fragment
+//! messages into continuation frames, put pings between fragments, pad
+//! messages to ~70 kB, and write its byte stream in random small chunks so that
+//! frames straddle TCP segments (see [`Args`]).
+//!
+//! Clients acknowledge each trade with `{"method":"ack","stream":…,"t":…}`.
+//! The simulator audits those acks per connection and stream (gaps,
+//! duplicates, reordering, unknown ids, the longest silence between acks) and
+//! records protocol violations (unmasked or malformed frames). The audit is
+//! served as JSON over plain HTTP on the same port (`GET /audit`, optionally
+//! `?wait_acked_ms=N` to wait until everything sent has been acked), next to
+//! `GET /pause`, `GET /resume` and `GET /health`.
+//!
+//! Entry points: [`cli_main`] for the binary, [`run`] to run with flags until
+//! SIGINT/SIGTERM, and [`Sim`] / [`bind`] to embed the simulator in tests.
+
+#![forbid(unsafe_code)]
+
+mod args;
+pub mod audit;
+mod client_reader;
+mod connection;
+mod error;
+pub mod feed;
+mod frames;
+mod http;
+mod requests;
+mod rng;
+mod server;
+mod state;
+
+pub use args::Args;
+pub use error::SimError;
+
+use state::{Config, Shared};
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// A bound, not yet serving simulator.
+#[derive(Debug)]
+pub struct Sim {
+    listener: TcpListener,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+/// Controls a running simulator from the same process.
+#[derive(Debug, Clone)]
+pub struct SimHandle {
+    shared: Arc<Shared>,
+}
+
+impl SimHandle {
+    /// Stop accepting, send close frames (1001) on every connection, and make
+    /// [`Sim::serve`] return.
+    pub fn shutdown(&self) {
+        self.shared.shut_down();
+    }
+
+    /// Same as `GET /pause`.
+    pub fn pause(&self) {
+        self.shared.pause();
+    }
+
+    /// Same as `GET /resume`.
+    pub fn resume(&self) {
+        self.shared.resume();
+    }
+
+    /// Same as `GET /audit`.
+    pub fn audit_json(&self) -> String {
+        self.shared.audit_json()
+    }
+}
+
+fn validate(args: &Args) -> Result<(), SimError> {
+    let streams = args.stream_names();
+    if streams.is_empty() {
+        return Err(SimError::InvalidArgs("--symbols names no symbol".into()));
+    }
+    if let Some(bad) = streams
+        .iter()
+        .find(|s| !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'@'))
+    {
+        return Err(SimError::InvalidArgs(format!(
+            "symbols must be ASCII letters and digits, got {bad:?}"
+        )));
+    }
+    Ok(())
+}
+
+impl Sim {
+    /// Validate `args` and bind the listening socket.
+    pub async fn bind(args: Args) -> Result<Self, SimError> {
+        validate(&args)?;
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .map_err(|source| SimError::Bind {
+                addr: args.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| SimError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+        let shared = Arc::new(Shared::new(Config::from_args(&args)));
+        Ok(Self {
+            listener,
+            addr,
+            shared,
+        })
+    }
+
+    /// The address actually bound (with the real port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A handle to shut down, pause or inspect the simulator.
+    pub fn handle(&self) -> SimHandle {
+        SimHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serve until [`SimHandle::shutdown`].
+    pub async fn serve(self) -> Result<(), SimError> {
+        server::accept_loop(self.shared, self.listener).await;
+        Ok(())
+    }
+}
+
+/// Bind and return the bound address plus the future that serves forever
+/// (spawn it; dropping it stops accepting).
+pub async fn bind(
+    args: Args,
+) -> Result<
+    (
+        SocketAddr,
+        impl Future<Output = Result<(), SimError>> + Send + 'static,
+    ),
+    SimError,
+> {
+    let sim = Sim::bind(args).await?;
+    Ok((sim.local_addr(), sim.serve()))
+}
+
+/// Bind, print `listening ADDR` on stdout, and serve until SIGINT or SIGTERM.
+pub async fn run(args: Args) -> Result<(), SimError> {
+    let sim = Sim::bind(args).await?;
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening {}", sim.local_addr()).map_err(SimError::Stdout)?;
+        stdout.flush().map_err(SimError::Stdout)?;
+    }
+    let handle = sim.handle();
+    let signals = shutdown_signal()?;
+    tokio::spawn(async move {
+        signals.await;
+        tracing::info!("shutting down");
+        handle.shutdown();
+    });
+    sim.serve().await
+}
+
+#[cfg(unix)]
+fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, SimError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(SimError::Runtime)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(SimError::Runtime)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, SimError> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+}
+
+/// The `exchange-sim` binary: parse flags, log to stderr (`RUST_LOG`, default
+/// `warn`), run on a multi-thread runtime.
+pub fn cli_main() -> ExitCode {
+    let args = <Args as clap::Parser>::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(filter)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("exchange-sim: {}", SimError::Runtime(e));
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("exchange-sim: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

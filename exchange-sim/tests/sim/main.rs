@@ -1,0 +1,8 @@
+//! End-to-end tests of the simulator over real sockets (port 0, in-process).
+
+mod acks;
+mod control;
+mod feed;
+mod protocol;
+mod raw;
+mod support;
