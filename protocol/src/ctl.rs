@@ -67,6 +67,7 @@ pub struct PhaseEvent {
 
 /// How a handoff ended (or that it is still running).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     InProgress,
     Completed,

@@ -1,0 +1,74 @@
+//! What an application implements to become handoff-capable.
+
+use handoff_protocol::worker::{ConnId, ConnInfo, RestoreMode};
+use thiserror::Error;
+use tungstenite::Message;
+
+/// An app-level failure to snapshot or restore state.
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct AppError(pub String);
+
+impl AppError {
+    pub fn new(msg: impl std::fmt::Display) -> Self {
+        AppError(msg.to_string())
+    }
+}
+
+/// Messages an app wants written, in order, after a callback returns.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pub(crate) queued: Vec<(ConnId, Message)>,
+}
+
+impl Outbox {
+    /// Queue `msg` for the connection `conn`.
+    pub fn send(&mut self, conn: ConnId, msg: Message) {
+        self.queued.push((conn, msg));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queued.is_empty()
+    }
+}
+
+/// A stateful service driven by the worker runtime.
+///
+/// The runtime owns the connections and the loop; the app owns its state and
+/// says how to turn it into bytes and back. Callbacks are synchronous and run
+/// one at a time on the runtime's task, so the state is always consistent
+/// with the messages consumed when a freeze comes: a freeze happens only
+/// between two callbacks.
+pub trait App: Sized + Send + 'static {
+    /// Written into every snapshot envelope; a snapshot of another app is refused.
+    const NAME: &'static str;
+    /// Schema version of what [`App::snapshot`] writes.
+    const SCHEMA: u32;
+
+    /// Schema versions [`App::restore`] can read (announced in `Hello`, so the
+    /// supervisor refuses an incompatible successor before anything freezes).
+    fn reads_schemas() -> Vec<u32> {
+        vec![Self::SCHEMA]
+    }
+
+    /// Serialize the whole state.
+    fn snapshot(&self) -> Result<Vec<u8>, AppError>;
+
+    /// Replace the state of this freshly built app (its settings come from
+    /// this build's configuration) with the state in `bytes`, of schema
+    /// `schema`. `mode` says whether input may have been missed since the
+    /// snapshot (after a crash). An error refuses the takeover: the old worker
+    /// is thawed and nothing is lost.
+    fn restore(&mut self, schema: u32, bytes: &[u8], mode: RestoreMode) -> Result<(), AppError>;
+
+    /// A small JSON object for operators (`supervisorctl status`).
+    fn summary(&self) -> Option<String> {
+        None
+    }
+
+    /// A connection was opened fresh (not handed over): subscribe here.
+    fn on_open(&mut self, conn: &ConnInfo, out: &mut Outbox);
+
+    /// One message consumed from `conn`.
+    fn on_message(&mut self, conn: &ConnInfo, msg: Message, out: &mut Outbox);
+}

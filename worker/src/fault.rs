@@ -1,0 +1,44 @@
+//! Fault hooks for the end-to-end tests, compiled only with the
+//! `fault-injection` feature (which only the test build enables).
+//!
+//! `HANDOFF_FAULT=<point>` makes the worker misbehave at that point:
+//! `exit-at-start`, `hang-before-hello`, `crash-after-restore`,
+//! `hang-after-restore`, `reject-restore`.
+
+/// Points in a worker's life where a fault can be injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultPoint {
+    Start,
+    BeforeHello,
+    AfterRestore,
+}
+
+/// What a hook asks the runtime to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultAction {
+    None,
+    Reject,
+}
+
+#[cfg(feature = "fault-injection")]
+pub async fn hit(point: FaultPoint) -> FaultAction {
+    let Ok(fault) = std::env::var("HANDOFF_FAULT") else {
+        return FaultAction::None;
+    };
+    match (point, fault.as_str()) {
+        (FaultPoint::Start, "exit-at-start") => std::process::exit(3),
+        (FaultPoint::BeforeHello, "hang-before-hello")
+        | (FaultPoint::AfterRestore, "hang-after-restore") => {
+            std::future::pending::<()>().await;
+            FaultAction::None
+        }
+        (FaultPoint::AfterRestore, "crash-after-restore") => std::process::abort(),
+        (FaultPoint::AfterRestore, "reject-restore") => FaultAction::Reject,
+        _ => FaultAction::None,
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+pub async fn hit(_point: FaultPoint) -> FaultAction {
+    FaultAction::None
+}

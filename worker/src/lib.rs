@@ -1,0 +1,72 @@
+//! # handoff-worker
+//!
+//! Link this into a stateful tokio service and its websocket connections and
+//! state survive a deploy: the `handoff` supervisor starts the new build, this
+//! library freezes the old one at a message boundary, and the connections, the
+//! bytes read but not yet consumed, and the app's state move to the new
+//! process. The exchange never sees a disconnect.
+//!
+//! An app implements [`App`]: `snapshot`/`restore` for its state, and
+//! `on_open`/`on_message` for its traffic. [`run`] does the rest:
+//!
+//! - **start**: under a supervisor (`HANDOFF_FD` in the environment) it says
+//!   `Hello` (protocol, build, schema versions it reads) and either opens its
+//!   feeds fresh, registering each socket with the supervisor, or takes over
+//!   the handed-over sockets and snapshot ([`start`]); alone, it just serves;
+//! - **serve**: one task consumes messages one at a time from all connections,
+//!   fairly; heartbeats and periodic checkpoints go to the supervisor
+//!   ([`serve`]);
+//! - **freeze**: between two messages, flush every connection (pending pongs
+//!   included), snapshot, and hand over each connection's leftovers; then wait
+//!   to be thawed (a failed upgrade: resume exactly where it stopped) or told
+//!   to exit (without touching the connections);
+//! - **the stream** ([`stream::HandoffStream`]) sits below tungstenite and only
+//!   ever takes whole websocket frames out of the kernel, so tungstenite's
+//!   buffer is empty between messages and the leftovers are known exactly.
+//!
+//! ```no_run
+//! use handoff_worker::{App, AppError, Feed, Outbox, Settings};
+//! use handoff_worker::protocol::worker::{ConnInfo, RestoreMode};
+//! use handoff_worker::Message;
+//!
+//! #[derive(Default)]
+//! struct Counter { seen: u64 }
+//!
+//! impl App for Counter {
+//!     const NAME: &'static str = "counter";
+//!     const SCHEMA: u32 = 1;
+//!     fn snapshot(&self) -> Result<Vec<u8>, AppError> { Ok(self.seen.to_le_bytes().to_vec()) }
+//!     fn restore(&mut self, _schema: u32, bytes: &[u8], _mode: RestoreMode) -> Result<(), AppError> {
+//!         self.seen = bytes.try_into().map(u64::from_le_bytes).map_err(AppError::new)?;
+//!         Ok(())
+//!     }
+//!     fn on_open(&mut self, conn: &ConnInfo, out: &mut Outbox) {
+//!         out.send(conn.id, Message::text(r#"{"method":"SUBSCRIBE","params":["btcusdt@trade"],"id":1}"#));
+//!     }
+//!     fn on_message(&mut self, _conn: &ConnInfo, _msg: Message, _out: &mut Outbox) { self.seen += 1; }
+//! }
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let feeds = vec![Feed { name: "feed-0".into(), url: "ws://127.0.0.1:9443/ws".into() }];
+//! handoff_worker::run(feeds, Settings::default(), Counter::default).await?;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod conn;
+pub mod error;
+pub mod fault;
+pub mod link;
+pub mod serve;
+pub mod settings;
+pub mod start;
+pub mod stream;
+
+pub use app::{App, AppError, Outbox};
+pub use conn::Feed;
+pub use error::{RestoreError, WorkerError};
+pub use handoff_protocol as protocol;
+pub use settings::Settings;
+pub use start::{run, Ended};
+pub use tungstenite::Message;

@@ -1,0 +1,316 @@
+//! The event loop: consume messages one at a time, answer the supervisor,
+//! freeze at a message boundary, thaw or exit.
+
+use std::future::poll_fn;
+use std::task::Poll;
+
+use futures_util::{SinkExt, StreamExt};
+use handoff_protocol::worker::{Checkpoint, ConnLeftovers, FromWorker, Frozen, ToWorker};
+use handoff_protocol::{monotonic_ns, Snapshot};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::{interval, timeout, MissedTickBehavior};
+use tracing::{debug, info, warn};
+use tungstenite::Message;
+
+use crate::app::{App, Outbox};
+use crate::conn::Conn;
+use crate::error::WorkerError;
+use crate::link::{recv_opt, Link};
+use crate::settings::Settings;
+use crate::start::Ended;
+
+/// Whether the supervisor waits to hear of the first consumed message (the
+/// end of a handoff's blackout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Awaiting {
+    Nothing,
+    FirstMessage,
+}
+
+/// How a freeze ended.
+enum AfterFreeze {
+    /// Abandoned upgrade (or failed freeze): carry on exactly where we were.
+    Thawed,
+    /// A successor is live: leave without touching the connections.
+    Exit,
+    /// Stop for good.
+    Stop,
+}
+
+/// The app, its connections and its supervisor link.
+pub(crate) struct Worker<A> {
+    pub(crate) app: A,
+    conns: Vec<Conn>,
+    pub(crate) link: Option<Link>,
+    pub(crate) settings: Settings,
+    /// Round-robin start for fairness between connections.
+    next_poll: usize,
+}
+
+impl<A: App> Worker<A> {
+    pub(crate) fn new(app: A, settings: Settings, link: Option<Link>) -> Self {
+        Worker {
+            app,
+            conns: Vec::new(),
+            link,
+            settings,
+            next_poll: 0,
+        }
+    }
+
+    pub(crate) fn conns(&self) -> &[Conn] {
+        &self.conns
+    }
+
+    pub(crate) fn push_conn(&mut self, conn: Conn) {
+        self.conns.push(conn);
+    }
+
+    pub(crate) fn adopt(&mut self, conns: Vec<Conn>) {
+        self.conns.extend(conns);
+    }
+
+    /// Serve until handed over, stopped, or failed.
+    pub(crate) async fn serve(&mut self, mut awaiting: Awaiting) -> Result<Ended, WorkerError> {
+        let mut heartbeat = interval(self.settings.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut checkpoint = interval(self.settings.checkpoint_interval);
+        checkpoint.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        checkpoint.reset();
+        let mut sigterm = signal(SignalKind::terminate()).map_err(WorkerError::Signals)?;
+        let mut sigint = signal(SignalKind::interrupt()).map_err(WorkerError::Signals)?;
+        loop {
+            let linked = self.link.is_some();
+            tokio::select! {
+                biased;
+                cmd = recv_opt(&mut self.link) => {
+                    let cmd = match cmd {
+                        Ok(Some((cmd, _fds))) => cmd,
+                        Ok(None) => {
+                            warn!("supervisor went away; serving on standalone");
+                            self.link = None;
+                            continue;
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "supervisor channel broken; serving on standalone");
+                            self.link = None;
+                            continue;
+                        }
+                    };
+                    match cmd {
+                        ToWorker::Freeze => match self.freeze().await? {
+                            AfterFreeze::Thawed => info!("thawed: resuming where we froze"),
+                            AfterFreeze::Exit => return Ok(Ended::HandedOver),
+                            AfterFreeze::Stop => return self.stop().await,
+                        },
+                        ToWorker::CheckpointNow => self.send_checkpoint().await?,
+                        ToWorker::Stop => return self.stop().await,
+                        ToWorker::Exit => return Ok(Ended::HandedOver),
+                        ToWorker::Thaw | ToWorker::Go => debug!(?cmd, "ignored: not frozen"),
+                        other => return Err(WorkerError::Unexpected { when: "serving", what: format!("{other:?}") }),
+                    }
+                }
+                (idx, item) = next_message(&mut self.conns, &mut self.next_poll) => {
+                    let at_ns = monotonic_ns();
+                    match item {
+                        Some(Ok(msg)) => {
+                            let mut out = Outbox::default();
+                            self.app.on_message(&self.conns[idx].info, msg, &mut out);
+                            self.write_outbox(out).await;
+                            if awaiting == Awaiting::FirstMessage {
+                                awaiting = Awaiting::Nothing;
+                                if let Some(link) = self.link.as_mut() {
+                                    link.send(&FromWorker::FirstConsumed { at_ns }).await?;
+                                }
+                            }
+                        }
+                        Some(Err(e)) => self.drop_conn(idx, format!("read failed: {e}")).await?,
+                        None => self.drop_conn(idx, "closed by the peer".into()).await?,
+                    }
+                }
+                _ = heartbeat.tick(), if linked => {
+                    if let Some(link) = self.link.as_mut() {
+                        link.send(&FromWorker::Heartbeat).await?;
+                    }
+                }
+                _ = checkpoint.tick(), if linked => self.send_checkpoint().await?,
+                _ = sigterm.recv() => if self.on_stop_signal("SIGTERM") { return self.stop().await },
+                _ = sigint.recv() => if self.on_stop_signal("SIGINT") { return self.stop().await },
+            }
+        }
+    }
+
+    /// Under a supervisor, stop signals are the supervisor's to act on (it
+    /// tells this worker to stop); alone, they stop the worker.
+    fn on_stop_signal(&self, name: &str) -> bool {
+        if self.link.is_some() {
+            info!(
+                signal = name,
+                "ignored: the supervisor decides when this worker stops"
+            );
+            false
+        } else {
+            info!(signal = name, "stopping");
+            true
+        }
+    }
+
+    /// Write what the app queued, in order. A connection whose write fails is
+    /// dropped (and unregistered); the others carry on.
+    pub(crate) async fn write_outbox(&mut self, out: Outbox) {
+        for (id, msg) in out.queued {
+            let Some(idx) = self.conns.iter().position(|c| c.info.id == id) else {
+                warn!(conn = %id, "app wrote to an unknown connection; dropped");
+                continue;
+            };
+            if let Err(e) = self.conns[idx].ws.send(msg).await {
+                let _ = self.drop_conn(idx, format!("write failed: {e}")).await;
+            }
+        }
+    }
+
+    async fn drop_conn(&mut self, idx: usize, reason: String) -> Result<(), WorkerError> {
+        let conn = self.conns.remove(idx);
+        warn!(conn = %conn.info.id, name = %conn.info.name, %reason, "connection lost");
+        if let Some(link) = self.link.as_mut() {
+            link.send(&FromWorker::Unregister {
+                id: conn.info.id,
+                reason,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn seal(&self) -> Result<Snapshot, WorkerError> {
+        let bytes = self.app.snapshot().map_err(WorkerError::Snapshot)?;
+        Ok(Snapshot::seal(A::NAME, A::SCHEMA, bytes))
+    }
+
+    async fn send_checkpoint(&mut self) -> Result<(), WorkerError> {
+        let snapshot = self.seal()?;
+        let summary = self.app.summary();
+        if let Some(link) = self.link.as_mut() {
+            let taken_at_ns = monotonic_ns();
+            link.send(&FromWorker::Checkpoint(Checkpoint {
+                snapshot,
+                summary,
+                taken_at_ns,
+            }))
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Step 4 of a handoff: stop consuming (we are between two messages),
+    /// flush every connection, snapshot, and hand over the leftovers. Then
+    /// wait to be thawed or told to exit; nothing is read or written on the
+    /// connections in between.
+    async fn freeze(&mut self) -> Result<AfterFreeze, WorkerError> {
+        let frozen_at_ns = monotonic_ns();
+        let limit = self.settings.freeze_flush_timeout;
+        let mut failure = None;
+        for conn in &mut self.conns {
+            match timeout(limit, conn.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = Some(format!("{}: flush failed: {e}", conn.info.id)),
+                Err(_) => {
+                    failure = Some(format!(
+                        "{}: pending writes not flushed within {limit:?}",
+                        conn.info.id
+                    ))
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
+        let snapshot = match (failure, self.seal()) {
+            (None, Ok(s)) => s,
+            (Some(reason), _)
+            | (None, Err(WorkerError::Snapshot(crate::app::AppError(reason)))) => {
+                warn!(%reason, "cannot freeze; carrying on");
+                if let Some(link) = self.link.as_mut() {
+                    link.send(&FromWorker::FreezeFailed { reason }).await?;
+                }
+                return Ok(AfterFreeze::Thawed);
+            }
+            (None, Err(e)) => return Err(e),
+        };
+        let conns = self
+            .conns
+            .iter()
+            .map(|c| ConnLeftovers {
+                id: c.info.id,
+                leftovers: c.leftovers(),
+            })
+            .collect();
+        let summary = self.app.summary();
+        let Some(link) = self.link.as_mut() else {
+            return Ok(AfterFreeze::Thawed);
+        };
+        link.send(&FromWorker::Frozen(Frozen {
+            snapshot,
+            conns,
+            frozen_at_ns,
+            summary,
+        }))
+        .await?;
+        info!("frozen");
+        let mut heartbeat = interval(self.settings.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = link.recv() => match cmd {
+                    Ok(Some((ToWorker::Thaw, _))) => return Ok(AfterFreeze::Thawed),
+                    Ok(Some((ToWorker::Exit, _))) => return Ok(AfterFreeze::Exit),
+                    Ok(Some((ToWorker::Stop, _))) => return Ok(AfterFreeze::Stop),
+                    Ok(Some((other, _))) => debug!(?other, "ignored while frozen"),
+                    Ok(None) | Err(_) => {
+                        // Without a supervisor no successor can go live (it
+                        // waits for Go from the supervisor), so serving on is
+                        // the only way nothing is lost.
+                        warn!("supervisor went away while frozen; thawing");
+                        self.link = None;
+                        return Ok(AfterFreeze::Thawed);
+                    }
+                },
+                _ = heartbeat.tick() => link.send(&FromWorker::Heartbeat).await?,
+            }
+        }
+    }
+
+    /// Graceful stop: a final checkpoint, close handshakes, exit.
+    async fn stop(&mut self) -> Result<Ended, WorkerError> {
+        let _ = self.send_checkpoint().await;
+        for conn in &mut self.conns {
+            if timeout(self.settings.close_timeout, conn.ws.close(None))
+                .await
+                .is_err()
+            {
+                warn!(conn = %conn.info.id, "close handshake timed out");
+            }
+        }
+        Ok(Ended::Stopped)
+    }
+}
+
+/// The next message from any connection, fairly. Cancel-safe: all state lives
+/// in the streams. Pending forever when there are no connections.
+async fn next_message(
+    conns: &mut [Conn],
+    next: &mut usize,
+) -> (usize, Option<Result<Message, tungstenite::Error>>) {
+    poll_fn(|cx| {
+        let n = conns.len();
+        for i in 0..n {
+            let idx = (*next + i) % n;
+            if let Poll::Ready(item) = conns[idx].ws.poll_next_unpin(cx) {
+                *next = idx + 1;
+                return Poll::Ready((idx, item));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}

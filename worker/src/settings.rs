@@ -1,0 +1,38 @@
+//! Settings of the worker runtime. Every timeout says what it protects.
+
+use std::time::Duration;
+
+/// How the runtime paces itself.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Build identity reported in `Hello` (version, git hash).
+    pub build_id: String,
+    /// How often the state is checkpointed to the supervisor: bounds what a
+    /// crash can lose (recovery restarts from the newest checkpoint).
+    pub checkpoint_interval: Duration,
+    /// How often the event loop tells the supervisor it is alive; the
+    /// supervisor's hang detection counts missed heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Longest a freeze waits for pending writes (acks, pongs) to reach the
+    /// kernel. Past it the freeze fails and this worker carries on serving:
+    /// a peer that stopped reading must not stall the worker forever, and
+    /// writes are never split between two processes.
+    pub freeze_flush_timeout: Duration,
+    /// Longest a fresh TCP connect plus websocket handshake may take.
+    pub connect_timeout: Duration,
+    /// Longest a graceful stop waits for each close handshake.
+    pub close_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            build_id: concat!("handoff-worker ", env!("CARGO_PKG_VERSION")).to_string(),
+            checkpoint_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_millis(500),
+            freeze_flush_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(2),
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! How a worker starts: standalone, fresh under a supervisor, or by taking
+//! over from a previous worker (handoff or recovery).
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use handoff_protocol::worker::{ConnId, FromWorker, Hello, Restore, RestoreMode, ToWorker};
+use handoff_protocol::PROTOCOL_VERSION;
+use tracing::{info, warn};
+
+use crate::app::{App, Outbox};
+use crate::conn::{Conn, Feed};
+use crate::error::{RestoreError, WorkerError};
+use crate::fault::{self, FaultAction, FaultPoint};
+use crate::link::Link;
+use crate::serve::{Awaiting, Worker};
+use crate::settings::Settings;
+
+/// How the runtime ended, for the binary's exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// Handed everything to a successor and exited without touching the
+    /// connections.
+    HandedOver,
+    /// Stopped on request; connections closed cleanly.
+    Stopped,
+    /// A takeover was refused (the reason went to the supervisor).
+    Rejected(String),
+    /// The supervisor abandoned this (not yet live) successor.
+    Abandoned,
+}
+
+/// Run `app` until it hands over, stops or fails.
+///
+/// Under a supervisor (`HANDOFF_FD` set) the worker says Hello and is told
+/// whether to start fresh (open `feeds` itself) or to take over connections
+/// and state. Without one it opens `feeds` and serves alone, stopping on
+/// SIGTERM or SIGINT.
+pub async fn run<A: App>(
+    feeds: Vec<Feed>,
+    settings: Settings,
+    fresh: impl FnOnce() -> A,
+) -> Result<Ended, WorkerError> {
+    fault::hit(FaultPoint::Start).await;
+    let Some(mut link) = Link::from_env()? else {
+        info!("no supervisor: running standalone");
+        let mut worker = Worker::new(fresh(), settings, None);
+        worker.open_feeds(&feeds).await?;
+        return worker.serve(Awaiting::Nothing).await;
+    };
+    fault::hit(FaultPoint::BeforeHello).await;
+    link.send(&FromWorker::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        pid: std::process::id(),
+        build_id: settings.build_id.clone(),
+        app: A::NAME.to_string(),
+        writes_schema: A::SCHEMA,
+        reads_schemas: A::reads_schemas(),
+    }))
+    .await?;
+    let Some((first, fds)) = link.recv().await? else {
+        return Err(WorkerError::SupervisorGone {
+            when: "before the start command",
+        });
+    };
+    match first {
+        ToWorker::StartFresh => {
+            info!("starting fresh");
+            let mut worker = Worker::new(fresh(), settings, Some(link));
+            worker.open_feeds(&feeds).await?;
+            worker.serve(Awaiting::Nothing).await
+        }
+        ToWorker::Restore(restore) => take_over(fresh(), restore, fds, feeds, settings, link).await,
+        ToWorker::Exit | ToWorker::Stop => Ok(Ended::Abandoned),
+        other => Err(WorkerError::Unexpected {
+            when: "before start",
+            what: format!("{other:?}"),
+        }),
+    }
+}
+
+async fn take_over<A: App>(
+    app: A,
+    restore: Restore,
+    fds: Vec<OwnedFd>,
+    feeds: Vec<Feed>,
+    settings: Settings,
+    mut link: Link,
+) -> Result<Ended, WorkerError> {
+    let mode = restore.mode;
+    let restored = restore_parts(app, restore, fds).await;
+    let restored = match (restored, fault::hit(FaultPoint::AfterRestore).await) {
+        (Ok(_), FaultAction::Reject) => Err(RestoreError::Injected),
+        (r, _) => r,
+    };
+    let (app, conns) = match restored {
+        Ok(parts) => parts,
+        Err(e) => {
+            let reason = e.to_string();
+            warn!(%reason, "refusing the takeover");
+            link.send(&FromWorker::Rejected {
+                reason: reason.clone(),
+            })
+            .await?;
+            return Ok(Ended::Rejected(reason));
+        }
+    };
+    info!(?mode, conns = conns.len(), "restored; ready");
+    link.send(&FromWorker::Ready).await?;
+    // Nothing is consumed (or written) before Go: until then the old worker
+    // may still be thawed and carry on.
+    loop {
+        match link.recv().await? {
+            Some((ToWorker::Go, _)) => break,
+            Some((ToWorker::Exit | ToWorker::Stop, _)) | None => return Ok(Ended::Abandoned),
+            Some((ToWorker::CheckpointNow, _)) => {}
+            Some((other, _)) => {
+                return Err(WorkerError::Unexpected {
+                    when: "waiting for Go",
+                    what: format!("{other:?}"),
+                })
+            }
+        }
+    }
+    let mut worker = Worker::new(app, settings, Some(link));
+    worker.adopt(conns);
+    // Feeds this build wants that the previous one did not hold.
+    let missing: Vec<Feed> = feeds
+        .into_iter()
+        .filter(|f| !worker.conns().iter().any(|c| c.info.name == f.name))
+        .collect();
+    worker.open_feeds(&missing).await?;
+    let awaiting = match mode {
+        RestoreMode::Handoff => Awaiting::FirstMessage,
+        RestoreMode::Recovery => Awaiting::Nothing,
+    };
+    worker.serve(awaiting).await
+}
+
+async fn restore_parts<A: App>(
+    mut app: A,
+    restore: Restore,
+    fds: Vec<OwnedFd>,
+) -> Result<(A, Vec<Conn>), RestoreError> {
+    if fds.len() != restore.conns.len() {
+        return Err(RestoreError::FdCount {
+            conns: restore.conns.len(),
+            fds: fds.len(),
+        });
+    }
+    match &restore.snapshot {
+        Some(snap) => {
+            snap.verify(A::NAME, &A::reads_schemas())?;
+            app.restore(snap.schema, &snap.bytes, restore.mode)
+                .map_err(RestoreError::App)?;
+        }
+        None => {
+            return Err(RestoreError::App(crate::app::AppError::new(
+                "no snapshot to restore from",
+            )))
+        }
+    }
+    let mut conns = Vec::with_capacity(fds.len());
+    for (c, fd) in restore.conns.into_iter().zip(fds) {
+        conns.push(Conn::resume(c.info, fd, c.leftovers).await?);
+    }
+    Ok((app, conns))
+}
+
+impl<A: App> Worker<A> {
+    /// Open `feeds` fresh, let the app subscribe, and register each with the
+    /// supervisor.
+    pub(crate) async fn open_feeds(&mut self, feeds: &[Feed]) -> Result<(), WorkerError> {
+        for feed in feeds {
+            let id = self.next_conn_id();
+            let conn = Conn::open(id, feed, self.settings.connect_timeout).await?;
+            info!(conn = %conn.info.id, name = %conn.info.name, peer = %conn.info.peer, "connected");
+            if let Some(link) = self.link.as_mut() {
+                link.send_with_fd(
+                    &FromWorker::Register(conn.info.clone()),
+                    conn.ws.get_ref().as_fd(),
+                )
+                .await?;
+            }
+            let mut out = Outbox::default();
+            self.app.on_open(&conn.info, &mut out);
+            self.push_conn(conn);
+            self.write_outbox(out).await;
+        }
+        Ok(())
+    }
+
+    fn next_conn_id(&self) -> ConnId {
+        ConnId(
+            self.conns()
+                .iter()
+                .map(|c| c.info.id.0 + 1)
+                .max()
+                .unwrap_or(0),
+        )
+    }
+}
