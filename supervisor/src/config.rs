@@ -1,0 +1,53 @@
+//! The supervisor's configuration. Every timeout says what it protects.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the daemon needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Path of the control socket (mode 0600).
+    pub socket: PathBuf,
+    /// Directory for the supervisor's own files (created 0700 if missing).
+    pub state_dir: PathBuf,
+    /// The worker binary. SIGUSR2 upgrades to whatever file is at this path.
+    pub worker: PathBuf,
+    /// Arguments for every worker generation.
+    pub worker_args: Vec<String>,
+    pub timeouts: Timeouts,
+}
+
+/// The named limits of each phase.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// From spawning a successor to its `Hello`. Protects against a new build
+    /// that hangs at start: the old worker has not been touched yet, so
+    /// nothing is lost by giving up.
+    pub prepare: Duration,
+    /// From `Freeze` to the old worker's `Frozen`. Protects against an old
+    /// worker stuck in its loop; past it, it is told to thaw.
+    pub freeze: Duration,
+    /// From `Restore` to the successor's `Ready`. Bounds the blackout a bad
+    /// successor can cause before the old worker is thawed.
+    pub restore: Duration,
+    /// From `Exit` to the old worker being reaped; past it, it is killed. It
+    /// no longer serves, so this only bounds how long two processes exist.
+    pub exit: Duration,
+    /// From `Stop` to the worker's exit on a graceful stop; past it, killed.
+    pub stop: Duration,
+    /// How long a control client may take to send its request.
+    pub ctl_read: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            prepare: Duration::from_secs(10),
+            freeze: Duration::from_secs(5),
+            restore: Duration::from_secs(10),
+            exit: Duration::from_secs(5),
+            stop: Duration::from_secs(10),
+            ctl_read: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The control socket: a Unix socket (mode 0600) that `supervisorctl` talks
+//! to. Each connection's peer credentials are checked (same uid as the
+//! supervisor, or root); each carries one request, answered with zero or more
+//! progress lines and one final response. Bad input gets an error answer and
+//! a closed connection; it never reaches the daemon.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use handoff_protocol::ctl::{CtlRequest, CtlResponse};
+use handoff_protocol::frame::MAX_CTL_FRAME;
+use handoff_protocol::Channel;
+use thiserror::Error;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// Why the control socket could not be set up.
+#[derive(Debug, Error)]
+pub enum ControlError {
+    #[error("another supervisor is already listening on {path:?}")]
+    InUse { path: std::path::PathBuf },
+    #[error("cannot bind the control socket {path:?}: {source}")]
+    Bind {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A request on its way to the daemon, with where to send the answers.
+#[derive(Debug)]
+pub struct CtlCommand {
+    pub req: CtlRequest,
+    pub reply: mpsc::Sender<CtlResponse>,
+}
+
+/// Bind `path` (replacing a stale socket file nobody listens on) with mode
+/// 0600, inside a parent directory created 0700 if missing.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let bind_err = |source| ControlError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() && !parent.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(bind_err)?;
+        }
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ControlError::InUse {
+                path: path.to_path_buf(),
+            });
+        }
+        std::fs::remove_file(path).map_err(bind_err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    Ok(listener)
+}
+
+/// Accept connections forever, one task each.
+pub async fn serve(
+    listener: UnixListener,
+    daemon: mpsc::Sender<CtlCommand>,
+    read_timeout: Duration,
+) {
+    let own_uid = nix::unistd::geteuid().as_raw();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        tokio::spawn(handle(stream, daemon.clone(), own_uid, read_timeout));
+    }
+}
+
+async fn handle(
+    stream: UnixStream,
+    daemon: mpsc::Sender<CtlCommand>,
+    own_uid: u32,
+    read_timeout: Duration,
+) {
+    let cred = stream.peer_cred().ok();
+    let mut ch: Channel<CtlResponse, CtlRequest> = Channel::new(stream, MAX_CTL_FRAME);
+    let (uid, pid) = cred.map(|c| (c.uid(), c.pid())).unwrap_or((u32::MAX, None));
+    if uid != own_uid && uid != 0 {
+        warn!(uid, pid = ?pid, "control connection refused: peer uid is neither the supervisor's nor root");
+        let message =
+            format!("permission denied: uid {uid} may not control this supervisor (uid {own_uid})");
+        let _ = ch.send(&CtlResponse::Error { message }, &[]).await;
+        return;
+    }
+    let req = match tokio::time::timeout(read_timeout, ch.recv()).await {
+        Ok(Ok(Some((req, _fds)))) => req,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            debug!(error = %e, "bad control request");
+            let _ = ch
+                .send(
+                    &CtlResponse::Error {
+                        message: format!("bad request: {e}"),
+                    },
+                    &[],
+                )
+                .await;
+            return;
+        }
+        Err(_) => {
+            let message = format!("no request within {read_timeout:?}");
+            let _ = ch.send(&CtlResponse::Error { message }, &[]).await;
+            return;
+        }
+    };
+    debug!(uid, pid = ?pid, ?req, "control request");
+    let (tx, mut rx) = mpsc::channel(32);
+    if daemon.send(CtlCommand { req, reply: tx }).await.is_err() {
+        let _ = ch
+            .send(
+                &CtlResponse::Error {
+                    message: "the supervisor is shutting down".into(),
+                },
+                &[],
+            )
+            .await;
+        return;
+    }
+    while let Some(resp) = rx.recv().await {
+        let last = !matches!(resp, CtlResponse::Progress(_));
+        if ch.send(&resp, &[]).await.is_err() || last {
+            return;
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! `supervisorctl`: the operator's client for the control socket.
+//!
+//! Exit codes: 0 success; 1 the supervisor refused the request or the upgrade
+//! was refused or rolled back (the reason is on stderr); 2 bad usage; 3 the
+//! supervisor could not be reached or answered nonsense.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use handoff_protocol::ctl::{
+    CtlRequest, CtlResponse, HandoffReport, Outcome, StatusReport, UpgradeRequest,
+};
+use handoff_protocol::frame::MAX_CTL_FRAME;
+use handoff_protocol::Channel;
+use serde_json::Value;
+
+/// Control a running handoff supervisor.
+#[derive(Debug, Parser)]
+#[command(
+    name = "supervisorctl",
+    version,
+    after_help = "Exit codes: 0 done; 1 refused or rolled back (reason on stderr); 2 usage; 3 supervisor unreachable."
+)]
+pub struct Args {
+    /// The supervisor's control socket.
+    #[arg(long)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the worker, held connections, checkpoint and handoffs.
+    Status {
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upgrade the worker to a new binary without dropping a connection.
+    Upgrade {
+        /// The new binary (default: the supervisor's --worker path).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Refuse unless the binary has this SHA-256 (hex).
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Print each phase and exit only when the upgrade has ended.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Ask the worker for a checkpoint now.
+    Checkpoint {
+        /// Return once the checkpoint is stored.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stop the worker cleanly, then the supervisor.
+    Stop,
+}
+
+/// Failure classes, mapped to exit codes.
+enum Failure {
+    Refused(String),
+    Unreachable(anyhow::Error),
+}
+
+/// `main` of the `supervisorctl` binary.
+pub fn ctl_main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("supervisorctl: cannot start the runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Refused(reason)) => {
+            eprintln!("supervisorctl: {reason}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Unreachable(e)) => {
+            eprintln!("supervisorctl: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Failure> {
+    let req = match &args.command {
+        Command::Status { .. } => CtlRequest::Status,
+        Command::Upgrade {
+            binary,
+            sha256,
+            wait,
+        } => {
+            let binary = match binary {
+                Some(b) => Some(
+                    std::path::absolute(b)
+                        .map_err(|e| Failure::Unreachable(e.into()))?
+                        .display()
+                        .to_string(),
+                ),
+                None => None,
+            };
+            CtlRequest::Upgrade(UpgradeRequest {
+                binary,
+                sha256: sha256.clone(),
+                wait: *wait,
+            })
+        }
+        Command::Checkpoint { wait } => CtlRequest::Checkpoint { wait: *wait },
+        Command::Stop => CtlRequest::Stop,
+    };
+    let mut ch = connect(&args.socket).await.map_err(Failure::Unreachable)?;
+    ch.send(&req, &[])
+        .await
+        .map_err(|e| Failure::Unreachable(e.into()))?;
+    loop {
+        let resp = match ch.recv().await {
+            Ok(Some((resp, _))) => resp,
+            Ok(None) => {
+                return Err(Failure::Unreachable(anyhow::anyhow!(
+                    "the supervisor closed the connection without answering"
+                )))
+            }
+            Err(e) => return Err(Failure::Unreachable(e.into())),
+        };
+        match resp {
+            CtlResponse::Progress(p) => {
+                let detail = p.detail.map(|d| format!("  {d}")).unwrap_or_default();
+                println!(
+                    "{:<12} +{:>9.3} ms{detail}",
+                    p.phase,
+                    p.at_us as f64 / 1000.0
+                );
+            }
+            CtlResponse::Status(report) => {
+                let json = matches!(args.command, Command::Status { json: true });
+                return print_status(&report, json).map_err(Failure::Unreachable);
+            }
+            CtlResponse::Upgrade(report) => return upgrade_result(&report),
+            CtlResponse::CheckpointStored { bytes, schema } => {
+                println!("checkpoint stored: {bytes} bytes, schema {schema}");
+                return Ok(());
+            }
+            CtlResponse::Ok => return Ok(()),
+            CtlResponse::Refused { reason } => return Err(Failure::Refused(reason)),
+            CtlResponse::Error { message } => return Err(Failure::Refused(message)),
+        }
+    }
+}
+
+async fn connect(path: &std::path::Path) -> anyhow::Result<Channel<CtlRequest, CtlResponse>> {
+    let sock = tokio::net::UnixStream::connect(path)
+        .await
+        .with_context(|| format!("cannot connect to the supervisor at {}", path.display()))?;
+    Ok(Channel::new(sock, MAX_CTL_FRAME))
+}
+
+fn upgrade_result(r: &HandoffReport) -> Result<(), Failure> {
+    match r.outcome {
+        Outcome::InProgress => {
+            println!(
+                "upgrade #{} started (new worker pid {})",
+                r.id,
+                fmt_opt(r.to_pid)
+            );
+            Ok(())
+        }
+        Outcome::Completed => {
+            println!(
+                "upgrade #{} completed: pid {} -> {}, pause {} us, blackout {} us",
+                r.id,
+                fmt_opt(r.from_pid),
+                fmt_opt(r.to_pid),
+                fmt_opt(r.pause_us),
+                fmt_opt(r.blackout_us)
+            );
+            Ok(())
+        }
+        Outcome::Refused | Outcome::RolledBack => Err(Failure::Refused(format!(
+            "upgrade #{} {}: {}; the old worker (pid {}) serves on",
+            r.id,
+            r.outcome.as_str(),
+            r.error.as_deref().unwrap_or("no reason given"),
+            fmt_opt(r.from_pid)
+        ))),
+    }
+}
+
+fn fmt_opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// The JSON form of a status report: the report's fields, with the
+/// checkpoint summary (JSON written by the worker) inlined as an object.
+pub fn status_json(report: &StatusReport) -> anyhow::Result<Value> {
+    let mut v = serde_json::to_value(report)?;
+    if let Some(Value::Object(cp)) = v.get_mut("checkpoint") {
+        if let Some(Value::String(s)) = cp.get("summary") {
+            let parsed = serde_json::from_str(s).unwrap_or(Value::String(s.clone()));
+            cp.insert("summary".into(), parsed);
+        }
+    }
+    if let Value::Object(m) = &mut v {
+        m.insert(
+            "supervisor".into(),
+            serde_json::json!({"pid": report.supervisor_pid, "uptime_ms": report.uptime_ms}),
+        );
+    }
+    Ok(v)
+}
+
+fn print_status(report: &StatusReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(&status_json(report)?)?);
+        return Ok(());
+    }
+    let w = &report.worker;
+    println!(
+        "supervisor  pid {}  up {}",
+        report.supervisor_pid,
+        fmt_ms(report.uptime_ms)
+    );
+    println!(
+        "worker      pid {}  {}  generation {}  up {}  build {}",
+        fmt_opt(w.pid),
+        w.state,
+        w.generation,
+        fmt_ms(w.uptime_ms),
+        w.build_id.as_deref().unwrap_or("-")
+    );
+    println!("            binary {}", w.binary);
+    println!("connections {}", report.connections.len());
+    for c in &report.connections {
+        println!("  #{:<3} {:<10} {:<22} {}", c.id, c.name, c.peer, c.url);
+    }
+    match &report.checkpoint {
+        Some(c) => println!(
+            "checkpoint  {} bytes, schema {}, {} old",
+            c.bytes,
+            c.schema,
+            fmt_ms(c.age_ms)
+        ),
+        None => println!("checkpoint  none yet"),
+    }
+    let h = &report.handoffs;
+    println!(
+        "handoffs    {} completed, {} failed{}",
+        h.completed,
+        h.failed,
+        h.in_progress
+            .as_ref()
+            .map(|p| format!(", one {p}"))
+            .unwrap_or_default()
+    );
+    if let Some(l) = &h.last {
+        println!(
+            "  last #{} {} via {}: pause {} us, blackout {} us{}",
+            l.id,
+            l.outcome.as_str(),
+            l.trigger,
+            fmt_opt(l.pause_us),
+            fmt_opt(l.blackout_us),
+            l.error
+                .as_ref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn fmt_ms(ms: u64) -> String {
+    if ms >= 60_000 {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}

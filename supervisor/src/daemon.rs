@@ -1,0 +1,773 @@
+//! The daemon: one task that owns every piece of state (the active worker, the
+//! handoff phase, the held sockets, the newest checkpoint, the counters) and
+//! reacts to three streams: worker events, control requests and intents.
+//! Nothing blocks it: each worker's channel has its own task, so `status` and
+//! "busy" answers are immediate even mid-upgrade.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use handoff_protocol::ctl::{CtlRequest, CtlResponse, HandoffReport, Outcome, UpgradeRequest};
+use handoff_protocol::worker::{
+    ConnRestore, FromWorker, Frozen, Hello, Restore, RestoreMode, ToWorker,
+};
+use handoff_protocol::{monotonic_ns, Snapshot, PROTOCOL_VERSION};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio::time::sleep_until;
+use tracing::{error, info, warn};
+
+use crate::binary;
+use crate::config::Config;
+use crate::control::{self, CtlCommand};
+use crate::handoff::{Phase, Trigger, Upgrade, EXIT_STATUS_GRACE};
+use crate::held::HeldSockets;
+use crate::proc::{Generation, Lifecycle, SpawnError, Tagged, WorkerEvent, WorkerProc};
+use crate::signals::Intent;
+
+/// Why the daemon could not run.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("cannot prepare state directory {path:?}: {source}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    #[error(transparent)]
+    Binary(#[from] binary::BinaryError),
+    #[error("cannot start the first worker: {0}")]
+    FirstSpawn(#[from] SpawnError),
+}
+
+/// The newest checkpoint.
+#[derive(Debug)]
+pub struct Stored {
+    pub snapshot: Snapshot,
+    pub summary: Option<String>,
+    pub at: Instant,
+}
+
+/// Handoff counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub completed: u64,
+    pub failed: u64,
+    pub last: Option<HandoffReport>,
+    /// (generation, A's freeze time) of the last completed handoff, to fill
+    /// in its blackout when the new worker reports its first message.
+    pub blackout_pending: Option<(Generation, u64)>,
+}
+
+/// How the daemon is winding down.
+#[derive(Debug)]
+enum Stopping {
+    Running,
+    /// Stop sent to the worker; killed at the deadline.
+    Draining {
+        deadline: tokio::time::Instant,
+    },
+    Done,
+}
+
+/// All the daemon's state. See the module docs.
+pub struct Daemon {
+    pub(crate) cfg: Config,
+    events: mpsc::UnboundedSender<Tagged>,
+    pub(crate) active: Option<WorkerProc>,
+    pub(crate) phase: Phase,
+    pub(crate) held: HeldSockets,
+    pub(crate) checkpoint: Option<Stored>,
+    pub(crate) stats: Stats,
+    pub(crate) started: Instant,
+    next_generation: Generation,
+    next_handoff: u64,
+    checkpoint_waiters: Vec<mpsc::Sender<CtlResponse>>,
+    stopping: Stopping,
+}
+
+/// Run the supervisor until a graceful stop completes. `intents` are the
+/// operator's signals (see [`crate::signals`]); tests pass a channel.
+pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(), DaemonError> {
+    prepare_state_dir(&cfg)?;
+    let listener = control::bind(&cfg.socket)?;
+    let (ctl_tx, mut ctl_rx) = mpsc::channel(64);
+    let ctl_task = tokio::spawn(control::serve(listener, ctl_tx, cfg.timeouts.ctl_read));
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    let socket = cfg.socket.clone();
+    let mut d = Daemon {
+        cfg,
+        events: ev_tx,
+        active: None,
+        phase: Phase::Idle,
+        held: HeldSockets::default(),
+        checkpoint: None,
+        stats: Stats::default(),
+        started: Instant::now(),
+        next_generation: 1,
+        next_handoff: 1,
+        checkpoint_waiters: Vec::new(),
+        stopping: Stopping::Running,
+    };
+    let first = d.cfg.worker.clone();
+    binary::check(&first, None)?;
+    let gen = d.take_generation();
+    let proc = WorkerProc::spawn(gen, &first, &d.cfg.worker_args, d.events.clone())?;
+    info!(generation = gen, pid = proc.pid, binary = %first.display(), "worker started");
+    d.active = Some(proc);
+
+    loop {
+        let phase_deadline = d.phase.deadline();
+        let stop_deadline = match d.stopping {
+            Stopping::Draining { deadline } => Some(deadline),
+            _ => None,
+        };
+        tokio::select! {
+            Some(ev) = ev_rx.recv() => d.on_worker_event(ev),
+            Some(cmd) = ctl_rx.recv() => d.on_ctl(cmd),
+            Some(intent) = intents.recv() => d.on_intent(intent),
+            _ = sleep_until(phase_deadline.unwrap_or_else(far_future)), if phase_deadline.is_some() => d.on_phase_deadline(),
+            _ = sleep_until(stop_deadline.unwrap_or_else(far_future)), if stop_deadline.is_some() => {
+                warn!("worker did not stop in time; killing it");
+                if let Some(a) = d.active.as_mut() { a.kill(); }
+                d.stopping = Stopping::Done;
+            }
+        }
+        if matches!(d.stopping, Stopping::Done) {
+            break;
+        }
+    }
+    ctl_task.abort();
+    let _ = std::fs::remove_file(&socket);
+    info!("supervisor stopped");
+    Ok(())
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(86400 * 365)
+}
+
+fn prepare_state_dir(cfg: &Config) -> Result<(), DaemonError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let err = |source| DaemonError::StateDir {
+        path: cfg.state_dir.clone(),
+        source,
+    };
+    if !cfg.state_dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&cfg.state_dir)
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+impl Daemon {
+    fn take_generation(&mut self) -> Generation {
+        let g = self.next_generation;
+        self.next_generation += 1;
+        g
+    }
+
+    // ---- intents and control requests -------------------------------------
+
+    fn on_intent(&mut self, intent: Intent) {
+        match intent {
+            Intent::Upgrade => {
+                let req = UpgradeRequest {
+                    binary: None,
+                    sha256: None,
+                    wait: false,
+                };
+                if let Err(reason) = self.start_upgrade(Trigger::Signal, &req, None) {
+                    warn!(%reason, "SIGUSR2 upgrade not started");
+                }
+            }
+            Intent::GracefulStop => self.begin_stop(),
+            Intent::Reload => info!("SIGHUP: nothing to reload (configuration comes from flags)"),
+        }
+    }
+
+    fn on_ctl(&mut self, cmd: CtlCommand) {
+        let CtlCommand { req, reply } = cmd;
+        match req {
+            CtlRequest::Status => {
+                let _ = reply.try_send(CtlResponse::Status(Box::new(self.status())));
+            }
+            CtlRequest::Upgrade(u) => {
+                let waiter = u.wait.then(|| reply.clone());
+                match self.start_upgrade(Trigger::Control, &u, waiter) {
+                    Err(reason) => {
+                        let _ = reply.try_send(CtlResponse::Refused { reason });
+                    }
+                    Ok(report) if !u.wait => {
+                        let _ = reply.try_send(CtlResponse::Upgrade(report));
+                    }
+                    Ok(_) => {}
+                }
+            }
+            CtlRequest::Checkpoint { wait } => match self.active.as_ref() {
+                Some(a) if a.hello().is_some() => {
+                    a.send(ToWorker::CheckpointNow, Vec::new());
+                    if wait {
+                        self.checkpoint_waiters.push(reply);
+                    } else {
+                        let _ = reply.try_send(CtlResponse::Ok);
+                    }
+                }
+                _ => {
+                    let _ = reply.try_send(CtlResponse::Refused {
+                        reason: "no worker is running".into(),
+                    });
+                }
+            },
+            CtlRequest::Stop => {
+                let _ = reply.try_send(CtlResponse::Ok);
+                self.begin_stop();
+            }
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        if !matches!(self.stopping, Stopping::Running) {
+            return;
+        }
+        info!("graceful stop");
+        if !matches!(self.phase, Phase::Idle | Phase::Committing { .. }) {
+            self.abort(Outcome::RolledBack, "the supervisor is stopping".into());
+        }
+        match self.active.as_mut() {
+            Some(a) if !matches!(a.life, Lifecycle::Exited { .. }) => {
+                a.send(ToWorker::Stop, Vec::new());
+                a.life = Lifecycle::Exiting;
+                let deadline = tokio::time::Instant::now() + self.cfg.timeouts.stop;
+                self.stopping = Stopping::Draining { deadline };
+            }
+            _ => self.stopping = Stopping::Done,
+        }
+    }
+
+    /// Step 1–2: refuse or spawn the successor. Returns the in-progress report.
+    fn start_upgrade(
+        &mut self,
+        trigger: Trigger,
+        req: &UpgradeRequest,
+        waiter: Option<mpsc::Sender<CtlResponse>>,
+    ) -> Result<HandoffReport, String> {
+        if !matches!(self.stopping, Stopping::Running) {
+            return Err("busy: the supervisor is stopping".into());
+        }
+        if let Some(up) = self.phase.upgrade() {
+            return Err(format!("busy: upgrade #{} is {}", up.id, self.phase.name()));
+        }
+        let from_pid = match self.active.as_ref() {
+            Some(a) if matches!(a.life, Lifecycle::Running { .. }) => a.pid,
+            Some(a) => {
+                return Err(format!(
+                    "the worker is {}, not running: nothing to upgrade from",
+                    a.state_name()
+                ))
+            }
+            None => return Err("no worker is running: nothing to upgrade from".into()),
+        };
+        let id = self.next_handoff;
+        self.next_handoff += 1;
+        let binary = req
+            .binary
+            .as_ref()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.cfg.worker.clone());
+        let mut up = Upgrade {
+            id,
+            trigger,
+            binary: binary.clone(),
+            started: Instant::now(),
+            timings: Default::default(),
+            from_pid: Some(from_pid),
+            frozen_at_ns: None,
+            go_at_ns: None,
+            first_consumed_ns: None,
+            successor_lost: None,
+            waiters: waiter.into_iter().collect(),
+            deadline: tokio::time::Instant::now() + self.cfg.timeouts.prepare,
+        };
+        info!(handoff = id, trigger = trigger.as_str(), binary = %binary.display(), "upgrade triggered");
+        let spawned = binary::check(&binary, req.sha256.as_deref())
+            .map_err(|e| e.to_string())
+            .and_then(|checked| {
+                let gen = self.take_generation();
+                WorkerProc::spawn(
+                    gen,
+                    &checked.path,
+                    &self.cfg.worker_args,
+                    self.events.clone(),
+                )
+                .map_err(|e| e.to_string())
+            });
+        match spawned {
+            Ok(succ) => {
+                up.mark("spawned", Some(format!("pid {}", succ.pid)));
+                let report = up.report(Outcome::InProgress, None, Some(succ.pid));
+                self.phase = Phase::Preparing { up, succ };
+                Ok(report)
+            }
+            Err(reason) => {
+                self.finish(up, Outcome::Refused, Some(reason.clone()), None);
+                Err(reason)
+            }
+        }
+    }
+
+    // ---- worker events ----------------------------------------------------
+
+    fn on_worker_event(&mut self, ev: Tagged) {
+        let Tagged { generation, event } = ev;
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.generation == generation)
+        {
+            self.on_active_event(event);
+        } else if self
+            .phase
+            .successor_mut()
+            .is_some_and(|s| s.generation == generation)
+        {
+            self.on_successor_event(event);
+        } else if self
+            .phase
+            .retiring_mut()
+            .is_some_and(|o| o.generation == generation)
+        {
+            self.on_retiring_event(event);
+        } else if let WorkerEvent::Message(msg, fds) = event {
+            // A killed successor's last words, or similar: descriptors are
+            // closed as `fds` drops.
+            if !fds.is_empty() {
+                warn!(
+                    generation,
+                    n = fds.len(),
+                    "descriptors from a retired worker closed"
+                );
+            }
+            tracing::debug!(generation, ?msg, "message from a retired worker ignored");
+        }
+    }
+
+    fn on_active_event(&mut self, event: WorkerEvent) {
+        match event {
+            WorkerEvent::Message(msg, fds) => self.on_active_message(msg, fds),
+            WorkerEvent::ChannelClosed { error } => {
+                if let Some(e) = error {
+                    warn!(error = %e, "active worker channel failed");
+                }
+            }
+            WorkerEvent::Exited(status) => {
+                let Some(mut a) = self.active.take() else {
+                    return;
+                };
+                a.life = Lifecycle::Exited {
+                    status: status.to_string(),
+                };
+                if matches!(self.stopping, Stopping::Draining { .. }) {
+                    info!(pid = a.pid, %status, "worker stopped");
+                    self.stopping = Stopping::Done;
+                    return;
+                }
+                error!(pid = a.pid, %status, held = self.held.len(), "active worker exited unexpectedly; connections are still held");
+                if !matches!(self.phase, Phase::Idle | Phase::Committing { .. }) {
+                    self.abort(
+                        Outcome::RolledBack,
+                        format!("the old worker exited during the handoff ({status})"),
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_active_message(&mut self, msg: FromWorker, fds: Vec<std::os::fd::OwnedFd>) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        match msg {
+            FromWorker::Hello(hello) => {
+                if matches!(a.life, Lifecycle::Starting) {
+                    info!(pid = a.pid, build = %hello.build_id, "worker said hello; starting fresh");
+                    a.life = Lifecycle::Running { hello };
+                    a.send(ToWorker::StartFresh, Vec::new());
+                }
+            }
+            FromWorker::Register(info) => {
+                let mut fds = fds;
+                if fds.len() != 1 {
+                    warn!(conn = %info.id, n = fds.len(), "registration must carry exactly one descriptor; ignored");
+                    return;
+                }
+                if let Some(fd) = fds.pop() {
+                    info!(conn = %info.id, name = %info.name, peer = %info.peer, "holding connection");
+                    self.held.insert(info, fd);
+                }
+            }
+            FromWorker::Unregister { id, reason } => {
+                info!(conn = %id, %reason, "connection released");
+                self.held.remove(id);
+            }
+            FromWorker::Checkpoint(c) => self.store_checkpoint(c.snapshot, c.summary),
+            FromWorker::Frozen(f) => self.on_frozen(f),
+            FromWorker::FreezeFailed { reason } => {
+                if matches!(self.phase, Phase::Freezing { .. }) {
+                    if let Some(a) = self.active.as_mut() {
+                        if let Lifecycle::Frozen { hello } = &a.life {
+                            a.life = Lifecycle::Running {
+                                hello: hello.clone(),
+                            };
+                        }
+                    }
+                    self.abort(
+                        Outcome::RolledBack,
+                        format!("the old worker could not freeze: {reason}"),
+                    );
+                }
+            }
+            FromWorker::FirstConsumed { at_ns } => self.on_first_consumed(at_ns),
+            FromWorker::Heartbeat | FromWorker::Ready => {}
+            FromWorker::Rejected { reason } => {
+                warn!(%reason, "active worker sent Rejected; ignored")
+            }
+        }
+    }
+
+    fn store_checkpoint(&mut self, snapshot: Snapshot, summary: Option<String>) {
+        let bytes = snapshot.bytes.len() as u64;
+        let schema = snapshot.schema;
+        self.checkpoint = Some(Stored {
+            snapshot,
+            summary,
+            at: Instant::now(),
+        });
+        for w in self.checkpoint_waiters.drain(..) {
+            let _ = w.try_send(CtlResponse::CheckpointStored { bytes, schema });
+        }
+    }
+
+    fn on_first_consumed(&mut self, at_ns: u64) {
+        let gen = self.active.as_ref().map(|a| a.generation);
+        let Some((pending_gen, frozen_at)) = self.stats.blackout_pending else {
+            return;
+        };
+        if Some(pending_gen) != gen {
+            return;
+        }
+        let blackout = at_ns.saturating_sub(frozen_at) / 1000;
+        self.stats.blackout_pending = None;
+        if let Phase::Committing { up, .. } = &mut self.phase {
+            up.first_consumed_ns = Some(at_ns);
+        } else if let Some(last) = self.stats.last.as_mut() {
+            last.blackout_us = Some(blackout);
+        }
+        info!(
+            blackout_us = blackout,
+            "new worker consumed its first message"
+        );
+    }
+
+    /// Step 4 → 5: A froze; hand everything to B.
+    fn on_frozen(&mut self, f: Frozen) {
+        let phase = std::mem::take(&mut self.phase);
+        let Phase::Freezing { mut up, succ } = phase else {
+            // A late answer to an abandoned freeze: still a valid checkpoint.
+            self.phase = phase;
+            self.store_checkpoint(f.snapshot, f.summary);
+            return;
+        };
+        up.frozen_at_ns = Some(f.frozen_at_ns);
+        up.mark(
+            "frozen",
+            Some(format!(
+                "{} bytes of state, {} connections",
+                f.snapshot.bytes.len(),
+                f.conns.len()
+            )),
+        );
+        let dups = match self.held.duplicate_all() {
+            Ok(d) => d,
+            Err(e) => {
+                self.phase = Phase::Freezing { up, succ };
+                self.abort(
+                    Outcome::RolledBack,
+                    format!("cannot duplicate held sockets: {e}"),
+                );
+                return;
+            }
+        };
+        let mut conns = Vec::with_capacity(dups.len());
+        let mut fds = Vec::with_capacity(dups.len());
+        for (info, fd) in dups {
+            let leftovers = f
+                .conns
+                .iter()
+                .find(|c| c.id == info.id)
+                .map(|c| c.leftovers.clone())
+                .unwrap_or_default();
+            conns.push(ConnRestore { info, leftovers });
+            fds.push(fd);
+        }
+        let restore = Restore {
+            mode: RestoreMode::Handoff,
+            snapshot: Some(f.snapshot.clone()),
+            conns,
+        };
+        succ.send(ToWorker::Restore(restore), fds);
+        self.store_checkpoint(f.snapshot, f.summary);
+        up.deadline = tokio::time::Instant::now() + self.cfg.timeouts.restore;
+        self.phase = Phase::Restoring { up, succ };
+    }
+
+    fn on_successor_event(&mut self, event: WorkerEvent) {
+        match event {
+            WorkerEvent::Message(FromWorker::Hello(hello), _) => self.on_successor_hello(hello),
+            WorkerEvent::Message(FromWorker::Ready, _) => self.commit(),
+            WorkerEvent::Message(FromWorker::Rejected { reason }, _) => self.abort(
+                Outcome::RolledBack,
+                format!("the new worker rejected the state: {reason}"),
+            ),
+            WorkerEvent::Message(FromWorker::Heartbeat, _) => {}
+            WorkerEvent::Message(other, fds) => {
+                drop(fds);
+                warn!(?other, "unexpected message from the successor; ignored");
+            }
+            WorkerEvent::ChannelClosed { error } => {
+                // Most likely it is exiting: give its exit status a moment to
+                // arrive, since that is the better reason to report.
+                let why = error.map(|e| format!(": {e}")).unwrap_or_default();
+                if let Some(up) = self.phase.upgrade_mut() {
+                    up.successor_lost = Some(format!("the new worker closed its channel{why}"));
+                    up.deadline = up
+                        .deadline
+                        .min(tokio::time::Instant::now() + EXIT_STATUS_GRACE);
+                }
+            }
+            WorkerEvent::Exited(status) => {
+                if let Some(s) = self.phase.successor_mut() {
+                    s.life = Lifecycle::Exited {
+                        status: status.to_string(),
+                    };
+                }
+                self.abort_after_successor_loss(format!("the new worker exited ({status})"));
+            }
+        }
+    }
+
+    fn abort_after_successor_loss(&mut self, reason: String) {
+        let outcome = match self.phase {
+            Phase::Preparing { .. } => Outcome::Refused,
+            _ => Outcome::RolledBack,
+        };
+        self.abort(outcome, reason);
+    }
+
+    /// Step 3: is the successor compatible? Then freeze A.
+    fn on_successor_hello(&mut self, hello: Hello) {
+        let phase = std::mem::take(&mut self.phase);
+        let Phase::Preparing { mut up, mut succ } = phase else {
+            self.phase = phase;
+            return;
+        };
+        let current = self.active.as_ref().and_then(|a| a.hello().cloned());
+        let problem = if hello.protocol != PROTOCOL_VERSION {
+            Some(format!(
+                "the new worker speaks protocol {}, this supervisor {PROTOCOL_VERSION}",
+                hello.protocol
+            ))
+        } else {
+            current.as_ref().and_then(|cur| {
+                if cur.app != hello.app {
+                    Some(format!(
+                        "the new worker is app {:?}, the running one {:?}",
+                        hello.app, cur.app
+                    ))
+                } else if !hello.reads_schemas.contains(&cur.writes_schema) {
+                    Some(format!(
+                        "the new worker reads schemas {:?} but the running worker writes schema {}",
+                        hello.reads_schemas, cur.writes_schema
+                    ))
+                } else {
+                    None
+                }
+            })
+        };
+        succ.life = Lifecycle::Running {
+            hello: hello.clone(),
+        };
+        up.mark("prepared", Some(format!("build {}", hello.build_id)));
+        self.phase = Phase::Preparing { up, succ };
+        if let Some(reason) = problem {
+            self.abort(Outcome::Refused, reason);
+            return;
+        }
+        let Phase::Preparing { mut up, succ } = std::mem::take(&mut self.phase) else {
+            return;
+        };
+        if let Some(a) = self.active.as_mut() {
+            if let Lifecycle::Running { hello } = &a.life {
+                a.life = Lifecycle::Frozen {
+                    hello: hello.clone(),
+                };
+            }
+            a.send(ToWorker::Freeze, Vec::new());
+        }
+        up.deadline = tokio::time::Instant::now() + self.cfg.timeouts.freeze;
+        self.phase = Phase::Freezing { up, succ };
+    }
+
+    /// Step 6: B is ready. A exits first, then B goes.
+    fn commit(&mut self) {
+        let phase = std::mem::take(&mut self.phase);
+        let Phase::Restoring { mut up, succ } = phase else {
+            self.phase = phase;
+            return;
+        };
+        up.mark("restored", None);
+        let Some(mut old) = self.active.take() else {
+            self.active = Some(succ);
+            return;
+        };
+        old.send(ToWorker::Exit, Vec::new());
+        old.life = Lifecycle::Exiting;
+        succ.send(ToWorker::Go, Vec::new());
+        up.go_at_ns = Some(monotonic_ns());
+        up.mark("live", Some(format!("pid {}", succ.pid)));
+        if let Some(frozen) = up.frozen_at_ns {
+            self.stats.blackout_pending = Some((succ.generation, frozen));
+        }
+        info!(
+            handoff = up.id,
+            old = old.pid,
+            new = succ.pid,
+            "committed: new worker live"
+        );
+        self.active = Some(succ);
+        up.deadline = tokio::time::Instant::now() + self.cfg.timeouts.exit;
+        self.phase = Phase::Committing { up, old };
+    }
+
+    fn on_retiring_event(&mut self, event: WorkerEvent) {
+        match event {
+            WorkerEvent::Exited(status) => {
+                let phase = std::mem::take(&mut self.phase);
+                let Phase::Committing { mut up, .. } = phase else {
+                    self.phase = phase;
+                    return;
+                };
+                up.mark("old_stopped", Some(status.to_string()));
+                let to_pid = self.active.as_ref().map(|a| a.pid);
+                self.finish(up, Outcome::Completed, None, to_pid);
+            }
+            WorkerEvent::Message(_, fds) => drop(fds),
+            WorkerEvent::ChannelClosed { .. } => {}
+        }
+    }
+
+    fn on_phase_deadline(&mut self) {
+        if let Some(reason) = self
+            .phase
+            .upgrade_mut()
+            .and_then(|u| u.successor_lost.take())
+        {
+            self.abort_after_successor_loss(reason);
+            return;
+        }
+        let t = &self.cfg.timeouts;
+        match &mut self.phase {
+            Phase::Idle => {}
+            Phase::Preparing { .. } => {
+                let reason = format!("the new worker did not say Hello within {:?}", t.prepare);
+                self.abort(Outcome::Refused, reason);
+            }
+            Phase::Freezing { .. } => {
+                let reason = format!("the old worker did not freeze within {:?}", t.freeze);
+                self.abort(Outcome::RolledBack, reason);
+            }
+            Phase::Restoring { .. } => {
+                let reason = format!("the new worker was not ready within {:?}", t.restore);
+                self.abort(Outcome::RolledBack, reason);
+            }
+            Phase::Committing { up, old, .. } => {
+                warn!(
+                    pid = old.pid,
+                    "old worker did not exit within {:?}; killing it", t.exit
+                );
+                old.kill();
+                up.deadline = far_future();
+            }
+        }
+    }
+
+    /// Give up the running upgrade: kill the successor and, if the old worker
+    /// was asked to freeze, thaw it. It resumes exactly where it stopped.
+    fn abort(&mut self, outcome: Outcome, reason: String) {
+        let phase = std::mem::take(&mut self.phase);
+        let (up, mut succ, thaw) = match phase {
+            Phase::Preparing { up, succ } => (up, succ, false),
+            Phase::Freezing { up, succ } | Phase::Restoring { up, succ } => (up, succ, true),
+            other => {
+                self.phase = other;
+                return;
+            }
+        };
+        succ.kill();
+        if thaw {
+            if let Some(a) = self.active.as_mut() {
+                if !matches!(a.life, Lifecycle::Exited { .. }) {
+                    a.send(ToWorker::Thaw, Vec::new());
+                    if let Lifecycle::Frozen { hello } = &a.life {
+                        a.life = Lifecycle::Running {
+                            hello: hello.clone(),
+                        };
+                    }
+                }
+            }
+        }
+        self.finish(up, outcome, Some(reason), None);
+    }
+
+    fn finish(
+        &mut self,
+        mut up: Upgrade,
+        outcome: Outcome,
+        error: Option<String>,
+        to_pid: Option<u32>,
+    ) {
+        match outcome {
+            Outcome::Completed => {
+                self.stats.completed += 1;
+                info!(handoff = up.id, "handoff completed");
+            }
+            _ => {
+                self.stats.failed += 1;
+                up.mark(
+                    if outcome == Outcome::Refused {
+                        "failed"
+                    } else {
+                        "rolled_back"
+                    },
+                    error.clone(),
+                );
+                warn!(
+                    handoff = up.id,
+                    outcome = outcome.as_str(),
+                    error = error.as_deref().unwrap_or(""),
+                    "handoff failed; the old worker serves on"
+                );
+            }
+        }
+        let report = up.report(outcome, error, to_pid);
+        for w in up.waiters.drain(..) {
+            let _ = w.try_send(CtlResponse::Upgrade(report.clone()));
+        }
+        self.stats.last = Some(report);
+    }
+}

@@ -1,0 +1,32 @@
+//! # handoff-supervisor
+//!
+//! The thin supervisor of a handoff-capable worker, and `supervisorctl`.
+//!
+//! It never reads market data. It starts the worker with an inherited
+//! socketpair ([`proc`]), keeps a duplicate of every socket the worker
+//! registers ([`held`]) and the newest checkpoint, and drives upgrades through
+//! the phases of [`handoff::Phase`]: the successor is spawned and prepared
+//! *before* the old worker freezes; the old worker is thawed if anything fails
+//! before the successor is ready; it exits only after the successor is live.
+//!
+//! All state lives in one task ([`daemon`]) fed by worker events, control
+//! requests ([`control`], a 0600 Unix socket with peer-credential checks) and
+//! operator intents ([`signals`]: SIGUSR2 upgrade, SIGTERM/SIGINT graceful
+//! stop). [`status`] turns that state into the report `supervisorctl status`
+//! prints; [`ctl`] is `supervisorctl` itself.
+#![forbid(unsafe_code)]
+
+pub mod binary;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod ctl;
+pub mod daemon;
+pub mod handoff;
+pub mod held;
+pub mod proc;
+pub mod signals;
+pub mod status;
+
+pub use config::{Config, Timeouts};
+pub use daemon::run;

@@ -1,0 +1,197 @@
+//! A worker process as the supervisor sees it: spawned with its own
+//! socketpair, a task that owns the channel, a task that reaps it, and a
+//! lifecycle enum.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Instant;
+
+use handoff_protocol::frame::MAX_WORKER_FRAME;
+use handoff_protocol::worker::{FromWorker, Hello, ToWorker};
+use handoff_protocol::{fds, Channel, ENV_CHANNEL_FD};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// Number given to each worker process, in start order.
+pub type Generation = u64;
+
+/// Why a worker could not be started.
+#[derive(Debug, Error)]
+pub enum SpawnError {
+    #[error("cannot create the worker socketpair: {0}")]
+    Socketpair(#[source] std::io::Error),
+    #[error("cannot start worker {path:?}: {source}")]
+    Exec {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a worker's tasks report to the daemon.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    Message(FromWorker, Vec<OwnedFd>),
+    /// The channel ended (cleanly or not); the process may still run.
+    ChannelClosed {
+        error: Option<String>,
+    },
+    /// The process was reaped.
+    Exited(ExitStatus),
+}
+
+/// A worker event tagged with its generation.
+#[derive(Debug)]
+pub struct Tagged {
+    pub generation: Generation,
+    pub event: WorkerEvent,
+}
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Spawned, no Hello yet.
+    Starting,
+    /// Said Hello; serving (or, for a successor, waiting to be restored).
+    Running { hello: Hello },
+    /// Told to freeze (or frozen).
+    Frozen { hello: Hello },
+    /// Told to exit or stop; waiting to reap it.
+    Exiting,
+    /// Reaped.
+    Exited { status: String },
+}
+
+/// The daemon's handle on one worker process.
+#[derive(Debug)]
+pub struct WorkerProc {
+    pub generation: Generation,
+    pub pid: u32,
+    pub binary: PathBuf,
+    pub started: Instant,
+    pub life: Lifecycle,
+    outbox: mpsc::UnboundedSender<(ToWorker, Vec<OwnedFd>)>,
+}
+
+impl WorkerProc {
+    /// Start `binary` with `args`, its end of a fresh socketpair inherited
+    /// (number in `HANDOFF_FD`). Events go to `events`.
+    pub fn spawn(
+        generation: Generation,
+        binary: &Path,
+        args: &[String],
+        events: mpsc::UnboundedSender<Tagged>,
+    ) -> Result<WorkerProc, SpawnError> {
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(SpawnError::Socketpair)?;
+        let mut cmd = tokio::process::Command::new(binary);
+        cmd.args(args).stdin(std::process::Stdio::null());
+        let n = fds::inherit_in_child(&mut cmd, theirs.as_fd());
+        cmd.env(ENV_CHANNEL_FD, n.to_string());
+        cmd.env("HANDOFF_GENERATION", generation.to_string());
+        let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
+            path: binary.to_path_buf(),
+            source,
+        })?;
+        drop(theirs);
+        let pid = child.id().unwrap_or(0);
+        ours.set_nonblocking(true).map_err(SpawnError::Socketpair)?;
+        let sock = tokio::net::UnixStream::from_std(ours).map_err(SpawnError::Socketpair)?;
+        let channel = Channel::<ToWorker, FromWorker>::new(sock, MAX_WORKER_FRAME);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(pump(generation, channel, rx, events.clone()));
+        tokio::spawn(async move {
+            let event = match child.wait().await {
+                Ok(status) => WorkerEvent::Exited(status),
+                Err(e) => {
+                    warn!(generation, error = %e, "cannot wait for worker");
+                    return;
+                }
+            };
+            let _ = events.send(Tagged { generation, event });
+        });
+        Ok(WorkerProc {
+            generation,
+            pid,
+            binary: binary.to_path_buf(),
+            started: Instant::now(),
+            life: Lifecycle::Starting,
+            outbox: tx,
+        })
+    }
+
+    /// Queue a message (and descriptors) for the worker. Lost silently if the
+    /// channel is gone: the daemon learns that from `ChannelClosed`.
+    pub fn send(&self, msg: ToWorker, fds: Vec<OwnedFd>) {
+        let _ = self.outbox.send((msg, fds));
+    }
+
+    /// SIGKILL the process unless it has been reaped (a reaped pid may be
+    /// reused, so it is never signalled).
+    pub fn kill(&mut self) {
+        if matches!(self.life, Lifecycle::Exited { .. }) || self.pid == 0 {
+            return;
+        }
+        debug!(generation = self.generation, pid = self.pid, "SIGKILL");
+        let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        if !matches!(self.life, Lifecycle::Exited { .. }) {
+            self.life = Lifecycle::Exiting;
+        }
+    }
+
+    pub fn hello(&self) -> Option<&Hello> {
+        match &self.life {
+            Lifecycle::Running { hello } | Lifecycle::Frozen { hello } => Some(hello),
+            _ => None,
+        }
+    }
+
+    pub fn state_name(&self) -> &'static str {
+        match self.life {
+            Lifecycle::Starting => "starting",
+            Lifecycle::Running { .. } => "running",
+            Lifecycle::Frozen { .. } => "frozen",
+            Lifecycle::Exiting => "exiting",
+            Lifecycle::Exited { .. } => "exited",
+        }
+    }
+}
+
+/// Own the channel: write what the daemon queues, forward what arrives.
+async fn pump(
+    generation: Generation,
+    mut channel: Channel<ToWorker, FromWorker>,
+    mut outbox: mpsc::UnboundedReceiver<(ToWorker, Vec<OwnedFd>)>,
+    events: mpsc::UnboundedSender<Tagged>,
+) {
+    let report = |event| {
+        let _ = events.send(Tagged { generation, event });
+    };
+    loop {
+        tokio::select! {
+            out = outbox.recv() => {
+                let Some((msg, fds)) = out else { return };
+                let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+                if let Err(e) = channel.send(&msg, &borrowed).await {
+                    report(WorkerEvent::ChannelClosed { error: Some(format!("send failed: {e}")) });
+                    return;
+                }
+            }
+            inc = channel.recv() => match inc {
+                Ok(Some((msg, fds))) => report(WorkerEvent::Message(msg, fds)),
+                Ok(None) => {
+                    report(WorkerEvent::ChannelClosed { error: None });
+                    return;
+                }
+                Err(e) => {
+                    report(WorkerEvent::ChannelClosed { error: Some(e.to_string()) });
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! `status`: the daemon's state as one report.
+
+use handoff_protocol::ctl::{
+    CheckpointStatus, ConnStatus, HandoffStats, StatusReport, WorkerStatus,
+};
+
+use crate::daemon::Daemon;
+
+impl Daemon {
+    pub(crate) fn status(&self) -> StatusReport {
+        let worker = match &self.active {
+            Some(a) => WorkerStatus {
+                pid: Some(a.pid),
+                generation: a.generation,
+                state: a.state_name().to_string(),
+                build_id: a.hello().map(|h| h.build_id.clone()),
+                binary: a.binary.display().to_string(),
+                uptime_ms: a.started.elapsed().as_millis() as u64,
+                restarts: 0,
+            },
+            None => WorkerStatus {
+                pid: None,
+                generation: 0,
+                state: "down".into(),
+                build_id: None,
+                binary: self.cfg.worker.display().to_string(),
+                uptime_ms: 0,
+                restarts: 0,
+            },
+        };
+        let connections = self
+            .held
+            .iter()
+            .map(|h| ConnStatus {
+                id: h.info.id.0,
+                name: h.info.name.clone(),
+                url: h.info.url.clone(),
+                peer: h.info.peer.clone(),
+            })
+            .collect();
+        let checkpoint = self.checkpoint.as_ref().map(|c| CheckpointStatus {
+            age_ms: c.at.elapsed().as_millis() as u64,
+            bytes: c.snapshot.bytes.len() as u64,
+            schema: c.snapshot.schema,
+            summary: c.summary.clone(),
+        });
+        let handoffs = HandoffStats {
+            completed: self.stats.completed,
+            failed: self.stats.failed,
+            in_progress: self.phase.upgrade().map(|_| self.phase.name().to_string()),
+            last: self.stats.last.clone(),
+        };
+        StatusReport {
+            supervisor_pid: std::process::id(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            worker,
+            connections,
+            checkpoint,
+            handoffs,
+        }
+    }
+}
