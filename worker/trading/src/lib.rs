@@ -1,0 +1,107 @@
+//! # trading-worker
+//!
+//! The reference trading worker, built on [`handoff_worker`]: it connects to
+//! one or more Binance-style feeds, subscribes to `<symbol>@trade` streams,
+//! keeps per-stream cursors in its state and, with `--ack`, acknowledges each
+//! trade it processed on the same connection (the exchange simulator audits
+//! those acks for gaps, duplicates and reordering).
+//!
+//! Under the `handoff` supervisor its connections and state survive upgrades;
+//! started by hand it runs standalone.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod market;
+pub mod state;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use handoff_worker::{Ended, Feed, Settings};
+
+pub use app::Trader;
+
+/// A trading worker that survives upgrades with its connections and state.
+#[derive(Debug, Parser)]
+#[command(name = "trading-worker", version)]
+pub struct Args {
+    /// A websocket feed (ws://…); one connection per flag.
+    #[arg(long = "feed", required = true)]
+    pub feeds: Vec<String>,
+    /// Symbols to subscribe to, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "btcusdt,ethusdt")]
+    pub symbols: Vec<String>,
+    /// Acknowledge each processed trade on its connection.
+    #[arg(long)]
+    pub ack: bool,
+    /// Paper trading (the default): orders fill at the feed's prices.
+    #[arg(long)]
+    pub paper: bool,
+    /// How often the state is checkpointed to the supervisor.
+    #[arg(long, value_parser = parse_ms, default_value = "1000")]
+    pub checkpoint_ms: std::time::Duration,
+}
+
+fn parse_ms(s: &str) -> Result<std::time::Duration, String> {
+    s.parse::<u64>()
+        .map(std::time::Duration::from_millis)
+        .map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// `main` of the `trading-worker` binary.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let feeds: Vec<Feed> = args
+        .feeds
+        .iter()
+        .enumerate()
+        .map(|(i, url)| Feed {
+            name: format!("feed-{i}"),
+            url: url.clone(),
+        })
+        .collect();
+    let settings = Settings {
+        // A deploy pipeline may label the build (shown by `supervisorctl status`).
+        build_id: std::env::var("HANDOFF_BUILD_ID").unwrap_or_else(|_| {
+            format!(
+                "trading-worker {} (schema {})",
+                env!("CARGO_PKG_VERSION"),
+                app::SCHEMA
+            )
+        }),
+        checkpoint_interval: args.checkpoint_ms,
+        ..Settings::default()
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trading-worker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let symbols = args.symbols.clone();
+    let ack = args.ack;
+    match rt.block_on(handoff_worker::run(feeds, settings, move || {
+        Trader::new(symbols, ack)
+    })) {
+        Ok(Ended::HandedOver | Ended::Stopped | Ended::Abandoned) => ExitCode::SUCCESS,
+        Ok(Ended::Rejected(reason)) => {
+            eprintln!("trading-worker: takeover refused: {reason}");
+            ExitCode::from(4)
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("trading-worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
