@@ -9,19 +9,20 @@
 //!
 //! # The invariant
 //!
-//! Whenever tungstenite hands a message to the application (and whenever a read
-//! returns `Pending`), all of the following hold:
+//! Whenever the application holds control between two reads (a message was
+//! just delivered, or a `next()` future returned `Pending` and was dropped):
 //!
 //! 1. **tungstenite's read buffer is empty.** Each `poll_read` hands over at
 //!    most the rest of *one* websocket frame, and a frame is only handed over
-//!    once it is entirely in memory here, so tungstenite's own buffered reads
-//!    can never run past the frame it is assembling, and it never has to wait
-//!    for the middle of a frame. The last byte of every frame it has been given
-//!    has been consumed by the time it returns anything.
+//!    once it is entirely in memory here, so tungstenite's buffered reads never
+//!    run past the frame it is assembling, and it never waits in the middle of
+//!    a frame. It has consumed the last byte of every frame it was given
+//!    before it returns anything.
 //! 2. **Every byte read from the kernel is accounted for here**, as
 //!    [`leftovers()`](HandoffStream::leftovers) `= replay ++ unfed`:
 //!    - `unfed`: bytes taken from the kernel but not handed to tungstenite yet
-//!      (whole frames, or the beginning of one big frame, see 3);
+//!      (whole frames, or the beginning of one frame being read piecemeal,
+//!      see 3);
 //!    - `replay`: the raw bytes of the *data* frames (text / binary /
 //!      continuation) handed to tungstenite since the last data frame with
 //!      FIN=1, i.e. the fragments of a message tungstenite is half-way through
@@ -35,20 +36,21 @@
 //! 3. **The kernel's read position sits on a frame boundary**
 //!    ([`kernel_at_frame_boundary`](HandoffStream::kernel_at_frame_boundary)),
 //!    so that if the owning process crashes (no chance to pass leftovers on)
-//!    the next owner can still parse the connection from the kernel. Frames are
-//!    taken from the kernel whole: peek (`MSG_PEEK`), parse the headers, then
-//!    `recv` exactly the bytes of the complete frames in the peeked window. The
-//!    one exception is a frame larger than `whole_frame_max` (default
-//!    [`DEFAULT_WHOLE_FRAME_MAX`]): the kernel's receive window may never hold
-//!    it whole, so it is read as it arrives (into `unfed`; it is still not
-//!    given to tungstenite until complete). While such a frame is partly read
-//!    the kernel is mid-frame: a crash then tears that connection, but a
-//!    planned handover still works because the partial frame is part of the
-//!    leftovers, and the next stream finishes reading it.
-//!
-//! Because of (1) and (2), `leftovers()` is exact at any point where the
-//! application holds control between two `next()` calls, including after a
-//! `next()` future was cancelled.
+//!    the next owner can still parse the connection from the kernel (losing
+//!    only what this process had taken out). Frames are taken from the kernel
+//!    whole: peek (`MSG_PEEK`), parse the headers, then `recv` exactly the
+//!    bytes of the complete frames in the peeked window. The exception is a
+//!    frame read piecemeal: one larger than `whole_frame_max` (default
+//!    [`DEFAULT_WHOLE_FRAME_MAX`]; the kernel's receive window may never hold
+//!    it whole), or a stalled one (see "Stalls"). Its bytes go to `unfed` as
+//!    they arrive (still not to tungstenite until complete) and the reading
+//!    never goes past its end. While it is partly read the kernel is
+//!    mid-frame, and a crash tears that connection; a planned handover still
+//!    works, since the partial frame is part of the leftovers and the next
+//!    stream finishes reading it. Piecemeal reading only starts when no
+//!    complete frame is left to feed and always ends with its frame, so right
+//!    after `next()` has yielded a message the kernel is always at a boundary:
+//!    it is mid-frame only while a read is pending.
 //!
 //! # Readiness
 //!
@@ -58,6 +60,25 @@
 //! observed *before* the peek; tokio's readiness tick guarantees that bytes
 //! arriving after that observation wake the task again. No busy loop, no lost
 //! wake-up.
+//!
+//! # Stalls
+//!
+//! Leaving an incomplete frame in the kernel is only safe while more bytes can
+//! still arrive. Two situations break that, and in both the incomplete prefix
+//! is taken out and the frame read piecemeal, exactly like a big frame:
+//!
+//! - **The kernel stops accepting data.** Receive-buffer accounting is by
+//!   `skb` truesize, not bytes, and a partly consumed `skb` stays charged in
+//!   full until its last byte is read. A few hundred bytes of frame prefix can
+//!   so pin ~100 KiB of receive memory, close the TCP window, and deadlock
+//!   (observed on loopback with ~130 bytes pinning ~100 KiB). Hence a timer:
+//!   a prefix left waiting longer than the stall timeout
+//!   ([`DEFAULT_STALL_TIMEOUT`]) is taken out.
+//! - **A wake-up brings no new byte.** tokio keeps a socket whose peer has
+//!   shut down readable forever, so waiting again would spin; the prefix is
+//!   taken and the next `recv` sees the end of stream.
+//!
+//! The timer needs a tokio runtime with time enabled.
 //!
 //! # Handshake
 //!
@@ -75,30 +96,39 @@
 //! `MSG_DONTWAIT`, so it cannot block even if someone else cleared the flag.
 
 use std::fmt;
-use std::io::{self, Cursor};
+use std::future::Future;
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
-use tungstenite::protocol::frame::coding::OpCode;
-use tungstenite::protocol::frame::FrameHeader;
+use tokio::time::Sleep;
 
+mod frame;
 #[cfg(test)]
 mod tests;
+
+use frame::{ends_mid_frame, frame_extent, head_match, Extent, HEAD_END};
 
 /// Frames up to this many bytes (header included) are only ever taken from the
 /// kernel whole.
 pub const DEFAULT_WHOLE_FRAME_MAX: usize = 32 * 1024;
+/// Upper bound for `whole_frame_max` (it sizes the peek buffer).
+pub const WHOLE_FRAME_MAX_CAP: usize = 1024 * 1024;
 /// Frames whose payload exceeds this many bytes are refused (`InvalidData`).
 pub const DEFAULT_FRAME_MAX: usize = 64 * 1024 * 1024;
 /// Longest HTTP response head accepted during the handshake.
 pub const HANDSHAKE_MAX: usize = 16 * 1024;
 /// Longest possible websocket frame header.
 const MAX_HEADER_LEN: usize = 14;
+/// How long an incomplete frame may wait in the kernel before it is taken
+/// out and read piecemeal (see "Stalls" in the module docs).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_millis(10);
 /// Most bytes taken from the kernel by one `recv` while streaming a big frame.
 const STREAM_CHUNK: usize = 64 * 1024;
 
@@ -160,6 +190,15 @@ struct Feeding {
 /// See the [module documentation](self).
 pub struct HandoffStream {
     tcp: TcpStream,
+    /// Armed while an incomplete frame waits in the kernel (see "Stalls").
+    stall_timer: Option<Pin<Box<Sleep>>>,
+    stall_timeout: Duration,
+    st: State,
+}
+
+/// Everything but the socket, so that it can be borrowed mutably inside
+/// `TcpStream::try_io`.
+struct State {
     mode: Mode,
     /// Bytes taken from the kernel; `unfed[fed..]` not yet given to tungstenite.
     unfed: Vec<u8>,
@@ -171,6 +210,15 @@ pub struct HandoffStream {
     replay: Vec<u8>,
     /// `unfed` ends in the middle of a frame whose rest is still in the kernel.
     mid_frame: bool,
+    /// Length of the incomplete prefix last left waiting in the kernel.
+    waiting_on: Option<usize>,
+    /// Take the incomplete prefix in view out of the kernel (stall fallback).
+    take_prefix: bool,
+    /// Handshake: bytes of the head taken so far and `\r\n\r\n` match state.
+    head_len: usize,
+    head_match: usize,
+    /// How many incomplete prefixes were taken out by the stall fallback.
+    stalls: u64,
     whole_frame_max: usize,
     frame_max: usize,
     peek_buf: Vec<u8>,
@@ -180,29 +228,38 @@ impl fmt::Debug for HandoffStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HandoffStream")
             .field("tcp", &self.tcp)
-            .field("mode", &self.mode)
-            .field("unfed", &(self.unfed.len() - self.fed))
-            .field("replay", &self.replay.len())
-            .field("mid_frame", &self.mid_frame)
+            .field("mode", &self.st.mode)
+            .field("unfed", &(self.st.unfed.len() - self.st.fed))
+            .field("replay", &self.st.replay.len())
+            .field("mid_frame", &self.st.mid_frame)
+            .field("stalls", &self.st.stalls)
             .finish_non_exhaustive()
     }
 }
 
 impl HandoffStream {
     fn build(tcp: TcpStream, mode: Mode, unfed: Vec<u8>) -> Self {
-        let mid_frame = ends_mid_frame(&unfed);
         Self {
             tcp,
-            mode,
-            unfed,
-            fed: 0,
-            raw: 0,
-            current: None,
-            replay: Vec::new(),
-            mid_frame,
-            whole_frame_max: DEFAULT_WHOLE_FRAME_MAX,
-            frame_max: DEFAULT_FRAME_MAX,
-            peek_buf: Vec::new(),
+            stall_timer: None,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
+            st: State {
+                mode,
+                mid_frame: ends_mid_frame(&unfed),
+                unfed,
+                fed: 0,
+                raw: 0,
+                current: None,
+                replay: Vec::new(),
+                waiting_on: None,
+                take_prefix: false,
+                head_len: 0,
+                head_match: 0,
+                stalls: 0,
+                whole_frame_max: DEFAULT_WHOLE_FRAME_MAX,
+                frame_max: DEFAULT_FRAME_MAX,
+                peek_buf: Vec::new(),
+            },
         }
     }
 
@@ -228,10 +285,18 @@ impl HandoffStream {
     }
 
     /// Set the largest frame (header included) taken from the kernel only
-    /// whole, and the largest frame payload accepted at all.
+    /// whole (capped at [`WHOLE_FRAME_MAX_CAP`]), and the largest frame
+    /// payload accepted at all.
     pub fn with_limits(mut self, whole_frame_max: usize, frame_max: usize) -> Self {
-        self.whole_frame_max = whole_frame_max;
-        self.frame_max = frame_max;
+        self.st.whole_frame_max = whole_frame_max.min(WHOLE_FRAME_MAX_CAP);
+        self.st.frame_max = frame_max;
+        self
+    }
+
+    /// Set how long an incomplete frame may wait in the kernel before it is
+    /// taken out and read like a big frame (see "Stalls" in the module docs).
+    pub fn with_stall_timeout(mut self, timeout: Duration) -> Self {
+        self.stall_timeout = timeout;
         self
     }
 
@@ -240,19 +305,21 @@ impl HandoffStream {
     /// holds control between messages (tungstenite's buffer is then empty by
     /// construction). Hand it to [`resume`](Self::resume) of the next owner.
     pub fn leftovers(&self) -> Vec<u8> {
-        let from = self.current.map_or(self.fed, |c| c.start);
-        let mut out = Vec::with_capacity(self.replay.len() + self.unfed.len() - from);
-        out.extend_from_slice(&self.replay);
-        out.extend_from_slice(&self.unfed[from..]);
+        let st = &self.st;
+        let from = st.current.map_or(st.fed, |c| c.start);
+        let mut out = Vec::with_capacity(st.replay.len() + st.unfed.len() - from);
+        out.extend_from_slice(&st.replay);
+        out.extend_from_slice(&st.unfed[from..]);
         out
     }
 
     /// Whether the kernel's read position is at a frame boundary, i.e. a new
     /// owner starting from the descriptor alone would parse the connection
-    /// correctly. False only while a frame bigger than `whole_frame_max` is
-    /// partly read.
+    /// correctly. Always true when `next()` has just returned a message; false
+    /// only while a read is pending on a frame taken out piecemeal (bigger
+    /// than `whole_frame_max`, or stalled).
     pub fn kernel_at_frame_boundary(&self) -> bool {
-        !self.mid_frame
+        !self.st.mid_frame
     }
 
     /// The underlying socket (e.g. to duplicate its descriptor for handover).
@@ -260,6 +327,62 @@ impl HandoffStream {
         &self.tcp
     }
 
+    /// Take more bytes from the kernel into `unfed`. Called only when `unfed`
+    /// holds no complete frame to feed. Ready(Ok(false)) = end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        self.st.compact();
+        loop {
+            if let Some(timer) = self.stall_timer.as_mut() {
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.stall_timer = None;
+                    self.st.take_prefix = true;
+                }
+            }
+            let ready = match self.tcp.poll_read_ready(cx) {
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => true,
+                Poll::Pending if self.st.take_prefix => false,
+                Poll::Pending => return Poll::Pending,
+            };
+            let fd = self.tcp.as_raw_fd();
+            let st = &mut self.st;
+            // A stalled prefix is taken without readiness: it is known to be
+            // there, and readiness is already cleared for whatever comes next.
+            let stepped = if ready {
+                self.tcp.try_io(Interest::READABLE, || st.step(fd))
+            } else {
+                st.step(fd)
+            };
+            match stepped {
+                Ok(got_bytes) => {
+                    self.stall_timer = None;
+                    let st = &mut self.st;
+                    st.take_prefix = false;
+                    st.mid_frame = ends_mid_frame(&st.unfed[st.raw..]);
+                    if !got_bytes && st.mid_frame {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "connection closed in the middle of a websocket frame",
+                        )));
+                    }
+                    return Poll::Ready(Ok(got_bytes));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.st.waiting_on.is_some() && self.stall_timer.is_none() {
+                        self.stall_timer = Some(Box::pin(tokio::time::sleep(self.stall_timeout)));
+                    }
+                    if !ready {
+                        return Poll::Pending; // read readiness was polled: registered
+                    }
+                    // Readiness was cleared by `try_io`: poll it again to register.
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl State {
     /// Give tungstenite up to the rest of the current frame from `unfed`.
     /// Returns false when `unfed` holds no complete frame to give.
     fn feed(&mut self, buf: &mut ReadBuf<'_>) -> io::Result<bool> {
@@ -268,7 +391,6 @@ impl HandoffStream {
             buf.put_slice(&self.unfed[self.fed..self.fed + n]);
             self.fed += n;
             self.raw -= n;
-            self.compact_if_drained();
             return Ok(true);
         }
         let cur = match self.current {
@@ -300,126 +422,99 @@ impl HandoffStream {
                         .extend_from_slice(&self.unfed[cur.start..cur.end]);
                 }
             }
-            self.compact_if_drained();
+            if self.fed == self.unfed.len() {
+                self.unfed.clear();
+                self.fed = 0;
+            }
         }
         Ok(true)
     }
 
-    fn compact_if_drained(&mut self) {
-        if self.fed == self.unfed.len() && self.current.is_none() {
-            self.unfed.clear();
-            self.fed = 0;
-        }
-    }
-
-    /// Take more bytes from the kernel into `unfed`. Called only when `unfed`
-    /// holds no complete frame to feed. Ready(Ok(false)) = end of stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+    /// Drop the fed bytes (only the incomplete tail remains).
+    fn compact(&mut self) {
         if self.fed > 0 {
             self.unfed.drain(..self.fed);
             self.fed = 0;
         }
-        loop {
-            ready!(self.tcp.poll_read_ready(cx))?;
-            let fd = self.tcp.as_raw_fd();
-            let mut reader = Reader {
-                fd,
-                mode: &mut self.mode,
-                unfed: &mut self.unfed,
-                raw: &mut self.raw,
-                peek_buf: &mut self.peek_buf,
-                whole_frame_max: self.whole_frame_max,
-                frame_max: self.frame_max,
-            };
-            match self.tcp.try_io(Interest::READABLE, || reader.step()) {
-                Ok(got_bytes) => {
-                    self.mid_frame = ends_mid_frame(&self.unfed[self.raw..]);
-                    if !got_bytes && self.mid_frame {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "connection closed in the middle of a websocket frame",
-                        )));
-                    }
-                    return Poll::Ready(Ok(got_bytes));
-                }
-                // Readiness was cleared by `try_io`: poll it again to register.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
     }
-}
 
-/// One non-blocking read step on the socket, run under `try_io`.
-struct Reader<'a> {
-    fd: RawFd,
-    mode: &'a mut Mode,
-    unfed: &'a mut Vec<u8>,
-    raw: &'a mut usize,
-    peek_buf: &'a mut Vec<u8>,
-    whole_frame_max: usize,
-    frame_max: usize,
-}
-
-impl Reader<'_> {
+    /// One non-blocking read step on the socket, run under `try_io`.
     /// Ok(true): bytes were appended to `unfed`; Ok(false): end of stream;
     /// Err(WouldBlock): nothing usable yet (readiness gets cleared).
-    fn step(&mut self) -> io::Result<bool> {
-        match *self.mode {
-            Mode::Handshake => self.step_handshake(),
-            Mode::Frames if self.unfed.is_empty() => self.step_whole_frames(),
-            Mode::Frames => self.step_streaming(),
+    fn step(&mut self, fd: RawFd) -> io::Result<bool> {
+        match self.mode {
+            Mode::Handshake => self.step_handshake(fd),
+            Mode::Frames if self.unfed.is_empty() => self.step_whole_frames(fd),
+            Mode::Frames => self.step_streaming(fd),
         }
     }
 
-    fn peek(&mut self, window: usize) -> io::Result<usize> {
+    fn peek(&mut self, fd: RawFd, window: usize) -> io::Result<usize> {
         if self.peek_buf.len() < window {
             self.peek_buf.resize(window, 0);
         }
-        sys_recv(self.fd, &mut self.peek_buf[..window], MsgFlags::MSG_PEEK)
+        sys_recv(fd, &mut self.peek_buf[..window], MsgFlags::MSG_PEEK)
     }
 
     /// `recv` up to `want` bytes onto the end of `unfed`.
-    fn take(&mut self, want: usize) -> io::Result<usize> {
+    fn take(&mut self, fd: RawFd, want: usize) -> io::Result<usize> {
+        self.waiting_on = None;
         let old = self.unfed.len();
         self.unfed.resize(old + want, 0);
-        let got = sys_recv(self.fd, &mut self.unfed[old..], MsgFlags::empty());
+        let got = sys_recv(fd, &mut self.unfed[old..], MsgFlags::empty());
         self.unfed.truncate(old + *got.as_ref().unwrap_or(&0));
         got
     }
 
-    fn step_handshake(&mut self) -> io::Result<bool> {
-        let n = self.peek(HANDSHAKE_MAX)?;
+    /// An incomplete prefix of `n` bytes is in view: wait for more (leaving it
+    /// in the kernel), or take it if waiting is stalled. A wake-up that brought
+    /// no new byte means end of stream (tokio keeps a closed socket readable)
+    /// or a spurious event; either way waiting longer would spin.
+    fn wait_or_take(&mut self, n: usize) -> io::Result<usize> {
+        if self.take_prefix || self.waiting_on == Some(n) {
+            self.stalls += 1;
+            return Ok(n);
+        }
+        self.waiting_on = Some(n);
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    fn step_handshake(&mut self, fd: RawFd) -> io::Result<bool> {
+        let n = self.peek(fd, HANDSHAKE_MAX - self.head_len)?;
         if n == 0 {
             return Ok(false);
         }
-        let Some(end) = self.peek_buf[..n]
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map(|i| i + 4)
-        else {
-            if n >= HANDSHAKE_MAX {
+        let mut state = self.head_match;
+        let end = self.peek_buf[..n].iter().position(|&b| {
+            state = head_match(state, b);
+            state == HEAD_END.len()
+        });
+        let want = match end {
+            Some(i) => i + 1,
+            None if self.head_len + n >= HANDSHAKE_MAX => {
                 return Err(StreamError::HandshakeTooLarge {
                     limit: HANDSHAKE_MAX,
                 }
-                .into());
+                .into())
             }
-            return Err(io::ErrorKind::WouldBlock.into());
+            None => self.wait_or_take(n)?,
         };
-        let got = self.take(end)?;
-        if got == 0 {
-            return Ok(false);
+        let got = self.take(fd, want)?;
+        let old = self.unfed.len() - got;
+        for &b in &self.unfed[old..] {
+            self.head_match = head_match(self.head_match, b);
         }
-        *self.raw += got;
-        if got == end {
-            *self.mode = Mode::Frames;
+        self.head_len += got;
+        self.raw += got;
+        if self.head_match == HEAD_END.len() {
+            self.mode = Mode::Frames;
         }
-        Ok(true)
+        Ok(got > 0)
     }
 
     /// Kernel at a frame boundary: take only the complete frames in view.
-    fn step_whole_frames(&mut self) -> io::Result<bool> {
-        let n = self.peek(self.whole_frame_max.saturating_add(MAX_HEADER_LEN))?;
+    fn step_whole_frames(&mut self, fd: RawFd) -> io::Result<bool> {
+        let n = self.peek(fd, self.whole_frame_max.saturating_add(MAX_HEADER_LEN))?;
         if n == 0 {
             return Ok(false);
         }
@@ -441,20 +536,20 @@ impl Reader<'_> {
             }
         }
         if whole == 0 {
-            return Err(io::ErrorKind::WouldBlock.into());
+            whole = self.wait_or_take(n)?;
         }
-        Ok(self.take(whole)? > 0)
+        Ok(self.take(fd, whole)? > 0)
     }
 
     /// Kernel mid-frame (`unfed` is a frame's beginning): read on, but never
     /// past that frame's end (or its header's end while that is incomplete).
-    fn step_streaming(&mut self) -> io::Result<bool> {
-        let missing = match frame_extent(self.unfed, self.frame_max)? {
+    fn step_streaming(&mut self, fd: RawFd) -> io::Result<bool> {
+        let missing = match frame_extent(&self.unfed, self.frame_max)? {
             Extent::Partial { missing, .. } => missing,
             // Unreachable: a complete frame would have been fed first.
             Extent::Complete { .. } => return Ok(true),
         };
-        Ok(self.take(missing.min(STREAM_CHUNK))? > 0)
+        Ok(self.take(fd, missing.min(STREAM_CHUNK))? > 0)
     }
 }
 
@@ -463,80 +558,6 @@ fn sys_recv(fd: RawFd, buf: &mut [u8], flags: MsgFlags) -> io::Result<usize> {
         match recv(fd, buf, flags | MsgFlags::MSG_DONTWAIT) {
             Err(Errno::EINTR) => continue,
             r => return r.map_err(io::Error::from),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Extent {
-    /// `buf` starts with a whole frame of `len` bytes.
-    Complete { len: usize, data: bool, fin: bool },
-    /// `buf` is a strict prefix of a frame; `missing` bytes more complete the
-    /// frame, or only its header if that is incomplete (`total` unknown).
-    Partial {
-        missing: usize,
-        total: Option<usize>,
-    },
-}
-
-/// Locate the end of the frame starting at `buf[0]`.
-fn frame_extent(buf: &[u8], frame_max: usize) -> io::Result<Extent> {
-    let mut cursor = Cursor::new(buf);
-    let (header, payload) = match FrameHeader::parse(&mut cursor) {
-        Err(e) => return Err(StreamError::MalformedHeader(e.to_string()).into()),
-        Ok(None) => {
-            let header_len: usize = match buf {
-                [_, second, ..] => {
-                    let ext = match second & 0x7f {
-                        126 => 2,
-                        127 => 8,
-                        _ => 0,
-                    };
-                    2 + ext + if second & 0x80 != 0 { 4 } else { 0 }
-                }
-                _ => 2,
-            };
-            return Ok(Extent::Partial {
-                missing: header_len.saturating_sub(buf.len()).max(1),
-                total: None,
-            });
-        }
-        Ok(Some(parsed)) => parsed,
-    };
-    let too_large = StreamError::FrameTooLarge {
-        size: payload,
-        limit: frame_max,
-    };
-    if payload > frame_max as u64 {
-        return Err(too_large.into());
-    }
-    let total = usize::try_from(payload)
-        .ok()
-        .and_then(|p| p.checked_add(cursor.position() as usize))
-        .ok_or(too_large)?;
-    Ok(if total <= buf.len() {
-        Extent::Complete {
-            len: total,
-            data: matches!(header.opcode, OpCode::Data(_)),
-            fin: header.is_final,
-        }
-    } else {
-        Extent::Partial {
-            missing: total - buf.len(),
-            total: Some(total),
-        }
-    })
-}
-
-/// Whether `buf` (a sequence of frames) ends inside a frame.
-fn ends_mid_frame(mut buf: &[u8]) -> bool {
-    loop {
-        if buf.is_empty() {
-            return false;
-        }
-        match frame_extent(buf, usize::MAX) {
-            Ok(Extent::Complete { len, .. }) => buf = &buf[len..],
-            Ok(Extent::Partial { .. }) | Err(_) => return true,
         }
     }
 }
@@ -554,7 +575,7 @@ impl AsyncRead for HandoffStream {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if this.feed(buf)? {
+            if this.st.feed(buf)? {
                 return Poll::Ready(Ok(()));
             }
             if !ready!(this.poll_fill(cx))? {
