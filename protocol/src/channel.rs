@@ -213,12 +213,14 @@ mod tests {
     async fn messages_and_fds_cross() {
         let (mut sup, mut wrk) = pair();
         let (x, _y) = std::os::unix::net::UnixStream::pair().unwrap();
-        sup.send(&ToWorker::Freeze, &[]).await.unwrap();
+        sup.send(&ToWorker::Freeze { schema: None }, &[])
+            .await
+            .unwrap();
         sup.send(&ToWorker::Go, &[x.as_fd(), x.as_fd()])
             .await
             .unwrap();
         let (m1, f1) = wrk.recv().await.unwrap().unwrap();
-        assert!(matches!(m1, ToWorker::Freeze));
+        assert!(matches!(m1, ToWorker::Freeze { .. }));
         assert!(f1.is_empty());
         let (m2, f2) = wrk.recv().await.unwrap().unwrap();
         assert!(matches!(m2, ToWorker::Go));

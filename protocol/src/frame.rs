@@ -127,12 +127,12 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let msg = ToWorker::Freeze;
+        let msg = ToWorker::Freeze { schema: None };
         let bytes = encode(&msg, 0, MAX_CTL_FRAME).unwrap();
         let h = Header::parse(bytes[..HEADER_LEN].try_into().unwrap(), MAX_CTL_FRAME).unwrap();
         assert_eq!(h.len, bytes.len() - HEADER_LEN);
         let back: ToWorker = decode(&bytes[HEADER_LEN..]).unwrap();
-        assert!(matches!(back, ToWorker::Freeze));
+        assert!(matches!(back, ToWorker::Freeze { .. }));
     }
 
     #[test]

@@ -45,8 +45,11 @@ pub struct Hello {
     pub build_id: String,
     /// App name (snapshot envelopes carry it).
     pub app: String,
-    /// Schema version this build writes.
+    /// Schema version this build writes by default.
     pub writes_schema: u32,
+    /// Every schema version this build can write when asked (for a rollback
+    /// to an older build), `writes_schema` included.
+    pub can_write: Vec<u32>,
     /// Schema versions this build can read.
     pub reads_schemas: Vec<u32>,
 }
@@ -117,8 +120,9 @@ pub enum ToWorker {
     Restore(Restore),
     /// Start consuming (only after `Ready`).
     Go,
-    /// Stop consuming at a message boundary, flush, answer `Frozen`.
-    Freeze,
+    /// Stop consuming at a message boundary, flush, answer `Frozen` with the
+    /// state written in `schema` (default: the worker's own).
+    Freeze { schema: Option<u32> },
     /// The upgrade was abandoned: resume exactly where you froze.
     Thaw,
     /// Exit without touching the connections (no close frame, no shutdown).

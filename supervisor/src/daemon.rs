@@ -11,7 +11,7 @@ use handoff_protocol::ctl::{CtlRequest, CtlResponse, HandoffReport, Outcome, Upg
 use handoff_protocol::worker::{
     ConnRestore, FromWorker, Frozen, Hello, Restore, RestoreMode, ToWorker,
 };
-use handoff_protocol::{monotonic_ns, Snapshot, PROTOCOL_VERSION};
+use handoff_protocol::{monotonic_ns, Snapshot};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
@@ -20,7 +20,7 @@ use tracing::{error, info, warn};
 use crate::binary;
 use crate::config::Config;
 use crate::control::{self, CtlCommand};
-use crate::handoff::{Phase, Trigger, Upgrade, EXIT_STATUS_GRACE};
+use crate::handoff::{compatibility, Phase, Trigger, Upgrade, EXIT_STATUS_GRACE};
 use crate::held::HeldSockets;
 use crate::proc::{Generation, Lifecycle, SpawnError, Tagged, WorkerEvent, WorkerProc};
 use crate::signals::Intent;
@@ -577,37 +577,22 @@ impl Daemon {
             return;
         };
         let current = self.active.as_ref().and_then(|a| a.hello().cloned());
-        let problem = if hello.protocol != PROTOCOL_VERSION {
-            Some(format!(
-                "the new worker speaks protocol {}, this supervisor {PROTOCOL_VERSION}",
-                hello.protocol
-            ))
-        } else {
-            current.as_ref().and_then(|cur| {
-                if cur.app != hello.app {
-                    Some(format!(
-                        "the new worker is app {:?}, the running one {:?}",
-                        hello.app, cur.app
-                    ))
-                } else if !hello.reads_schemas.contains(&cur.writes_schema) {
-                    Some(format!(
-                        "the new worker reads schemas {:?} but the running worker writes schema {}",
-                        hello.reads_schemas, cur.writes_schema
-                    ))
-                } else {
-                    None
-                }
-            })
+        let verdict = match &current {
+            Some(cur) => compatibility(cur, &hello),
+            None => Err("the running worker never said Hello".to_string()),
         };
         succ.life = Lifecycle::Running {
             hello: hello.clone(),
         };
         up.mark("prepared", Some(format!("build {}", hello.build_id)));
         self.phase = Phase::Preparing { up, succ };
-        if let Some(reason) = problem {
-            self.abort(Outcome::Refused, reason);
-            return;
-        }
+        let schema = match verdict {
+            Ok(schema) => schema,
+            Err(reason) => {
+                self.abort(Outcome::Refused, reason);
+                return;
+            }
+        };
         let Phase::Preparing { mut up, succ } = std::mem::take(&mut self.phase) else {
             return;
         };
@@ -617,7 +602,7 @@ impl Daemon {
                     hello: hello.clone(),
                 };
             }
-            a.send(ToWorker::Freeze, Vec::new());
+            a.send(ToWorker::Freeze { schema }, Vec::new());
         }
         up.deadline = tokio::time::Instant::now() + self.cfg.timeouts.freeze;
         self.phase = Phase::Freezing { up, succ };

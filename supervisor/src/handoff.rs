@@ -23,6 +23,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use handoff_protocol::ctl::{HandoffReport, Outcome, PhaseEvent, PhaseTimings};
+use handoff_protocol::worker::Hello;
+use handoff_protocol::PROTOCOL_VERSION;
 use tokio::sync::mpsc;
 
 use crate::proc::WorkerProc;
@@ -198,5 +200,77 @@ impl Phase {
 
     pub fn deadline(&self) -> Option<tokio::time::Instant> {
         self.upgrade().map(|u| u.deadline)
+    }
+}
+
+/// Step 3's check: can the successor take over from the running worker? The
+/// answer is the schema the old worker must freeze in (`None`: its own), or
+/// why not. Refusing here costs nothing: the old worker has not been touched.
+pub fn compatibility(current: &Hello, successor: &Hello) -> Result<Option<u32>, String> {
+    if successor.protocol != PROTOCOL_VERSION {
+        return Err(format!(
+            "the new worker speaks protocol {}, this supervisor {PROTOCOL_VERSION}",
+            successor.protocol
+        ));
+    }
+    if current.app != successor.app {
+        return Err(format!(
+            "the new worker is app {:?}, the running one {:?}",
+            successor.app, current.app
+        ));
+    }
+    if successor.reads_schemas.contains(&current.writes_schema) {
+        return Ok(None);
+    }
+    // An older build: ask the running worker for the newest schema both share.
+    let shared = current
+        .can_write
+        .iter()
+        .filter(|s| successor.reads_schemas.contains(s))
+        .max();
+    match shared {
+        Some(&s) => Ok(Some(s)),
+        None => Err(format!(
+            "incompatible state: the new worker reads schemas {:?}, the running worker writes {:?}",
+            successor.reads_schemas, current.can_write
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(writes: u32, can_write: &[u32], reads: &[u32]) -> Hello {
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            pid: 1,
+            build_id: "t".into(),
+            app: "bot".into(),
+            writes_schema: writes,
+            can_write: can_write.to_vec(),
+            reads_schemas: reads.to_vec(),
+        }
+    }
+
+    #[test]
+    fn schema_negotiation() {
+        let v1 = hello(1, &[1], &[1]);
+        let v2 = hello(2, &[1, 2], &[1, 2]);
+        assert_eq!(compatibility(&v1, &v2), Ok(None), "upgrade: v2 reads v1");
+        assert_eq!(
+            compatibility(&v2, &v1),
+            Ok(Some(1)),
+            "rollback: v2 writes v1 for it"
+        );
+        let v3_only = hello(3, &[3], &[3]);
+        let err = compatibility(&v1, &v3_only).unwrap_err();
+        assert!(err.contains("incompatible state"), "{err}");
+        let mut other = v2.clone();
+        other.app = "other".into();
+        assert!(compatibility(&v1, &other).unwrap_err().contains("app"));
+        let mut newer = v2;
+        newer.protocol = PROTOCOL_VERSION + 1;
+        assert!(compatibility(&v1, &newer).unwrap_err().contains("protocol"));
     }
 }

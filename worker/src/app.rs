@@ -51,8 +51,26 @@ pub trait App: Sized + Send + 'static {
         vec![Self::SCHEMA]
     }
 
-    /// Serialize the whole state.
+    /// Schema versions [`App::snapshot_as`] can write: the current one and
+    /// older ones a previous build reads, so a rollback keeps the state.
+    fn writes_schemas() -> Vec<u32> {
+        vec![Self::SCHEMA]
+    }
+
+    /// Serialize the whole state in schema [`App::SCHEMA`].
     fn snapshot(&self) -> Result<Vec<u8>, AppError>;
+
+    /// Serialize the state in `schema`, one of [`App::writes_schemas`].
+    fn snapshot_as(&self, schema: u32) -> Result<Vec<u8>, AppError> {
+        if schema == Self::SCHEMA {
+            self.snapshot()
+        } else {
+            Err(AppError::new(format!(
+                "cannot write schema {schema} (writes {})",
+                Self::SCHEMA
+            )))
+        }
+    }
 
     /// Replace the state of this freshly built app (its settings come from
     /// this build's configuration) with the state in `bytes`, of schema

@@ -3,7 +3,8 @@
 //!
 //! `HANDOFF_FAULT=<point>` makes the worker misbehave at that point:
 //! `exit-at-start`, `hang-before-hello`, `crash-after-restore`,
-//! `hang-after-restore`, `reject-restore`.
+//! `hang-after-restore`, `reject-restore`, `reads-no-schema` (the Hello
+//! claims to read no schema at all: an incompatible build).
 
 /// Points in a worker's life where a fault can be injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,4 +42,15 @@ pub async fn hit(point: FaultPoint) -> FaultAction {
 #[cfg(not(feature = "fault-injection"))]
 pub async fn hit(_point: FaultPoint) -> FaultAction {
     FaultAction::None
+}
+
+/// Schema versions to announce instead of the app's own (`reads-no-schema`).
+#[cfg(feature = "fault-injection")]
+pub fn reads_schemas_override() -> Option<Vec<u32>> {
+    (std::env::var("HANDOFF_FAULT").ok()?.as_str() == "reads-no-schema").then(Vec::new)
+}
+
+#[cfg(not(feature = "fault-injection"))]
+pub fn reads_schemas_override() -> Option<Vec<u32>> {
+    None
 }

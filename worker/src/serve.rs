@@ -98,7 +98,7 @@ impl<A: App> Worker<A> {
                         }
                     };
                     match cmd {
-                        ToWorker::Freeze => match self.freeze().await? {
+                        ToWorker::Freeze { schema } => match self.freeze(schema.unwrap_or(A::SCHEMA)).await? {
                             AfterFreeze::Thawed => info!("thawed: resuming where we froze"),
                             AfterFreeze::Exit => return Ok(Ended::HandedOver),
                             AfterFreeze::Stop => return self.stop().await,
@@ -182,13 +182,21 @@ impl<A: App> Worker<A> {
         Ok(())
     }
 
-    fn seal(&self) -> Result<Snapshot, WorkerError> {
-        let bytes = self.app.snapshot().map_err(WorkerError::Snapshot)?;
-        Ok(Snapshot::seal(A::NAME, A::SCHEMA, bytes))
+    fn seal(&self, schema: u32) -> Result<Snapshot, WorkerError> {
+        let bytes = if schema == A::SCHEMA {
+            self.app.snapshot()
+        } else {
+            self.app.snapshot_as(schema)
+        };
+        Ok(Snapshot::seal(
+            A::NAME,
+            schema,
+            bytes.map_err(WorkerError::Snapshot)?,
+        ))
     }
 
     async fn send_checkpoint(&mut self) -> Result<(), WorkerError> {
-        let snapshot = self.seal()?;
+        let snapshot = self.seal(A::SCHEMA)?;
         let summary = self.app.summary();
         if let Some(link) = self.link.as_mut() {
             let taken_at_ns = monotonic_ns();
@@ -206,7 +214,7 @@ impl<A: App> Worker<A> {
     /// flush every connection, snapshot, and hand over the leftovers. Then
     /// wait to be thawed or told to exit; nothing is read or written on the
     /// connections in between.
-    async fn freeze(&mut self) -> Result<AfterFreeze, WorkerError> {
+    async fn freeze(&mut self, schema: u32) -> Result<AfterFreeze, WorkerError> {
         let frozen_at_ns = monotonic_ns();
         let limit = self.settings.freeze_flush_timeout;
         let mut failure = None;
@@ -225,7 +233,7 @@ impl<A: App> Worker<A> {
                 break;
             }
         }
-        let snapshot = match (failure, self.seal()) {
+        let snapshot = match (failure, self.seal(schema)) {
             (None, Ok(s)) => s,
             (Some(reason), _)
             | (None, Err(WorkerError::Snapshot(crate::app::AppError(reason)))) => {

@@ -54,7 +54,8 @@ pub async fn run<A: App>(
         build_id: settings.build_id.clone(),
         app: A::NAME.to_string(),
         writes_schema: A::SCHEMA,
-        reads_schemas: A::reads_schemas(),
+        can_write: A::writes_schemas(),
+        reads_schemas: fault::reads_schemas_override().unwrap_or_else(A::reads_schemas),
     }))
     .await?;
     let Some((first, fds)) = link.recv().await? else {

@@ -1,62 +1,132 @@
-//! The trading worker as a handoff [`App`].
+//! The trading worker as a handoff [`App`], generic over the schema its
+//! build writes: `Trader<1>` is the released build, `Trader<2>` the next one
+//! (one more field), so tests and the demo can upgrade into a new schema and
+//! roll back out of it.
 
 use handoff_worker::protocol::worker::{ConnInfo, RestoreMode};
 use handoff_worker::{App, AppError, Message, Outbox};
+use rust_decimal::Decimal;
 use tracing::info;
 
 use crate::market::{ack, parse_trade, subscribe};
-use crate::state::State;
+use crate::schema::{self, FullState};
+use crate::state::Strategy;
 
-/// Schema of [`State`] as this build writes it.
-pub const SCHEMA: u32 = 1;
-
-/// The app: its state and its settings.
-pub struct Trader {
-    pub state: State,
+/// The app: its state and its settings. `S` is the schema this build writes.
+pub struct Trader<const S: u32> {
+    pub state: FullState,
     pub symbols: Vec<String>,
     pub ack: bool,
+    pub strategy: Strategy,
 }
 
-impl Trader {
-    pub fn new(symbols: Vec<String>, ack: bool) -> Self {
+impl<const S: u32> Trader<S> {
+    pub fn new(symbols: Vec<String>, ack: bool, strategy: Strategy) -> Self {
         Trader {
-            state: State::default(),
+            state: FullState::default(),
             symbols,
             ack,
+            strategy,
         }
+    }
+
+    /// The operator's view: positions per symbol (decimal strings), trades
+    /// per stream, orders, and a digest of the schema-1 state.
+    pub fn summary_json(&self) -> serde_json::Value {
+        let positions: serde_json::Map<String, serde_json::Value> = self
+            .state
+            .base
+            .positions_by_symbol()
+            .into_iter()
+            .map(|(sym, p)| {
+                let mut v = serde_json::json!({
+                    "qty": p.qty.normalize().to_string(),
+                    "avg_price": p.avg_price.normalize().to_string(),
+                    "realized_pnl": p.realized_pnl.normalize().to_string(),
+                    "fills": p.fills,
+                });
+                if S >= 2 {
+                    let notional: Decimal = self
+                        .state
+                        .notional
+                        .iter()
+                        .filter(|(k, _)| k.ends_with(&format!("/{sym}")))
+                        .map(|(_, v)| *v)
+                        .sum();
+                    v["traded_notional"] = notional.normalize().to_string().into();
+                }
+                (sym, v)
+            })
+            .collect();
+        let streams: serde_json::Map<String, serde_json::Value> = self
+            .state
+            .base
+            .cursors
+            .iter()
+            .map(|(k, c)| {
+                (
+                    k.clone(),
+                    serde_json::json!({"trades": c.trades, "last_id": c.last_id, "gaps": c.gaps}),
+                )
+            })
+            .collect();
+        let b = &self.state.base;
+        serde_json::json!({
+            "schema": S,
+            "trades_processed": b.total_trades(),
+            "orders_sent": b.orders_sent,
+            "orders_filled": b.orders_filled,
+            "open_orders": b.open_orders.len(),
+            "positions": positions,
+            "streams": streams,
+            "digest": schema::digest(&self.state),
+        })
     }
 }
 
-fn codec() -> impl bincode::Options + Copy {
-    use bincode::Options;
-    bincode::DefaultOptions::new().reject_trailing_bytes()
-}
-
-impl App for Trader {
+impl<const S: u32> App for Trader<S> {
     const NAME: &'static str = "trading-worker";
-    const SCHEMA: u32 = SCHEMA;
+    const SCHEMA: u32 = S;
+
+    fn reads_schemas() -> Vec<u32> {
+        (1..=S).collect()
+    }
+
+    fn writes_schemas() -> Vec<u32> {
+        (1..=S).collect()
+    }
 
     fn snapshot(&self) -> Result<Vec<u8>, AppError> {
-        use bincode::Options;
-        codec().serialize(&self.state).map_err(AppError::new)
+        self.snapshot_as(S)
+    }
+
+    fn snapshot_as(&self, schema: u32) -> Result<Vec<u8>, AppError> {
+        if schema > S {
+            return Err(AppError::new(format!(
+                "this build writes schemas up to {S}, not {schema}"
+            )));
+        }
+        schema::encode(&self.state, schema).map_err(AppError::new)
     }
 
     fn restore(&mut self, schema: u32, bytes: &[u8], mode: RestoreMode) -> Result<(), AppError> {
-        use bincode::Options;
-        if schema != SCHEMA {
+        if schema > S {
             return Err(AppError::new(format!(
-                "schema {schema} is not readable by this build"
+                "schema {schema} is newer than this build's {S}"
             )));
         }
-        self.state = codec()
-            .deserialize(bytes)
-            .map_err(|e| AppError::new(format!("bad state: {e}")))?;
-        info!(?mode, trades = self.state.total_trades(), "state restored");
+        self.state = schema::decode(bytes, schema).map_err(AppError::new)?;
+        info!(
+            ?mode,
+            schema,
+            trades = self.state.base.total_trades(),
+            "state restored"
+        );
         Ok(())
     }
 
     fn summary(&self) -> Option<String> {
-        Some(self.state.summary().to_string())
+        Some(self.summary_json().to_string())
     }
 
     fn on_open(&mut self, conn: &ConnInfo, out: &mut Outbox) {
@@ -68,7 +138,9 @@ impl App for Trader {
         let Some(trade) = parse_trade(text.as_str()) else {
             return;
         };
-        self.state.apply(&conn.name, &trade);
+        for fill in self.state.base.apply(&conn.name, &trade, &self.strategy) {
+            *self.state.notional.entry(fill.book).or_default() += (fill.qty * fill.price).abs();
+        }
         if self.ack {
             out.send(conn.id, Message::text(ack(&trade.stream, trade.id)));
         }

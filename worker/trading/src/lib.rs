@@ -11,8 +11,13 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod book;
 pub mod market;
+pub mod schema;
 pub mod state;
+
+#[cfg(test)]
+mod fixture_tests;
 
 use std::process::ExitCode;
 
@@ -48,8 +53,18 @@ fn parse_ms(s: &str) -> Result<std::time::Duration, String> {
         .map_err(|e| format!("{s:?}: {e}"))
 }
 
-/// `main` of the `trading-worker` binary.
+/// `main` of the `trading-worker` binary (writes schema 1).
 pub fn main() -> ExitCode {
+    main_with::<1>()
+}
+
+/// `main` of `trading-worker-v2`, the next build: its state has one more
+/// field (schema 2), it reads schema 1 and writes it for a rollback.
+pub fn main_v2() -> ExitCode {
+    main_with::<2>()
+}
+
+fn main_with<const S: u32>() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -72,7 +87,7 @@ pub fn main() -> ExitCode {
             format!(
                 "trading-worker {} (schema {})",
                 env!("CARGO_PKG_VERSION"),
-                app::SCHEMA
+                S
             )
         }),
         checkpoint_interval: args.checkpoint_ms,
@@ -90,9 +105,9 @@ pub fn main() -> ExitCode {
     };
     let symbols = args.symbols.clone();
     let ack = args.ack;
-    match rt.block_on(handoff_worker::run(feeds, settings, move || {
-        Trader::new(symbols, ack)
-    })) {
+    let strategy = state::Strategy::default();
+    let fresh = move || Trader::<S>::new(symbols, ack, strategy);
+    match rt.block_on(handoff_worker::run(feeds, settings, fresh)) {
         Ok(Ended::HandedOver | Ended::Stopped | Ended::Abandoned) => ExitCode::SUCCESS,
         Ok(Ended::Rejected(reason)) => {
             eprintln!("trading-worker: takeover refused: {reason}");

@@ -1,15 +1,16 @@
-//! The trading worker's state, and its snapshot encoding.
+//! The trading worker's state: per-stream cursors, one [`Book`] per
+//! (connection, symbol), and paper orders.
 //!
-//! Per (connection, stream): the last trade id and how many trades were
-//! processed, plus the worker's own continuity check (ids must be
-//! contiguous). Money is `Decimal`, encoded as strings (bincode cannot decode
-//! rust_decimal's default serde form).
+//! Books are keyed per connection so that each connection's run is
+//! deterministic on its own, whatever the interleaving between connections;
+//! the operator's view sums them per symbol.
 
 use std::collections::BTreeMap;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::book::{Position, Regime, Side, Signal, SignalParams, DP};
 use crate::market::Trade;
 
 /// Progress of one stream on one connection.
@@ -19,56 +20,175 @@ pub struct Cursor {
     pub trades: u64,
     /// Ids skipped (the feed or a handoff lost something).
     pub gaps: u64,
-    /// Ids seen again or out of order.
+    /// Ids seen again or out of order (ignored).
     pub repeats: u64,
-    #[serde(with = "rust_decimal::serde::str")]
-    pub last_price: Decimal,
 }
 
-/// Everything the worker carries across a handoff.
+/// A position and the signal that trades it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Book {
+    pub symbol: String,
+    pub position: Position,
+    pub signal: Signal,
+}
+
+/// An order sent and not yet filled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub client_id: String,
+    /// The book it belongs to.
+    pub book: String,
+    pub symbol: String,
+    pub side: Side,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub qty: Decimal,
+}
+
+/// Everything the worker carries across a handoff (schema 1 fields).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
-    /// Keyed by `"<connection name>/<stream>"`.
+    /// Keyed by `"<connection>/<stream>"`.
     pub cursors: BTreeMap<String, Cursor>,
+    /// Keyed by `"<connection>/<SYMBOL>"`.
+    pub books: BTreeMap<String, Book>,
+    /// Open orders by client order id.
+    pub open_orders: BTreeMap<String, Order>,
+    /// Sequence of the next client order id: ids are never reused, across
+    /// every generation of the worker, because the sequence is state.
+    pub next_order_seq: u64,
+    pub orders_sent: u64,
+    pub orders_filled: u64,
+}
+
+/// Trading parameters (settings, not state).
+#[derive(Debug, Clone, Copy)]
+pub struct Strategy {
+    pub signal: SignalParams,
+    /// Size of the position the signal goes long or short.
+    pub lot: Decimal,
+}
+
+impl Default for Strategy {
+    fn default() -> Self {
+        Strategy {
+            signal: SignalParams::default(),
+            lot: Decimal::new(1, 2),
+        }
+    }
+}
+
+/// A fill, reported so that schema-2 fields can follow it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fill {
+    pub book: String,
+    pub side: Side,
+    pub qty: Decimal,
+    pub price: Decimal,
 }
 
 impl State {
-    /// Account for one trade seen on connection `conn`.
-    pub fn apply(&mut self, conn: &str, t: &Trade) {
-        let c = self
+    /// Process one trade seen on connection `conn`: fill paper orders of
+    /// that book at this price (orders fill at the next trade), update the
+    /// signal, and place an order if it crossed. Returns the fills.
+    pub fn apply(&mut self, conn: &str, t: &Trade, strategy: &Strategy) -> Vec<Fill> {
+        let cursor = self
             .cursors
             .entry(format!("{conn}/{}", t.stream))
             .or_default();
-        if c.trades > 0 && t.id != c.last_id + 1 {
-            if t.id > c.last_id {
-                c.gaps += t.id - c.last_id - 1;
-            } else {
-                c.repeats += 1;
-                return;
+        if cursor.trades > 0 && t.id <= cursor.last_id {
+            cursor.repeats += 1;
+            return Vec::new();
+        }
+        if cursor.trades > 0 {
+            cursor.gaps += t.id - cursor.last_id - 1;
+        }
+        cursor.last_id = t.id;
+        cursor.trades += 1;
+
+        let key = format!("{conn}/{}", t.symbol);
+        let fills = self.fill_open_orders(&key, t.price);
+        let book = self.books.entry(key.clone()).or_insert_with(|| Book {
+            symbol: t.symbol.clone(),
+            ..Book::default()
+        });
+        if let Some(regime) = book.signal.update(t.price, strategy.signal) {
+            let target = match regime {
+                Regime::Above => strategy.lot,
+                Regime::Below => -strategy.lot,
+                Regime::Warmup => book.position.qty,
+            };
+            let delta = target - book.position.qty;
+            let pending = self.open_orders.values().any(|o| o.book == key);
+            if !delta.is_zero() && !pending {
+                let side = if delta.is_sign_positive() {
+                    Side::Buy
+                } else {
+                    Side::Sell
+                };
+                let client_id = format!("hw-{:08}", self.next_order_seq);
+                self.next_order_seq += 1;
+                self.orders_sent += 1;
+                let symbol = t.symbol.clone();
+                self.open_orders.insert(
+                    client_id.clone(),
+                    Order {
+                        client_id,
+                        book: key,
+                        symbol,
+                        side,
+                        qty: delta.abs(),
+                    },
+                );
             }
         }
-        c.last_id = t.id;
-        c.trades += 1;
-        c.last_price = t.price;
+        fills
+    }
+
+    fn fill_open_orders(&mut self, key: &str, price: Decimal) -> Vec<Fill> {
+        let ids: Vec<String> = self
+            .open_orders
+            .values()
+            .filter(|o| o.book == key)
+            .map(|o| o.client_id.clone())
+            .collect();
+        let mut fills = Vec::new();
+        for id in ids {
+            let Some(order) = self.open_orders.remove(&id) else {
+                continue;
+            };
+            if let Some(book) = self.books.get_mut(key) {
+                book.position.fill(order.side, order.qty, price);
+                self.orders_filled += 1;
+                fills.push(Fill {
+                    book: key.to_string(),
+                    side: order.side,
+                    qty: order.qty,
+                    price,
+                });
+            }
+        }
+        fills
     }
 
     pub fn total_trades(&self) -> u64 {
         self.cursors.values().map(|c| c.trades).sum()
     }
 
-    /// The operator's view (JSON).
-    pub fn summary(&self) -> serde_json::Value {
-        let streams: serde_json::Map<String, serde_json::Value> = self
-            .cursors
-            .iter()
-            .map(|(k, c)| {
-                (
-                    k.clone(),
-                    serde_json::json!({"trades": c.trades, "last_id": c.last_id, "gaps": c.gaps,
-                        "repeats": c.repeats, "last_price": c.last_price.to_string()}),
-                )
-            })
-            .collect();
-        serde_json::json!({"trades_processed": self.total_trades(), "streams": streams})
+    /// Positions summed per symbol over every connection's book.
+    pub fn positions_by_symbol(&self) -> BTreeMap<String, Position> {
+        let mut out: BTreeMap<String, Position> = BTreeMap::new();
+        for book in self.books.values() {
+            let p = out.entry(book.symbol.clone()).or_default();
+            let cost = p.avg_price * p.qty + book.position.avg_price * book.position.qty;
+            p.qty += book.position.qty;
+            p.avg_price = if p.qty.is_zero() {
+                Decimal::ZERO
+            } else {
+                (cost / p.qty).round_dp(DP)
+            };
+            p.realized_pnl += book.position.realized_pnl;
+            p.fills += book.position.fills;
+        }
+        out
     }
 }
