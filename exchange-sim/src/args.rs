@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 #[derive(clap::Parser, Debug, Clone)]
 #[command(
     name = "exchange-sim",
-    about = "Adversarial Binance-style websocket trade feed with an ack audit"
+    about = "Adversarial Binance-style websocket trade feed and REST order API, with audits"
 )]
 pub struct Args {
     /// Address to listen on (websocket and HTTP share the port).
@@ -51,6 +51,16 @@ pub struct Args {
     /// Write the outgoing byte stream in random chunks of 1..=N bytes (0 = whole batches).
     #[arg(long, default_value_t = 0)]
     pub max_chunk: usize,
+
+    /// Delay every answer of `/api/v3/order` (POST, GET, DELETE) by this many
+    /// milliseconds, after the order has been recorded.
+    #[arg(long, default_value_t = 0)]
+    pub order_latency_ms: u64,
+
+    /// Reject every Nth order placement (not counting duplicates and invalid
+    /// requests) with `-2010 Insufficient balance.` (0 = never).
+    #[arg(long, default_value_t = 0)]
+    pub order_reject_every: u64,
 }
 
 impl Default for Args {
@@ -91,6 +101,8 @@ mod tests {
         assert_eq!(a.seed, 1);
         assert_eq!(a.trades, None);
         assert_eq!(a.big_size, 70_000);
+        assert_eq!(a.order_latency_ms, 0);
+        assert_eq!(a.order_reject_every, 0);
     }
 
     #[test]

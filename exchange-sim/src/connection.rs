@@ -164,11 +164,13 @@ impl Writer<'_> {
     }
 
     /// Encode the trades due now; records them as sent (before they are written,
-    /// so an ack can never overtake its own `sent` record).
+    /// so an ack can never overtake its own `sent` record) and makes the last
+    /// price of each symbol its reference price for orders.
     fn produce(&mut self) -> io::Result<()> {
         let rounds = self.pacer.due();
         let now_ms = unix_ms();
-        let mut sent: Vec<(u64, u64)> = vec![(0, 0); self.generators.len()];
+        // Per generator: trades produced, last id, last price.
+        let mut sent: Vec<(u64, u64, u64)> = vec![(0, 0, 0); self.generators.len()];
         for _ in 0..rounds {
             for (i, slot) in sent.iter_mut().enumerate() {
                 let Some(generator) = self.generators.get_mut(i) else {
@@ -178,13 +180,18 @@ impl Writer<'_> {
                     continue;
                 };
                 let text = generator.encode(&trade, now_ms, self.encoder.next_pad());
-                *slot = (slot.0 + 1, trade.id);
+                *slot = (slot.0 + 1, trade.id, trade.price_cents);
                 self.push_text(text)?;
             }
         }
         let (id, generators) = (self.id, &self.generators);
+        for (g, (count, _, price)) in generators.iter().zip(&sent) {
+            if *count > 0 {
+                self.shared.prices.record(g.symbol(), *price);
+            }
+        }
         self.shared.audit(|a| {
-            for (g, (count, last)) in generators.iter().zip(&sent) {
+            for (g, (count, last, _)) in generators.iter().zip(&sent) {
                 if *count > 0 {
                     a.sent(id, g.stream(), *count, *last);
                 }

@@ -26,3 +26,87 @@ pub enum SimError {
     #[error("runtime setup failed: {0}")]
     Runtime(#[source] std::io::Error),
 }
+
+/// Why the REST order API refused a request. Each variant maps to a
+/// Binance-style `{"code":…,"msg":…}` answer (see [`ApiError::code`] and
+/// [`ApiError::status`]); the message is the `Display` text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// A parameter is missing or malformed (`-1102`).
+    #[error("Mandatory parameter '{name}' was not sent, was empty/null, or malformed: {why}.")]
+    Param {
+        /// The parameter's name as the client spells it.
+        name: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The request body is not a JSON object (`-1102`).
+    #[error("Malformed request body: {0}.")]
+    Body(String),
+    /// `price` sent with a `MARKET` order (`-1106`).
+    #[error("Parameter 'price' sent when not required.")]
+    PriceNotRequired,
+    /// A symbol the simulator does not trade (`-1121`).
+    #[error("Invalid symbol.")]
+    InvalidSymbol,
+    /// The client order id was used before, by any order (`-2010`).
+    #[error("Duplicate order sent.")]
+    Duplicate,
+    /// Rejected by `--order-reject-every` (`-2010`).
+    #[error("Insufficient balance.")]
+    Rejected,
+    /// `GET` of an order that does not exist (`-2013`, HTTP 404).
+    #[error("Order does not exist.")]
+    NoSuchOrder,
+    /// `DELETE` of an order that does not exist or is no longer open (`-2011`).
+    #[error("Unknown order sent.")]
+    UnknownOrder,
+    /// Unknown path under the API (`-1000`, HTTP 404).
+    #[error("No such endpoint {0}.")]
+    NoSuchPath(String),
+    /// Method not supported on an API path (`-1000`, HTTP 405).
+    #[error("Method {method} not allowed on {path}.")]
+    Method {
+        /// The method used.
+        method: String,
+        /// The path asked for.
+        path: String,
+    },
+}
+
+impl ApiError {
+    /// The Binance-style error code.
+    pub fn code(&self) -> i32 {
+        match self {
+            Self::Param { .. } | Self::Body(_) => -1102,
+            Self::PriceNotRequired => -1106,
+            Self::InvalidSymbol => -1121,
+            Self::Duplicate | Self::Rejected => -2010,
+            Self::NoSuchOrder => -2013,
+            Self::UnknownOrder => -2011,
+            Self::NoSuchPath(_) | Self::Method { .. } => -1000,
+        }
+    }
+
+    /// The HTTP status of the answer.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::NoSuchOrder | Self::NoSuchPath(_) => 404,
+            Self::Method { .. } => 405,
+            _ => 400,
+        }
+    }
+
+    /// The JSON body `{"code":…,"msg":…}`.
+    pub fn body(&self) -> String {
+        serde_json::json!({ "code": self.code(), "msg": self.to_string() }).to_string()
+    }
+
+    /// Shorthand for [`ApiError::Param`].
+    pub fn param(name: &'static str, why: impl Into<String>) -> Self {
+        Self::Param {
+            name,
+            why: why.into(),
+        }
+    }
+}

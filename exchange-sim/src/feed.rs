@@ -31,8 +31,8 @@ pub struct TradeGenerator {
     last_id: Option<u64>,
 }
 
-/// Starting price of a symbol, in cents.
-fn start_price_cents(symbol: &str) -> u64 {
+/// Starting price of a symbol (lowercase, as in stream names), in cents.
+pub fn start_price_cents(symbol: &str) -> u64 {
     match symbol {
         "btcusdt" => 4_200_000,
         "ethusdt" => 220_000,
@@ -57,6 +57,11 @@ impl TradeGenerator {
     /// The stream name this generator feeds.
     pub fn stream(&self) -> &str {
         &self.stream
+    }
+
+    /// The symbol in upper case (`BTCUSDT`), as in the trades' `"s"` field.
+    pub fn symbol(&self) -> &str {
+        &self.symbol_upper
     }
 
     /// True once a finite feed has produced its last trade.

@@ -1,12 +1,16 @@
 //! The HTTP side of the port: request-head parsing, the websocket upgrade
-//! answer, and the control/audit endpoints (`/audit`, `/pause`, `/resume`,
-//! `/health`).
+//! answer, rendering of (keep-alive) answers, and the control/audit endpoints
+//! (`/audit`, `/pause`, `/resume`, `/health`); the order API lives in
+//! [`crate::rest`].
 
+use crate::rest;
 use crate::state::Shared;
 use std::time::Duration;
 
 /// Largest request head accepted.
 pub const MAX_HEAD: usize = 16 * 1024;
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
 /// Longest `wait_acked_ms` honoured.
 const MAX_WAIT: Duration = Duration::from_secs(600);
 
@@ -21,6 +25,45 @@ pub struct Head {
     pub query: String,
     /// `Sec-WebSocket-Key` if the request asks for a websocket upgrade.
     pub upgrade: Option<Option<String>>,
+    /// Whether the client lets the connection stay open after the answer
+    /// (HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with
+    /// `Connection: keep-alive`).
+    pub keep_alive: bool,
+    /// Body length from `Content-Length` (0 without it).
+    pub content_length: usize,
+    /// `Expect: 100-continue` was sent.
+    pub expect_continue: bool,
+}
+
+/// The framing headers of a request: its body length, refusing what this
+/// server does not read (`Transfer-Encoding`, conflicting or oversized
+/// `Content-Length`).
+fn body_length(headers: &[httparse::Header<'_>]) -> Result<usize, String> {
+    if headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+    {
+        return Err("Transfer-Encoding is not supported: send Content-Length".into());
+    }
+    let mut length = None;
+    for h in headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+    {
+        let value = std::str::from_utf8(h.value)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .ok_or("invalid Content-Length")?;
+        if length.is_some_and(|l| l != value) {
+            return Err("conflicting Content-Length headers".into());
+        }
+        length = Some(value);
+    }
+    let length = length.unwrap_or(0);
+    if length > MAX_BODY {
+        return Err(format!("request body larger than {MAX_BODY} bytes"));
+    }
+    Ok(length)
 }
 
 /// Parse a request head from the front of `buf`: `Ok(None)` if incomplete,
@@ -51,11 +94,28 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, String> {
             .any(|token| token.trim().eq_ignore_ascii_case("websocket"))
     });
     let upgrade = wants_ws.then(|| header("sec-websocket-key").map(str::to_owned));
+    let connection_has = |token: &str| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .filter_map(|h| std::str::from_utf8(h.value).ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    let keep_alive = if req.version == Some(1) {
+        !connection_has("close")
+    } else {
+        connection_has("keep-alive") && !connection_has("close")
+    };
+    let expect_continue = header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
     let head = Head {
         method,
         path: path.to_owned(),
         query: query.to_owned(),
         upgrade,
+        keep_alive,
+        content_length: body_length(req.headers)?,
+        expect_continue,
     };
     Ok(Some((head, len)))
 }
@@ -70,30 +130,50 @@ pub fn upgrade_response(key: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A complete `Connection: close` JSON response.
-pub fn response(status: u16, body: &str) -> Vec<u8> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Error",
-    };
-    format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+/// A JSON answer before framing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: String,
 }
 
-fn error_body(msg: &str) -> String {
-    serde_json::json!({ "error": msg }).to_string()
-}
+impl Reply {
+    /// `status` with `body`.
+    pub fn json(status: u16, body: String) -> Self {
+        Self { status, body }
+    }
 
-/// A `400` response carrying `msg`.
-pub fn bad_request(msg: &str) -> Vec<u8> {
-    response(400, &error_body(msg))
+    /// `status` with `{"error":msg}` (the control endpoints' error shape).
+    pub fn error(status: u16, msg: &str) -> Self {
+        Self::json(status, serde_json::json!({ "error": msg }).to_string())
+    }
+
+    /// A `400` carrying `msg`.
+    pub fn bad_request(msg: &str) -> Self {
+        Self::error(400, msg)
+    }
+
+    /// The response bytes; `keep_alive` says whether the connection stays open.
+    pub fn render(&self, keep_alive: bool) -> Vec<u8> {
+        let status = self.status;
+        let reason = match status {
+            200 => "OK",
+            400 => "Bad Request",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            _ => "Error",
+        };
+        let connection = if keep_alive { "keep-alive" } else { "close" };
+        format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: {connection}\r\n\r\n{}",
+            self.body.len(),
+            self.body
+        )
+        .into_bytes()
+    }
 }
 
 /// The `wait_acked_ms` query parameter, if present.
@@ -110,35 +190,35 @@ fn wait_acked(query: &str) -> Result<Option<Duration>, String> {
     Ok(None)
 }
 
-/// Answer a plain HTTP request.
-pub async fn route(shared: &Shared, head: &Head) -> Vec<u8> {
+/// Answer a plain HTTP request whose body is `body`.
+pub async fn route(shared: &Shared, head: &Head, body: &[u8]) -> Reply {
+    if rest::serves(&head.path) {
+        return rest::route(shared, head, body).await;
+    }
     if head.method != "GET" {
-        return response(
-            405,
-            &error_body(&format!("method {} not allowed", head.method)),
-        );
+        return Reply::error(405, &format!("method {} not allowed", head.method));
     }
     const OK: &str = "{\"ok\":true}";
     match head.path.as_str() {
-        "/health" => response(200, OK),
+        "/health" => Reply::json(200, OK.into()),
         "/pause" => {
             shared.pause();
-            response(200, OK)
+            Reply::json(200, OK.into())
         }
         "/resume" => {
             shared.resume();
-            response(200, OK)
+            Reply::json(200, OK.into())
         }
         "/audit" => match wait_acked(&head.query) {
-            Err(e) => bad_request(&e),
+            Err(e) => Reply::bad_request(&e),
             Ok(wait) => {
                 if let Some(timeout) = wait {
                     shared.wait_all_acked(timeout).await;
                 }
-                response(200, &shared.audit_json())
+                Reply::json(200, shared.audit_json())
             }
         },
-        other => response(404, &error_body(&format!("no such path {other}"))),
+        other => Reply::error(404, &format!("no such path {other}")),
     }
 }
 
@@ -162,8 +242,39 @@ mod tests {
             .expect("valid")
             .expect("complete");
         assert_eq!(plain.upgrade, None);
+        assert!(plain.keep_alive);
+        assert_eq!(plain.content_length, 0);
         assert_eq!(parse_head(b"GET /aud"), Ok(None));
         assert!(parse_head(b"\x00\x01 nonsense\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn keep_alive_and_body_framing() {
+        let head = |req: &[u8]| parse_head(req).map(|h| h.map(|(h, _)| h));
+        let close = head(b"GET / HTTP/1.1\r\nConnection: Keep-Alive, close\r\n\r\n");
+        assert_eq!(close.map(|h| h.map(|h| h.keep_alive)), Ok(Some(false)));
+        let old = head(b"GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(old.map(|h| h.map(|h| h.keep_alive)), Ok(Some(false)));
+        let old_ka = head(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert_eq!(old_ka.map(|h| h.map(|h| h.keep_alive)), Ok(Some(true)));
+        let post = head(
+            b"POST /x HTTP/1.1\r\ncontent-length: 12\r\nContent-Length: 12\r\n\
+              Expect: 100-continue\r\n\r\n",
+        )
+        .expect("valid")
+        .expect("complete");
+        assert_eq!((post.content_length, post.expect_continue), (12, true));
+        for bad in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(parse_head(bad).is_err());
+        }
+        let r = String::from_utf8(Reply::json(200, "{}".into()).render(true)).expect("ascii");
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(r.contains("Content-Length: 2\r\nConnection: keep-alive\r\n\r\n{}"));
     }
 
     #[test]

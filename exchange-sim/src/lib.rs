@@ -22,6 +22,47 @@
 //! `?wait_acked_ms=N` to wait until everything sent has been acked), next to
 //! `GET /pause`, `GET /resume` and `GET /health`.
 //!
+//! # Order API
+//!
+//! The same port serves a Binance-like REST order API over HTTP/1.1 with
+//! keep-alive (requests one at a time per connection, bodies framed by
+//! `Content-Length`; an idle connection is closed after 120 s). Bodies are
+//! JSON; amounts are decimal strings (quantities answered with 8 decimals,
+//! prices with 2 to 8).
+//!
+//! - `POST /api/v3/order` with `{"symbol":"BTCUSDT","side":"BUY"|"SELL",
+//!   "type":"MARKET"|"LIMIT","quantity":"0.01000000","newClientOrderId":"w1-000042"}`
+//!   (`LIMIT` also needs `"price"`). A `MARKET` order, or a `LIMIT` order
+//!   marketable against the reference price, fills in full at the reference
+//!   price (`FILLED`); any other `LIMIT` order rests (`NEW`) until cancelled.
+//!   The answer is the order: `symbol`, `orderId`, `clientOrderId`,
+//!   `status`, `side`, `type`, `origQty`, `executedQty`, `price` (the limit,
+//!   `0.00` for `MARKET`), `avgPrice` (the fill price, `0.00` if unfilled),
+//!   `transactTime` (ms).
+//! - `GET /api/v3/order?symbol=S&origClientOrderId=X` (or `&orderId=N`): the
+//!   order, or 404 `-2013 Order does not exist.`
+//! - `DELETE /api/v3/order?symbol=S&origClientOrderId=X`: cancels a `NEW`
+//!   order and answers it `CANCELED`; unknown, filled or already cancelled
+//!   orders get 400 `-2011 Unknown order sent.`
+//! - `GET /api/v3/positions`: per served symbol, the net `qty`, the average
+//!   entry `avg_price` of the open position, `realized_pnl` and `fills`,
+//!   booked at average cost.
+//! - `GET /orders/audit`: counters (`orders`, `filled`, `canceled`, `open`,
+//!   `duplicate_client_ids`, `rejected`, `invalid`) and the most recent 100 000
+//!   orders by client id (`by_client_id`, with `by_client_id_omitted`).
+//!
+//! Refusals are HTTP 400 with `{"code":…,"msg":…}` (see [`ApiError`]): a
+//! client order id used before by any order, even a cancelled one, gets
+//! `-2010 Duplicate order sent.`; a missing or malformed field gets `-1102`
+//! naming it; an unserved symbol `-1121`. The reference price of a symbol is
+//! the price of the latest trade the feed generated for it on any connection
+//! (the generator's starting price before the first). `--order-latency-ms`
+//! holds back every `/api/v3/order` answer after the book is updated, so an
+//! order can be on the exchange while its placement is still in flight;
+//! `--order-reject-every N` refuses every Nth placement (duplicates and
+//! malformed requests not counted) with `-2010 Insufficient balance.`, and a
+//! rejected order's client id stays free.
+//!
 //! Entry points: [`cli_main`] for the binary, [`run`] to run with flags until
 //! SIGINT/SIGTERM, and [`Sim`] / [`bind`] to embed the simulator in tests.
 
@@ -35,13 +76,19 @@ mod error;
 pub mod feed;
 mod frames;
 mod http;
+mod money;
+mod orders;
+mod params;
+mod positions;
+mod prices;
 mod requests;
+mod rest;
 mod rng;
 mod server;
 mod state;
 
 pub use args::Args;
-pub use error::SimError;
+pub use error::{ApiError, SimError};
 
 use state::{Config, Shared};
 use std::future::Future;
@@ -85,6 +132,19 @@ impl SimHandle {
     /// Same as `GET /audit`.
     pub fn audit_json(&self) -> String {
         self.shared.audit_json()
+    }
+
+    /// Same as `GET /orders/audit`.
+    pub fn orders_audit_json(&self) -> String {
+        self.shared.orders_audit_json()
+    }
+
+    /// Set the reference price of `symbol` (upper case, e.g. `BTCUSDT`) to
+    /// `cents` hundredths, as if the feed had just traded there; the next
+    /// generated trade of the symbol replaces it. False if the symbol is not
+    /// served.
+    pub fn set_reference_price(&self, symbol: &str, cents: u64) -> bool {
+        self.shared.prices.record(symbol, cents)
     }
 }
 

@@ -1,8 +1,11 @@
-//! State shared by all tasks: the audit behind a mutex, the pause switch, the
-//! shutdown signal, and a progress signal that wakes `wait_acked_ms` waiters.
+//! State shared by all tasks: the ack audit and the order book behind
+//! mutexes, the reference prices, the pause switch, the shutdown signal, and
+//! a progress signal that wakes `wait_acked_ms` waiters.
 
 use crate::audit::Audit;
 use crate::frames::Shaping;
+use crate::orders::Book;
+use crate::prices::ReferencePrices;
 use crate::Args;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,6 +26,10 @@ pub struct Config {
     pub shaping: Shaping,
     /// Maximum write chunk (0 = whole buffers).
     pub max_chunk: usize,
+    /// Delay of every `/api/v3/order` answer.
+    pub order_latency: Duration,
+    /// Reject every Nth order placement (0 = never).
+    pub order_reject_every: u64,
 }
 
 impl Config {
@@ -40,6 +47,8 @@ impl Config {
                 big_size: args.big_size,
             },
             max_chunk: args.max_chunk,
+            order_latency: Duration::from_millis(args.order_latency_ms),
+            order_reject_every: args.order_reject_every,
         }
     }
 }
@@ -56,6 +65,9 @@ pub struct Shared {
     /// The configuration.
     pub config: Config,
     audit: Mutex<Audit>,
+    orders: Mutex<Book>,
+    /// Latest generated trade price per symbol.
+    pub prices: ReferencePrices,
     progress: watch::Sender<u64>,
     paused: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
@@ -71,9 +83,13 @@ pub fn unix_ms() -> u64 {
 impl Shared {
     /// Fresh state for `config`.
     pub fn new(config: Config) -> Self {
+        let prices = ReferencePrices::new(&config.streams);
+        let book = Book::new(prices.symbols(), config.order_reject_every);
         Self {
             config,
             audit: Mutex::new(Audit::new(Instant::now())),
+            orders: Mutex::new(book),
+            prices,
             progress: watch::Sender::new(0),
             paused: watch::Sender::new(false),
             shutdown: watch::Sender::new(false),
@@ -83,6 +99,12 @@ impl Shared {
     /// Run `f` with the audit locked (keep it short; never await inside).
     pub fn audit<R>(&self, f: impl FnOnce(&mut Audit) -> R) -> R {
         let mut guard = self.audit.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut guard)
+    }
+
+    /// Run `f` with the order book locked (keep it short; never await inside).
+    pub fn orders<R>(&self, f: impl FnOnce(&mut Book) -> R) -> R {
+        let mut guard = self.orders.lock().unwrap_or_else(PoisonError::into_inner);
         f(&mut guard)
     }
 
@@ -138,5 +160,10 @@ impl Shared {
     /// The audit as JSON.
     pub fn audit_json(&self) -> String {
         self.audit(|a| a.to_json())
+    }
+
+    /// The order audit as JSON.
+    pub fn orders_audit_json(&self) -> String {
+        self.orders(|b| b.audit_json())
     }
 }

@@ -3,6 +3,9 @@
 mod acks;
 mod control;
 mod feed;
+mod http_client;
+mod keep_alive;
+mod orders;
 mod protocol;
 mod raw;
 mod support;

@@ -1,12 +1,12 @@
 //! Helpers: start a simulator in-process, talk to it over real sockets.
 
+use crate::http_client::HttpConn;
 use clap::Parser;
 use exchange_sim::{Args, Sim, SimHandle};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
@@ -26,26 +26,13 @@ pub async fn start(flags: &[&str]) -> (SocketAddr, SimHandle) {
     (addr, handle)
 }
 
-/// A plain HTTP GET; returns (status, body).
+/// Send raw request bytes on a fresh connection; returns the (first)
+/// response's status and body.
 pub async fn http_raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(request).await.expect("write request");
-    let mut raw = Vec::new();
-    tokio::time::timeout(PATIENCE, s.read_to_end(&mut raw))
-        .await
-        .expect("response in time")
-        .expect("read response");
-    let text = String::from_utf8(raw).expect("utf-8 response");
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let mut conn = HttpConn::connect(addr).await;
+    conn.send_raw(request).await;
+    let response = conn.read_response().await;
+    (response.status, response.body)
 }
 
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
