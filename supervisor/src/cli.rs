@@ -37,6 +37,10 @@ pub struct Args {
     /// Longest wait for the worker to stop on a graceful stop.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub stop_timeout: Duration,
+    /// Longest the worker may miss heartbeats before it is killed and
+    /// recovered.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub heartbeat_timeout: Duration,
     /// Log format.
     #[arg(long, value_enum, default_value = "human")]
     pub log_format: LogFormat,
@@ -67,6 +71,7 @@ impl Args {
                 restore: self.restore_timeout,
                 exit: self.exit_timeout,
                 stop: self.stop_timeout,
+                heartbeat: self.heartbeat_timeout,
                 ..Timeouts::default()
             },
         })

@@ -37,6 +37,9 @@ pub struct Timeouts {
     pub stop: Duration,
     /// How long a control client may take to send its request.
     pub ctl_read: Duration,
+    /// Longest the active worker may stay silent (it heartbeats from its
+    /// event loop) before it is taken as hung, killed and recovered.
+    pub heartbeat: Duration,
 }
 
 impl Default for Timeouts {
@@ -48,6 +51,7 @@ impl Default for Timeouts {
             exit: Duration::from_secs(5),
             stop: Duration::from_secs(10),
             ctl_read: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(5),
         }
     }
 }

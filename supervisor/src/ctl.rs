@@ -252,6 +252,13 @@ fn print_status(report: &StatusReport, json: bool) -> anyhow::Result<()> {
         ),
         None => println!("checkpoint  none yet"),
     }
+    if let Some(summary) = report
+        .checkpoint
+        .as_ref()
+        .and_then(|c| c.summary.as_deref())
+    {
+        print_positions(summary);
+    }
     let h = &report.handoffs;
     println!(
         "handoffs    {} completed, {} failed{}",
@@ -284,5 +291,30 @@ fn fmt_ms(ms: u64) -> String {
         format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
     } else {
         format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}
+
+/// The `positions` of a worker's checkpoint summary, as a table (apps that
+/// report none print nothing).
+fn print_positions(summary: &str) {
+    let Ok(Value::Object(v)) = serde_json::from_str::<Value>(summary) else {
+        return;
+    };
+    let Some(Value::Object(positions)) = v.get("positions") else {
+        return;
+    };
+    let text = |p: &Value, k: &str| p.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    println!(
+        "positions   {:<10} {:>16} {:>16} {:>16}",
+        "SYMBOL", "QTY", "AVG PRICE", "REALIZED PNL"
+    );
+    for (symbol, p) in positions {
+        println!(
+            "            {:<10} {:>16} {:>16} {:>16}",
+            symbol,
+            text(p, "qty"),
+            text(p, "avg_price"),
+            text(p, "realized_pnl")
+        );
     }
 }

@@ -23,6 +23,9 @@ use crate::control::{self, CtlCommand};
 use crate::handoff::{compatibility, Phase, Trigger, Upgrade, EXIT_STATUS_GRACE};
 use crate::held::HeldSockets;
 use crate::proc::{Generation, Lifecycle, SpawnError, Tagged, WorkerEvent, WorkerProc};
+use crate::recovery::{
+    CrashStreak, PendingRestart, RestartPolicy, StartPlan, HEARTBEAT_CHECK_EVERY,
+};
 use crate::signals::Intent;
 
 /// Why the daemon could not run.
@@ -75,7 +78,7 @@ enum Stopping {
 /// All the daemon's state. See the module docs.
 pub struct Daemon {
     pub(crate) cfg: Config,
-    events: mpsc::UnboundedSender<Tagged>,
+    pub(crate) events: mpsc::UnboundedSender<Tagged>,
     pub(crate) active: Option<WorkerProc>,
     pub(crate) phase: Phase,
     pub(crate) held: HeldSockets,
@@ -86,6 +89,13 @@ pub struct Daemon {
     next_handoff: u64,
     checkpoint_waiters: Vec<mpsc::Sender<CtlResponse>>,
     stopping: Stopping,
+    /// The build the active worker runs (changes when an upgrade commits).
+    pub(crate) current_binary: PathBuf,
+    /// Unplanned restarts since the supervisor started.
+    pub(crate) restarts: u64,
+    pub(crate) streak: CrashStreak,
+    pub(crate) policy: RestartPolicy,
+    pub(crate) pending_restart: Option<PendingRestart>,
 }
 
 /// Run the supervisor until a graceful stop completes. `intents` are the
@@ -110,16 +120,31 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
         next_handoff: 1,
         checkpoint_waiters: Vec::new(),
         stopping: Stopping::Running,
+        current_binary: PathBuf::new(),
+        restarts: 0,
+        streak: CrashStreak::default(),
+        policy: RestartPolicy::default(),
+        pending_restart: None,
     };
     let first = d.cfg.worker.clone();
     binary::check(&first, None)?;
     let gen = d.take_generation();
-    let proc = WorkerProc::spawn(gen, &first, &d.cfg.worker_args, d.events.clone())?;
+    let proc = WorkerProc::spawn(
+        gen,
+        &first,
+        &d.cfg.worker_args,
+        StartPlan::Fresh,
+        d.events.clone(),
+    )?;
+    d.current_binary = first.clone();
     info!(generation = gen, pid = proc.pid, binary = %first.display(), "worker started");
     d.active = Some(proc);
 
+    let mut heartbeat_check = tokio::time::interval(HEARTBEAT_CHECK_EVERY);
+    heartbeat_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let phase_deadline = d.phase.deadline();
+        let restart_at = d.pending_restart.as_ref().map(|r| r.at);
         let stop_deadline = match d.stopping {
             Stopping::Draining { deadline } => Some(deadline),
             _ => None,
@@ -128,6 +153,8 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
             Some(ev) = ev_rx.recv() => d.on_worker_event(ev),
             Some(cmd) = ctl_rx.recv() => d.on_ctl(cmd),
             Some(intent) = intents.recv() => d.on_intent(intent),
+            _ = sleep_until(restart_at.unwrap_or_else(far_future)), if restart_at.is_some() => d.restart_now(),
+            _ = heartbeat_check.tick() => d.check_heartbeat(),
             _ = sleep_until(phase_deadline.unwrap_or_else(far_future)), if phase_deadline.is_some() => d.on_phase_deadline(),
             _ = sleep_until(stop_deadline.unwrap_or_else(far_future)), if stop_deadline.is_some() => {
                 warn!("worker did not stop in time; killing it");
@@ -166,7 +193,7 @@ fn prepare_state_dir(cfg: &Config) -> Result<(), DaemonError> {
 }
 
 impl Daemon {
-    fn take_generation(&mut self) -> Generation {
+    pub(crate) fn take_generation(&mut self) -> Generation {
         let g = self.next_generation;
         self.next_generation += 1;
         g
@@ -303,6 +330,7 @@ impl Daemon {
                     gen,
                     &checked.path,
                     &self.cfg.worker_args,
+                    StartPlan::Successor,
                     self.events.clone(),
                 )
                 .map_err(|e| e.to_string())
@@ -377,13 +405,13 @@ impl Daemon {
                     self.stopping = Stopping::Done;
                     return;
                 }
-                error!(pid = a.pid, %status, held = self.held.len(), "active worker exited unexpectedly; connections are still held");
                 if !matches!(self.phase, Phase::Idle | Phase::Committing { .. }) {
                     self.abort(
                         Outcome::RolledBack,
                         format!("the old worker exited during the handoff ({status})"),
                     );
                 }
+                self.on_unplanned_exit(&a, status.to_string());
             }
         }
     }
@@ -392,13 +420,32 @@ impl Daemon {
         let Some(a) = self.active.as_mut() else {
             return;
         };
+        a.last_seen = Instant::now();
         match msg {
             FromWorker::Hello(hello) => {
-                if matches!(a.life, Lifecycle::Starting) {
-                    info!(pid = a.pid, build = %hello.build_id, "worker said hello; starting fresh");
-                    a.life = Lifecycle::Running { hello };
-                    a.send(ToWorker::StartFresh, Vec::new());
+                if !matches!(a.life, Lifecycle::Starting) {
+                    return;
                 }
+                match a.plan.clone() {
+                    StartPlan::Recover { reason } => self.send_recovery(hello, reason),
+                    StartPlan::Fresh | StartPlan::Successor => {
+                        info!(pid = a.pid, build = %hello.build_id, "worker said hello; starting fresh");
+                        a.life = Lifecycle::Running { hello };
+                        a.send(ToWorker::StartFresh, Vec::new());
+                    }
+                }
+            }
+            FromWorker::Ready => {
+                if let Lifecycle::Recovering { hello } = &a.life {
+                    info!(pid = a.pid, "recovered worker ready; serving");
+                    a.life = Lifecycle::Running {
+                        hello: hello.clone(),
+                    };
+                    a.send(ToWorker::Go, Vec::new());
+                }
+            }
+            FromWorker::Rejected { reason } => {
+                error!(pid = a.pid, %reason, "the recovering worker refused the checkpoint");
             }
             FromWorker::Register(info) => {
                 let mut fds = fds;
@@ -433,10 +480,7 @@ impl Daemon {
                 }
             }
             FromWorker::FirstConsumed { at_ns } => self.on_first_consumed(at_ns),
-            FromWorker::Heartbeat | FromWorker::Ready => {}
-            FromWorker::Rejected { reason } => {
-                warn!(%reason, "active worker sent Rejected; ignored")
-            }
+            FromWorker::Heartbeat => {}
         }
     }
 
@@ -622,6 +666,7 @@ impl Daemon {
         };
         old.send(ToWorker::Exit, Vec::new());
         old.life = Lifecycle::Exiting;
+        self.current_binary = succ.binary.clone();
         succ.send(ToWorker::Go, Vec::new());
         up.go_at_ns = Some(monotonic_ns());
         up.mark("live", Some(format!("pid {}", succ.pid)));

@@ -25,6 +25,7 @@ pub mod daemon;
 pub mod handoff;
 pub mod held;
 pub mod proc;
+pub mod recovery;
 pub mod signals;
 pub mod status;
 

@@ -58,6 +58,9 @@ pub enum Lifecycle {
     Starting,
     /// Said Hello; serving (or, for a successor, waiting to be restored).
     Running { hello: Hello },
+    /// Said Hello after a crash of its predecessor; restoring from the
+    /// newest checkpoint, not serving until it is told to go.
+    Recovering { hello: Hello },
     /// Told to freeze (or frozen).
     Frozen { hello: Hello },
     /// Told to exit or stop; waiting to reap it.
@@ -74,6 +77,10 @@ pub struct WorkerProc {
     pub binary: PathBuf,
     pub started: Instant,
     pub life: Lifecycle,
+    /// What it does once it says Hello.
+    pub plan: crate::recovery::StartPlan,
+    /// When it last said anything (heartbeats included).
+    pub last_seen: Instant,
     outbox: mpsc::UnboundedSender<(ToWorker, Vec<OwnedFd>)>,
 }
 
@@ -84,6 +91,7 @@ impl WorkerProc {
         generation: Generation,
         binary: &Path,
         args: &[String],
+        plan: crate::recovery::StartPlan,
         events: mpsc::UnboundedSender<Tagged>,
     ) -> Result<WorkerProc, SpawnError> {
         let (ours, theirs) =
@@ -120,6 +128,8 @@ impl WorkerProc {
             binary: binary.to_path_buf(),
             started: Instant::now(),
             life: Lifecycle::Starting,
+            plan,
+            last_seen: Instant::now(),
             outbox: tx,
         })
     }
@@ -145,7 +155,9 @@ impl WorkerProc {
 
     pub fn hello(&self) -> Option<&Hello> {
         match &self.life {
-            Lifecycle::Running { hello } | Lifecycle::Frozen { hello } => Some(hello),
+            Lifecycle::Running { hello }
+            | Lifecycle::Frozen { hello }
+            | Lifecycle::Recovering { hello } => Some(hello),
             _ => None,
         }
     }
@@ -154,6 +166,7 @@ impl WorkerProc {
         match self.life {
             Lifecycle::Starting => "starting",
             Lifecycle::Running { .. } => "running",
+            Lifecycle::Recovering { .. } => "recovering",
             Lifecycle::Frozen { .. } => "frozen",
             Lifecycle::Exiting => "exiting",
             Lifecycle::Exited { .. } => "exited",

@@ -16,7 +16,7 @@ impl Daemon {
                 build_id: a.hello().map(|h| h.build_id.clone()),
                 binary: a.binary.display().to_string(),
                 uptime_ms: a.started.elapsed().as_millis() as u64,
-                restarts: 0,
+                restarts: self.restarts,
             },
             None => WorkerStatus {
                 pid: None,
@@ -25,7 +25,7 @@ impl Daemon {
                 build_id: None,
                 binary: self.cfg.worker.display().to_string(),
                 uptime_ms: 0,
-                restarts: 0,
+                restarts: self.restarts,
             },
         };
         let connections = self

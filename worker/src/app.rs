@@ -1,5 +1,8 @@
 //! What an application implements to become handoff-capable.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use handoff_protocol::worker::{ConnId, ConnInfo, RestoreMode};
 use thiserror::Error;
 use tungstenite::Message;
@@ -15,20 +18,45 @@ impl AppError {
     }
 }
 
-/// Messages an app wants written, in order, after a callback returns.
-#[derive(Debug, Default)]
-pub struct Outbox {
+/// An asynchronous request of the app (a REST order, say), run by the
+/// runtime; its output comes back through [`App::on_done`].
+pub type Effect<D> = Pin<Box<dyn Future<Output = D> + Send + 'static>>;
+
+/// What an app wants done after a callback returns: messages to write, in
+/// order, and effects to start.
+pub struct Outbox<D = ()> {
     pub(crate) queued: Vec<(ConnId, Message)>,
+    pub(crate) effects: Vec<Effect<D>>,
 }
 
-impl Outbox {
+impl<D> Default for Outbox<D> {
+    fn default() -> Self {
+        Outbox {
+            queued: Vec::new(),
+            effects: Vec::new(),
+        }
+    }
+}
+
+impl<D> Outbox<D> {
     /// Queue `msg` for the connection `conn`.
     pub fn send(&mut self, conn: ConnId, msg: Message) {
         self.queued.push((conn, msg));
     }
 
+    /// Start `effect` once the callback returns. Effects run only while this
+    /// worker is the one serving: a successor starts none before it is told
+    /// to go, and a freezing worker settles its own first (see
+    /// [`crate::Settings::freeze_settle_timeout`]). So at any instant one
+    /// generation at most sends orders. Record an effect in the state
+    /// *before* starting it (e.g. an order "in flight"): if it is cut short,
+    /// that record is what [`App::on_takeover`] reconciles.
+    pub fn spawn(&mut self, effect: impl Future<Output = D> + Send + 'static) {
+        self.effects.push(Box::pin(effect));
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.queued.is_empty()
+        self.queued.is_empty() && self.effects.is_empty()
     }
 }
 
@@ -44,6 +72,9 @@ pub trait App: Sized + Send + 'static {
     const NAME: &'static str;
     /// Schema version of what [`App::snapshot`] writes.
     const SCHEMA: u32;
+    /// What the app's effects ([`Outbox::spawn`]) produce; `()` for an app
+    /// without any.
+    type Done: Send + 'static;
 
     /// Schema versions [`App::restore`] can read (announced in `Hello`, so the
     /// supervisor refuses an incompatible successor before anything freezes).
@@ -85,8 +116,20 @@ pub trait App: Sized + Send + 'static {
     }
 
     /// A connection was opened fresh (not handed over): subscribe here.
-    fn on_open(&mut self, conn: &ConnInfo, out: &mut Outbox);
+    fn on_open(&mut self, conn: &ConnInfo, out: &mut Outbox<Self::Done>);
 
     /// One message consumed from `conn`.
-    fn on_message(&mut self, conn: &ConnInfo, msg: Message, out: &mut Outbox);
+    fn on_message(&mut self, conn: &ConnInfo, msg: Message, out: &mut Outbox<Self::Done>);
+
+    /// An effect started with [`Outbox::spawn`] finished.
+    fn on_done(&mut self, done: Self::Done, out: &mut Outbox<Self::Done>) {
+        let _ = (done, out);
+    }
+
+    /// This worker took over (after `Go`) in `mode`: reconcile what the
+    /// restored state records as in flight (e.g. query orders by client id),
+    /// and, in `Recovery` mode, whatever input may have been missed.
+    fn on_takeover(&mut self, mode: RestoreMode, out: &mut Outbox<Self::Done>) {
+        let _ = (mode, out);
+    }
 }

@@ -35,6 +35,7 @@
 //! impl App for Counter {
 //!     const NAME: &'static str = "counter";
 //!     const SCHEMA: u32 = 1;
+//!     type Done = ();
 //!     fn snapshot(&self) -> Result<Vec<u8>, AppError> { Ok(self.seen.to_le_bytes().to_vec()) }
 //!     fn restore(&mut self, _schema: u32, bytes: &[u8], _mode: RestoreMode) -> Result<(), AppError> {
 //!         self.seen = bytes.try_into().map(u64::from_le_bytes).map_err(AppError::new)?;
@@ -63,7 +64,7 @@ pub mod settings;
 pub mod start;
 pub mod stream;
 
-pub use app::{App, AppError, Outbox};
+pub use app::{App, AppError, Effect, Outbox};
 pub use conn::Feed;
 pub use error::{RestoreError, WorkerError};
 pub use handoff_protocol as protocol;

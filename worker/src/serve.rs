@@ -4,6 +4,7 @@
 use std::future::poll_fn;
 use std::task::Poll;
 
+use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use handoff_protocol::worker::{Checkpoint, ConnLeftovers, FromWorker, Frozen, ToWorker};
 use handoff_protocol::{monotonic_ns, Snapshot};
@@ -12,7 +13,7 @@ use tokio::time::{interval, timeout, MissedTickBehavior};
 use tracing::{debug, info, warn};
 use tungstenite::Message;
 
-use crate::app::{App, Outbox};
+use crate::app::{App, Effect, Outbox};
 use crate::conn::Conn;
 use crate::error::WorkerError;
 use crate::link::{recv_opt, Link};
@@ -37,14 +38,29 @@ enum AfterFreeze {
     Stop,
 }
 
+/// Whether new effects may start now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EffectGate {
+    Open,
+    /// Freezing: effects the app asks for wait in `deferred` (started on
+    /// thaw, dropped on exit: the app recorded them in its state).
+    Held,
+}
+
 /// The app, its connections and its supervisor link.
-pub(crate) struct Worker<A> {
+pub(crate) struct Worker<A: App> {
     pub(crate) app: A,
     conns: Vec<Conn>,
     pub(crate) link: Option<Link>,
     pub(crate) settings: Settings,
     /// Round-robin start for fairness between connections.
     next_poll: usize,
+    /// The app's requests in flight.
+    effects: FuturesUnordered<Effect<A::Done>>,
+    deferred: Vec<Effect<A::Done>>,
+    gate: EffectGate,
+    /// Feeds whose connection was lost, to re-open (and re-subscribe).
+    lost: Vec<crate::conn::Feed>,
 }
 
 impl<A: App> Worker<A> {
@@ -55,7 +71,19 @@ impl<A: App> Worker<A> {
             link,
             settings,
             next_poll: 0,
+            effects: FuturesUnordered::new(),
+            deferred: Vec::new(),
+            gate: EffectGate::Open,
+            lost: Vec::new(),
         }
+    }
+
+    /// Let the app reconcile after taking over (its effects start now: the
+    /// supervisor has said Go).
+    pub(crate) async fn took_over(&mut self, mode: handoff_protocol::worker::RestoreMode) {
+        let mut out = Outbox::default();
+        self.app.on_takeover(mode, &mut out);
+        self.write_outbox(out).await;
     }
 
     pub(crate) fn conns(&self) -> &[Conn] {
@@ -77,6 +105,8 @@ impl<A: App> Worker<A> {
         let mut checkpoint = interval(self.settings.checkpoint_interval);
         checkpoint.set_missed_tick_behavior(MissedTickBehavior::Delay);
         checkpoint.reset();
+        let mut reconnect = interval(self.settings.reconnect_interval);
+        reconnect.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut sigterm = signal(SignalKind::terminate()).map_err(WorkerError::Signals)?;
         let mut sigint = signal(SignalKind::interrupt()).map_err(WorkerError::Signals)?;
         loop {
@@ -128,6 +158,12 @@ impl<A: App> Worker<A> {
                         None => self.drop_conn(idx, "closed by the peer".into()).await?,
                     }
                 }
+                Some(done) = self.effects.next(), if !self.effects.is_empty() => {
+                    let mut out = Outbox::default();
+                    self.app.on_done(done, &mut out);
+                    self.write_outbox(out).await;
+                }
+                _ = reconnect.tick(), if !self.lost.is_empty() => self.reopen_lost().await,
                 _ = heartbeat.tick(), if linked => {
                     if let Some(link) = self.link.as_mut() {
                         link.send(&FromWorker::Heartbeat).await?;
@@ -157,7 +193,11 @@ impl<A: App> Worker<A> {
 
     /// Write what the app queued, in order. A connection whose write fails is
     /// dropped (and unregistered); the others carry on.
-    pub(crate) async fn write_outbox(&mut self, out: Outbox) {
+    pub(crate) async fn write_outbox(&mut self, out: Outbox<A::Done>) {
+        match self.gate {
+            EffectGate::Open => self.effects.extend(out.effects),
+            EffectGate::Held => self.deferred.extend(out.effects),
+        }
         for (id, msg) in out.queued {
             let Some(idx) = self.conns.iter().position(|c| c.info.id == id) else {
                 warn!(conn = %id, "app wrote to an unknown connection; dropped");
@@ -171,7 +211,11 @@ impl<A: App> Worker<A> {
 
     async fn drop_conn(&mut self, idx: usize, reason: String) -> Result<(), WorkerError> {
         let conn = self.conns.remove(idx);
-        warn!(conn = %conn.info.id, name = %conn.info.name, %reason, "connection lost");
+        warn!(conn = %conn.info.id, name = %conn.info.name, %reason, "connection lost; it will be re-opened");
+        self.lost.push(crate::conn::Feed {
+            name: conn.info.name.clone(),
+            url: conn.info.url.clone(),
+        });
         if let Some(link) = self.link.as_mut() {
             link.send(&FromWorker::Unregister {
                 id: conn.info.id,
@@ -180,6 +224,17 @@ impl<A: App> Worker<A> {
             .await?;
         }
         Ok(())
+    }
+
+    /// Try to re-open every lost feed; those that fail wait for the next
+    /// tick of `reconnect_interval`.
+    async fn reopen_lost(&mut self) {
+        for feed in std::mem::take(&mut self.lost) {
+            if let Err(e) = self.open_feeds(std::slice::from_ref(&feed)).await {
+                warn!(name = %feed.name, error = %e, "re-open failed; will retry");
+                self.lost.push(feed);
+            }
+        }
     }
 
     fn seal(&self, schema: u32) -> Result<Snapshot, WorkerError> {
@@ -215,10 +270,53 @@ impl<A: App> Worker<A> {
     /// wait to be thawed or told to exit; nothing is read or written on the
     /// connections in between.
     async fn freeze(&mut self, schema: u32) -> Result<AfterFreeze, WorkerError> {
+        self.gate = EffectGate::Held;
+        let after = self.freeze_inner(schema).await;
+        match after {
+            Ok(AfterFreeze::Thawed) => {
+                self.gate = EffectGate::Open;
+                self.effects.extend(self.deferred.drain(..));
+            }
+            _ if !self.deferred.is_empty() => {
+                info!(
+                    n = self.deferred.len(),
+                    "effects never started; the state records them for the successor"
+                );
+                self.deferred.clear();
+            }
+            _ => {}
+        }
+        after
+    }
+
+    /// Settle the app's in-flight effects: each one's result is applied to
+    /// the state before the snapshot, so none is half-known.
+    async fn settle(&mut self) -> Result<(), String> {
+        let limit = self.settings.freeze_settle_timeout;
+        let settled = timeout(limit, async {
+            while let Some(done) = self.effects.next().await {
+                let mut out = Outbox::default();
+                self.app.on_done(done, &mut out);
+                self.write_outbox(out).await;
+            }
+        })
+        .await;
+        settled.map_err(|_| {
+            format!(
+                "{} requests still in flight after {limit:?}",
+                self.effects.len()
+            )
+        })
+    }
+
+    async fn freeze_inner(&mut self, schema: u32) -> Result<AfterFreeze, WorkerError> {
         let frozen_at_ns = monotonic_ns();
         let limit = self.settings.freeze_flush_timeout;
-        let mut failure = None;
+        let mut failure = self.settle().await.err();
         for conn in &mut self.conns {
+            if failure.is_some() {
+                break;
+            }
             match timeout(limit, conn.flush()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => failure = Some(format!("{}: flush failed: {e}", conn.info.id)),
@@ -228,9 +326,6 @@ impl<A: App> Worker<A> {
                         conn.info.id
                     ))
                 }
-            }
-            if failure.is_some() {
-                break;
             }
         }
         let snapshot = match (failure, self.seal(schema)) {

@@ -18,10 +18,19 @@ pub struct Settings {
     /// a peer that stopped reading must not stall the worker forever, and
     /// writes are never split between two processes.
     pub freeze_flush_timeout: Duration,
+    /// Longest a freeze waits for the app's in-flight effects (REST orders)
+    /// to settle before it snapshots. Past it the freeze fails and this
+    /// worker carries on with its requests intact: during a planned handoff
+    /// no order is ever left half-known between two processes.
+    pub freeze_settle_timeout: Duration,
     /// Longest a fresh TCP connect plus websocket handshake may take.
     pub connect_timeout: Duration,
     /// Longest a graceful stop waits for each close handshake.
     pub close_timeout: Duration,
+    /// How often a lost connection is re-opened (and re-subscribed): bounds
+    /// how long a feed stays dark after its peer closed it or a crash tore a
+    /// frame in it.
+    pub reconnect_interval: Duration,
 }
 
 impl Default for Settings {
@@ -31,8 +40,10 @@ impl Default for Settings {
             checkpoint_interval: Duration::from_secs(1),
             heartbeat_interval: Duration::from_millis(500),
             freeze_flush_timeout: Duration::from_secs(2),
+            freeze_settle_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(2),
+            reconnect_interval: Duration::from_secs(1),
         }
     }
 }

@@ -130,6 +130,7 @@ async fn take_over<A: App>(
         .filter(|f| !worker.conns().iter().any(|c| c.info.name == f.name))
         .collect();
     worker.open_feeds(&missing).await?;
+    worker.took_over(mode).await;
     let awaiting = match mode {
         RestoreMode::Handoff => Awaiting::FirstMessage,
         RestoreMode::Recovery => Awaiting::Nothing,
@@ -154,6 +155,9 @@ async fn restore_parts<A: App>(
             app.restore(snap.schema, &snap.bytes, restore.mode)
                 .map_err(RestoreError::App)?;
         }
+        // A crash before the first checkpoint: the app starts empty on the
+        // connections that were kept open.
+        None if restore.mode == RestoreMode::Recovery => {}
         None => {
             return Err(RestoreError::App(crate::app::AppError::new(
                 "no snapshot to restore from",

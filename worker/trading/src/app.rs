@@ -6,11 +6,17 @@
 use handoff_worker::protocol::worker::{ConnInfo, RestoreMode};
 use handoff_worker::{App, AppError, Message, Outbox};
 use rust_decimal::Decimal;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::market::{ack, parse_trade, subscribe};
+use crate::rest::{OrderEvent, RestClient};
 use crate::schema::{self, FullState};
-use crate::state::Strategy;
+use crate::state::{Execution, Fill, Order, Strategy};
+
+/// After an order's status came back unknown, how long to wait before asking
+/// again: keeps a struggling exchange from being hammered while the order
+/// stays recorded as in flight (and so is never sent under a new id).
+pub const RECONCILE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The app: its state and its settings. `S` is the schema this build writes.
 pub struct Trader<const S: u32> {
@@ -18,15 +24,56 @@ pub struct Trader<const S: u32> {
     pub symbols: Vec<String>,
     pub ack: bool,
     pub strategy: Strategy,
+    /// The exchange's order API, in REST mode.
+    pub rest: Option<RestClient>,
 }
 
 impl<const S: u32> Trader<S> {
-    pub fn new(symbols: Vec<String>, ack: bool, strategy: Strategy) -> Self {
+    pub fn new(
+        symbols: Vec<String>,
+        ack: bool,
+        strategy: Strategy,
+        rest: Option<RestClient>,
+    ) -> Self {
+        let mut strategy = strategy;
+        strategy.execution = if rest.is_some() {
+            Execution::Rest
+        } else {
+            Execution::Paper
+        };
         Trader {
             state: FullState::default(),
             symbols,
             ack,
             strategy,
+            rest,
+        }
+    }
+
+    fn record_fill(&mut self, fill: Fill) {
+        *self.state.notional.entry(fill.book).or_default() += (fill.qty * fill.price).abs();
+    }
+
+    /// Send `order` (recorded as in flight already).
+    fn send(&self, order: &Order, out: &mut Outbox<OrderEvent>) {
+        if let Some(rest) = self.rest.clone() {
+            out.spawn(rest.place(
+                order.client_id.clone(),
+                order.symbol.clone(),
+                order.side,
+                order.qty,
+            ));
+        }
+    }
+
+    /// Ask what became of `order`, after `delay`.
+    fn reconcile(&self, order: &Order, delay: std::time::Duration, out: &mut Outbox<OrderEvent>) {
+        if let Some(rest) = self.rest.clone() {
+            let (id, symbol) = (order.client_id.clone(), order.symbol.clone());
+            out.spawn(async move {
+                tokio::time::sleep(delay).await;
+                rest.query(id, symbol).await
+            });
         }
     }
 
@@ -87,6 +134,7 @@ impl<const S: u32> Trader<S> {
 impl<const S: u32> App for Trader<S> {
     const NAME: &'static str = "trading-worker";
     const SCHEMA: u32 = S;
+    type Done = OrderEvent;
 
     fn reads_schemas() -> Vec<u32> {
         (1..=S).collect()
@@ -129,20 +177,64 @@ impl<const S: u32> App for Trader<S> {
         Some(self.summary_json().to_string())
     }
 
-    fn on_open(&mut self, conn: &ConnInfo, out: &mut Outbox) {
+    fn on_open(&mut self, conn: &ConnInfo, out: &mut Outbox<OrderEvent>) {
         out.send(conn.id, Message::text(subscribe(&self.symbols)));
     }
 
-    fn on_message(&mut self, conn: &ConnInfo, msg: Message, out: &mut Outbox) {
+    fn on_message(&mut self, conn: &ConnInfo, msg: Message, out: &mut Outbox<OrderEvent>) {
         let Message::Text(text) = msg else { return };
         let Some(trade) = parse_trade(text.as_str()) else {
             return;
         };
-        for fill in self.state.base.apply(&conn.name, &trade, &self.strategy) {
-            *self.state.notional.entry(fill.book).or_default() += (fill.qty * fill.price).abs();
+        let applied = self.state.base.apply(&conn.name, &trade, &self.strategy);
+        for fill in applied.fills {
+            self.record_fill(fill);
+        }
+        for order in &applied.placed {
+            self.send(order, out);
         }
         if self.ack {
             out.send(conn.id, Message::text(ack(&trade.stream, trade.id)));
+        }
+    }
+
+    fn on_done(&mut self, event: OrderEvent, out: &mut Outbox<OrderEvent>) {
+        if let Some(fill) = self.state.base.on_order_event(&event) {
+            self.record_fill(fill);
+        }
+        match &event {
+            OrderEvent::Unknown { client_id, error } => {
+                warn!(%client_id, %error, "order status unknown; will query");
+                if let Some(order) = self.state.base.open_orders.get(client_id).cloned() {
+                    self.reconcile(&order, RECONCILE_RETRY, out);
+                }
+            }
+            OrderEvent::NotFound { client_id } => {
+                // It never reached the exchange: send it again, under the
+                // same client id, so it can never be executed twice.
+                if let Some(order) = self.state.base.open_orders.get(client_id).cloned() {
+                    info!(%client_id, "order never arrived; sending it again");
+                    self.send(&order, out);
+                }
+            }
+            OrderEvent::Rejected { client_id, reason } => {
+                warn!(%client_id, %reason, "order rejected")
+            }
+            OrderEvent::Filled { .. } | OrderEvent::Accepted { .. } => {}
+        }
+    }
+
+    fn on_takeover(&mut self, mode: RestoreMode, out: &mut Outbox<OrderEvent>) {
+        let unknown: Vec<Order> = self.state.base.in_flight().cloned().collect();
+        if !unknown.is_empty() {
+            info!(
+                ?mode,
+                n = unknown.len(),
+                "reconciling orders of unknown status"
+            );
+        }
+        for order in &unknown {
+            self.reconcile(order, std::time::Duration::ZERO, out);
         }
     }
 }

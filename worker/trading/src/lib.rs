@@ -13,6 +13,7 @@
 pub mod app;
 pub mod book;
 pub mod market;
+pub mod rest;
 pub mod schema;
 pub mod state;
 
@@ -39,9 +40,20 @@ pub struct Args {
     /// Acknowledge each processed trade on its connection.
     #[arg(long)]
     pub ack: bool,
-    /// Paper trading (the default): orders fill at the feed's prices.
-    #[arg(long)]
+    /// Paper trading (the default without --rest): orders fill at the next
+    /// trade price, deterministically.
+    #[arg(long, conflicts_with = "rest")]
     pub paper: bool,
+    /// Send orders to this exchange REST API (e.g. http://127.0.0.1:9443).
+    #[arg(long)]
+    pub rest: Option<String>,
+    /// Longest an order request may take; past it the order's status is
+    /// unknown and it is reconciled by querying its client order id.
+    #[arg(long, value_parser = parse_ms, default_value = "5000")]
+    pub order_timeout_ms: std::time::Duration,
+    /// Trades to wait after acting on a crossover before acting again.
+    #[arg(long, default_value = "25")]
+    pub cooldown_trades: u32,
     /// How often the state is checkpointed to the supervisor.
     #[arg(long, value_parser = parse_ms, default_value = "1000")]
     pub checkpoint_ms: std::time::Duration,
@@ -105,8 +117,21 @@ fn main_with<const S: u32>() -> ExitCode {
     };
     let symbols = args.symbols.clone();
     let ack = args.ack;
-    let strategy = state::Strategy::default();
-    let fresh = move || Trader::<S>::new(symbols, ack, strategy);
+    let mut strategy = state::Strategy::default();
+    strategy.signal.cooldown = args.cooldown_trades;
+    let rest = match args
+        .rest
+        .as_deref()
+        .map(|url| rest::RestClient::new(url, args.order_timeout_ms))
+    {
+        None => None,
+        Some(Ok(client)) => Some(client),
+        Some(Err(e)) => {
+            eprintln!("trading-worker: cannot set up the REST client: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let fresh = move || Trader::<S>::new(symbols, ack, strategy, rest);
     match rt.block_on(handoff_worker::run(feeds, settings, fresh)) {
         Ok(Ended::HandedOver | Ended::Stopped | Ended::Abandoned) => ExitCode::SUCCESS,
         Ok(Ended::Rejected(reason)) => {

@@ -1,5 +1,5 @@
 //! The trading worker's state: per-stream cursors, one [`Book`] per
-//! (connection, symbol), and paper orders.
+//! (connection, symbol), and orders.
 //!
 //! Books are keyed per connection so that each connection's run is
 //! deterministic on its own, whatever the interleaving between connections;
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::book::{Position, Regime, Side, Signal, SignalParams, DP};
 use crate::market::Trade;
+use crate::rest::OrderEvent;
 
 /// Progress of one stream on one connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +33,18 @@ pub struct Book {
     pub signal: Signal,
 }
 
+/// Where an order stands, as far as this worker knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderStatus {
+    /// Paper trading: fills at the book's next trade price.
+    Paper,
+    /// Sent over REST (or about to be); the exchange's answer not yet seen.
+    /// After a takeover or a crash this means *unknown*: reconcile by query.
+    InFlight,
+    /// Accepted by the exchange and resting.
+    Accepted,
+}
+
 /// An order sent and not yet filled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {
@@ -42,6 +55,7 @@ pub struct Order {
     pub side: Side,
     #[serde(with = "rust_decimal::serde::str")]
     pub qty: Decimal,
+    pub status: OrderStatus,
 }
 
 /// Everything the worker carries across a handoff (schema 1 fields).
@@ -51,13 +65,23 @@ pub struct State {
     pub cursors: BTreeMap<String, Cursor>,
     /// Keyed by `"<connection>/<SYMBOL>"`.
     pub books: BTreeMap<String, Book>,
-    /// Open orders by client order id.
+    /// Orders not yet filled, by client order id.
     pub open_orders: BTreeMap<String, Order>,
     /// Sequence of the next client order id: ids are never reused, across
     /// every generation of the worker, because the sequence is state.
     pub next_order_seq: u64,
     pub orders_sent: u64,
     pub orders_filled: u64,
+    pub orders_rejected: u64,
+}
+
+/// How orders are executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Execution {
+    /// Fill at the next trade price, locally: deterministic.
+    Paper,
+    /// Send to the exchange's REST API.
+    Rest,
 }
 
 /// Trading parameters (settings, not state).
@@ -66,6 +90,7 @@ pub struct Strategy {
     pub signal: SignalParams,
     /// Size of the position the signal goes long or short.
     pub lot: Decimal,
+    pub execution: Execution,
 }
 
 impl Default for Strategy {
@@ -73,6 +98,7 @@ impl Default for Strategy {
         Strategy {
             signal: SignalParams::default(),
             lot: Decimal::new(1, 2),
+            execution: Execution::Paper,
         }
     }
 }
@@ -86,18 +112,27 @@ pub struct Fill {
     pub price: Decimal,
 }
 
+/// What one trade caused.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub fills: Vec<Fill>,
+    /// Orders placed; in REST mode they are `InFlight` and must be sent.
+    pub placed: Vec<Order>,
+}
+
 impl State {
     /// Process one trade seen on connection `conn`: fill paper orders of
     /// that book at this price (orders fill at the next trade), update the
-    /// signal, and place an order if it crossed. Returns the fills.
-    pub fn apply(&mut self, conn: &str, t: &Trade, strategy: &Strategy) -> Vec<Fill> {
+    /// signal, and place an order if it crossed.
+    pub fn apply(&mut self, conn: &str, t: &Trade, strategy: &Strategy) -> Applied {
+        let mut applied = Applied::default();
         let cursor = self
             .cursors
             .entry(format!("{conn}/{}", t.stream))
             .or_default();
         if cursor.trades > 0 && t.id <= cursor.last_id {
             cursor.repeats += 1;
-            return Vec::new();
+            return applied;
         }
         if cursor.trades > 0 {
             cursor.gaps += t.id - cursor.last_id - 1;
@@ -106,49 +141,98 @@ impl State {
         cursor.trades += 1;
 
         let key = format!("{conn}/{}", t.symbol);
-        let fills = self.fill_open_orders(&key, t.price);
+        applied.fills = self.fill_paper_orders(&key, t.price);
         let book = self.books.entry(key.clone()).or_insert_with(|| Book {
             symbol: t.symbol.clone(),
             ..Book::default()
         });
-        if let Some(regime) = book.signal.update(t.price, strategy.signal) {
-            let target = match regime {
-                Regime::Above => strategy.lot,
-                Regime::Below => -strategy.lot,
-                Regime::Warmup => book.position.qty,
-            };
-            let delta = target - book.position.qty;
-            let pending = self.open_orders.values().any(|o| o.book == key);
-            if !delta.is_zero() && !pending {
-                let side = if delta.is_sign_positive() {
-                    Side::Buy
-                } else {
-                    Side::Sell
-                };
-                let client_id = format!("hw-{:08}", self.next_order_seq);
-                self.next_order_seq += 1;
-                self.orders_sent += 1;
-                let symbol = t.symbol.clone();
-                self.open_orders.insert(
-                    client_id.clone(),
-                    Order {
-                        client_id,
-                        book: key,
-                        symbol,
-                        side,
-                        qty: delta.abs(),
-                    },
-                );
-            }
+        let Some(regime) = book.signal.update(t.price, strategy.signal) else {
+            return applied;
+        };
+        let target = match regime {
+            Regime::Above => strategy.lot,
+            Regime::Below => -strategy.lot,
+            Regime::Warmup => book.position.qty,
+        };
+        let delta = target - book.position.qty;
+        let pending = self.open_orders.values().any(|o| o.book == key);
+        if delta.is_zero() || pending {
+            return applied;
         }
-        fills
+        let side = if delta.is_sign_positive() {
+            Side::Buy
+        } else {
+            Side::Sell
+        };
+        let client_id = format!("hw-{:08}", self.next_order_seq);
+        self.next_order_seq += 1;
+        self.orders_sent += 1;
+        let status = match strategy.execution {
+            Execution::Paper => OrderStatus::Paper,
+            Execution::Rest => OrderStatus::InFlight,
+        };
+        let order = Order {
+            client_id,
+            book: key,
+            symbol: t.symbol.clone(),
+            side,
+            qty: delta.abs(),
+            status,
+        };
+        self.open_orders
+            .insert(order.client_id.clone(), order.clone());
+        applied.placed.push(order);
+        applied
     }
 
-    fn fill_open_orders(&mut self, key: &str, price: Decimal) -> Vec<Fill> {
+    /// Apply what the exchange said about an order. Returns the fill, if any.
+    pub fn on_order_event(&mut self, event: &OrderEvent) -> Option<Fill> {
+        match event {
+            OrderEvent::Filled {
+                client_id,
+                qty,
+                price,
+            } => {
+                let order = self.open_orders.remove(client_id)?;
+                let book = self.books.get_mut(&order.book)?;
+                book.position.fill(order.side, *qty, *price);
+                self.orders_filled += 1;
+                Some(Fill {
+                    book: order.book,
+                    side: order.side,
+                    qty: *qty,
+                    price: *price,
+                })
+            }
+            OrderEvent::Accepted { client_id } => {
+                if let Some(o) = self.open_orders.get_mut(client_id) {
+                    o.status = OrderStatus::Accepted;
+                }
+                None
+            }
+            OrderEvent::Rejected { client_id, .. } => {
+                if self.open_orders.remove(client_id).is_some() {
+                    self.orders_rejected += 1;
+                }
+                None
+            }
+            // Still unknown: the order stays in flight for reconciliation.
+            OrderEvent::NotFound { .. } | OrderEvent::Unknown { .. } => None,
+        }
+    }
+
+    /// Orders whose status this worker does not know.
+    pub fn in_flight(&self) -> impl Iterator<Item = &Order> {
+        self.open_orders
+            .values()
+            .filter(|o| o.status == OrderStatus::InFlight)
+    }
+
+    fn fill_paper_orders(&mut self, key: &str, price: Decimal) -> Vec<Fill> {
         let ids: Vec<String> = self
             .open_orders
             .values()
-            .filter(|o| o.book == key)
+            .filter(|o| o.book == key && o.status == OrderStatus::Paper)
             .map(|o| o.client_id.clone())
             .collect();
         let mut fills = Vec::new();

@@ -1,0 +1,230 @@
+//! Unplanned exits. The supervisor holds every socket, so a worker that
+//! crashed, was OOM-killed or was killed for missing its heartbeats is
+//! replaced by a new process in recovery mode: the newest checkpoint and the
+//! held connections, which never closed. Restarts back off exponentially
+//! while the worker keeps dying, and the streak resets once a worker has
+//! lived for a while.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How a worker process is to start once it says Hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartPlan {
+    /// Open its own connections, empty state.
+    Fresh,
+    /// Take over the held connections and the newest checkpoint; `reason` is
+    /// why the previous worker is gone.
+    Recover { reason: String },
+    /// A successor in an upgrade (the handoff phases drive it).
+    Successor,
+}
+
+/// The restart policy. Every duration says what it protects.
+#[derive(Debug, Clone)]
+pub struct RestartPolicy {
+    /// Delay before the second restart in a streak (the first is immediate:
+    /// the market does not wait). Doubles with each further crash.
+    pub base: Duration,
+    /// Longest delay between restarts: bounds how long the connections sit
+    /// unread while a broken build keeps crashing.
+    pub cap: Duration,
+    /// A worker that lived this long ends the crash streak.
+    pub stable_after: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(5),
+            stable_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Consecutive crashes and when the next restart may happen.
+#[derive(Debug, Default)]
+pub struct CrashStreak {
+    pub crashes: u32,
+}
+
+impl CrashStreak {
+    /// Record a crash of a worker that lived `lived`; returns the delay
+    /// before the next start.
+    pub fn on_crash(&mut self, lived: Duration, policy: &RestartPolicy) -> Duration {
+        if lived >= policy.stable_after {
+            self.crashes = 0;
+        }
+        self.crashes += 1;
+        if self.crashes == 1 {
+            return Duration::ZERO;
+        }
+        let exp = (self.crashes - 2).min(16);
+        policy.base.saturating_mul(1 << exp).min(policy.cap)
+    }
+}
+
+/// A pending restart.
+#[derive(Debug, Clone)]
+pub struct PendingRestart {
+    pub at: Instant,
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_resets_after_a_stable_run() {
+        let p = RestartPolicy::default();
+        let mut s = CrashStreak::default();
+        let short = Duration::from_millis(10);
+        let delays: Vec<_> = (0..9).map(|_| s.on_crash(short, &p)).collect();
+        assert_eq!(delays[0], Duration::ZERO);
+        assert_eq!(delays[1], Duration::from_millis(100));
+        assert_eq!(delays[2], Duration::from_millis(200));
+        assert_eq!(delays[3], Duration::from_millis(400));
+        assert_eq!(*delays.last().unwrap(), p.cap);
+        assert_eq!(
+            s.on_crash(p.stable_after, &p),
+            Duration::ZERO,
+            "a stable run resets the streak"
+        );
+    }
+}
+
+/// How often the daemon checks the active worker's heartbeats.
+pub const HEARTBEAT_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+mod daemon_side {
+    use std::time::Instant as StdInstant;
+
+    use handoff_protocol::worker::{ConnRestore, Hello, Restore, RestoreMode, ToWorker};
+    use tracing::{error, info, warn};
+
+    use super::{PendingRestart, StartPlan};
+    use crate::daemon::Daemon;
+    use crate::proc::{Lifecycle, WorkerProc};
+
+    impl Daemon {
+        /// The active worker `gone` exited while nobody asked it to.
+        pub(crate) fn on_unplanned_exit(&mut self, gone: &WorkerProc, status: String) {
+            let reason = format!("worker pid {} exited unexpectedly ({status})", gone.pid);
+            error!(
+                held = self.held.len(),
+                "{reason}; the connections are still held"
+            );
+            let delay = self.streak.on_crash(gone.started.elapsed(), &self.policy);
+            if delay.is_zero() {
+                self.pending_restart = None;
+                self.start_recovery(reason);
+            } else {
+                warn!(
+                    ?delay,
+                    crashes = self.streak.crashes,
+                    "crash loop: backing off before the next start"
+                );
+                self.pending_restart = Some(PendingRestart {
+                    at: tokio::time::Instant::now() + delay,
+                    reason,
+                });
+            }
+        }
+
+        /// The backoff delay has passed.
+        pub(crate) fn restart_now(&mut self) {
+            if let Some(p) = self.pending_restart.take() {
+                self.start_recovery(p.reason);
+            }
+        }
+
+        fn start_recovery(&mut self, reason: String) {
+            let gen = self.take_generation();
+            let binary = self.current_binary.clone();
+            let plan = StartPlan::Recover {
+                reason: reason.clone(),
+            };
+            match WorkerProc::spawn(
+                gen,
+                &binary,
+                &self.cfg.worker_args,
+                plan,
+                self.events.clone(),
+            ) {
+                Ok(proc) => {
+                    info!(pid = proc.pid, generation = gen, %reason, "starting a worker in recovery mode");
+                    self.restarts += 1;
+                    self.active = Some(proc);
+                }
+                Err(e) => {
+                    error!(error = %e, "cannot start a recovery worker; retrying");
+                    let delay = self.policy.cap;
+                    self.pending_restart = Some(PendingRestart {
+                        at: tokio::time::Instant::now() + delay,
+                        reason,
+                    });
+                }
+            }
+        }
+
+        /// A recovery worker said Hello: hand it the newest checkpoint and
+        /// every held connection (no leftovers: the dead worker could not
+        /// hand any over; the kernel sits at a frame boundary).
+        pub(crate) fn send_recovery(&mut self, hello: Hello, reason: String) {
+            let dups = match self.held.duplicate_all() {
+                Ok(d) => d,
+                Err(e) => {
+                    error!(error = %e, "cannot duplicate held sockets for recovery");
+                    Vec::new()
+                }
+            };
+            let snapshot = self.checkpoint.as_ref().map(|c| c.snapshot.clone());
+            let mut conns = Vec::with_capacity(dups.len());
+            let mut fds = Vec::with_capacity(dups.len());
+            for (info, fd) in dups {
+                conns.push(ConnRestore {
+                    info,
+                    leftovers: Vec::new(),
+                });
+                fds.push(fd);
+            }
+            let Some(a) = self.active.as_mut() else {
+                return;
+            };
+            info!(pid = a.pid, conns = conns.len(), checkpoint = snapshot.is_some(), %reason, "recovering");
+            a.life = Lifecycle::Recovering { hello };
+            let restore = Restore {
+                mode: RestoreMode::Recovery,
+                snapshot,
+                conns,
+            };
+            a.send(ToWorker::Restore(restore), fds);
+        }
+
+        /// Kill the active worker if it has been silent too long (its event
+        /// loop is stuck); its exit then starts a recovery.
+        pub(crate) fn check_heartbeat(&mut self) {
+            let limit = self.cfg.timeouts.heartbeat;
+            let Some(a) = self.active.as_mut() else {
+                return;
+            };
+            let watched = matches!(
+                a.life,
+                Lifecycle::Running { .. } | Lifecycle::Frozen { .. } | Lifecycle::Recovering { .. }
+            );
+            let silent = StdInstant::now().saturating_duration_since(a.last_seen);
+            if watched && silent > limit {
+                error!(
+                    pid = a.pid,
+                    ?silent,
+                    "worker missed its heartbeats; killing it to recover"
+                );
+                a.kill();
+                a.last_seen = StdInstant::now();
+            }
+        }
+    }
+}

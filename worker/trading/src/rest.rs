@@ -1,0 +1,175 @@
+//! Orders over REST, Binance-style: place by client order id, query by
+//! client order id. Every call turns into an [`OrderEvent`] for the app; a
+//! call that fails or times out leaves the order's status unknown, and the
+//! app reconciles it with a query (never by sending a new id).
+
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use crate::book::Side;
+
+/// What became of an order, as learned from the exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderEvent {
+    Filled {
+        client_id: String,
+        qty: Decimal,
+        price: Decimal,
+    },
+    /// Accepted and resting (a limit order); nothing filled yet.
+    Accepted {
+        client_id: String,
+    },
+    Rejected {
+        client_id: String,
+        reason: String,
+    },
+    /// The exchange has no such order: it never arrived.
+    NotFound {
+        client_id: String,
+    },
+    /// No answer (network error, timeout, a 5xx): status unknown.
+    Unknown {
+        client_id: String,
+        error: String,
+    },
+}
+
+/// A REST client for one exchange.
+#[derive(Clone)]
+pub struct RestClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+#[derive(Deserialize)]
+struct OrderAnswer {
+    status: Option<String>,
+    #[serde(rename = "executedQty")]
+    executed_qty: Option<String>,
+    #[serde(rename = "avgPrice")]
+    avg_price: Option<String>,
+    price: Option<String>,
+    msg: Option<String>,
+    code: Option<i64>,
+}
+
+/// Binance's "order does not exist" code.
+const UNKNOWN_ORDER: i64 = -2013;
+
+impl RestClient {
+    /// `base` like `http://127.0.0.1:9443`; `timeout` bounds every call (past
+    /// it the order's status is unknown and it is reconciled by a query).
+    pub fn new(base: &str, timeout: Duration) -> Result<RestClient, reqwest::Error> {
+        let http = reqwest::Client::builder().timeout(timeout).build()?;
+        Ok(RestClient {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// Place a market order.
+    pub async fn place(
+        self,
+        client_id: String,
+        symbol: String,
+        side: Side,
+        qty: Decimal,
+    ) -> OrderEvent {
+        let body = serde_json::json!({
+            "symbol": symbol, "side": side.as_str(), "type": "MARKET",
+            "quantity": qty.to_string(), "newClientOrderId": client_id,
+        });
+        let sent = self
+            .http
+            .post(format!("{}/api/v3/order", self.base))
+            .json(&body)
+            .send()
+            .await;
+        Self::interpret(client_id, sent).await
+    }
+
+    /// Ask what became of `client_id`.
+    pub async fn query(self, client_id: String, symbol: String) -> OrderEvent {
+        let sent = self
+            .http
+            .get(format!("{}/api/v3/order", self.base))
+            .query(&[
+                ("symbol", symbol.as_str()),
+                ("origClientOrderId", client_id.as_str()),
+            ])
+            .send()
+            .await;
+        Self::interpret(client_id, sent).await
+    }
+
+    async fn interpret(
+        client_id: String,
+        sent: Result<reqwest::Response, reqwest::Error>,
+    ) -> OrderEvent {
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                return OrderEvent::Unknown {
+                    client_id,
+                    error: e.to_string(),
+                }
+            }
+        };
+        let status = resp.status();
+        let answer: OrderAnswer = match resp.json().await {
+            Ok(a) => a,
+            Err(e) => {
+                return OrderEvent::Unknown {
+                    client_id,
+                    error: format!("HTTP {status}: unreadable answer: {e}"),
+                }
+            }
+        };
+        if status.is_server_error() {
+            let error = format!("HTTP {status}: {}", answer.msg.unwrap_or_default());
+            return OrderEvent::Unknown { client_id, error };
+        }
+        if !status.is_success() {
+            if answer.code == Some(UNKNOWN_ORDER) {
+                return OrderEvent::NotFound { client_id };
+            }
+            let reason = format!(
+                "HTTP {status} {}: {}",
+                answer.code.unwrap_or(0),
+                answer.msg.unwrap_or_default()
+            );
+            return OrderEvent::Rejected { client_id, reason };
+        }
+        let dec = |s: &Option<String>| s.as_deref().and_then(|v| v.parse::<Decimal>().ok());
+        match answer.status.as_deref() {
+            Some("FILLED") => {
+                let price = dec(&answer.avg_price)
+                    .filter(|p| !p.is_zero())
+                    .or_else(|| dec(&answer.price));
+                match (dec(&answer.executed_qty), price) {
+                    (Some(qty), Some(price)) => OrderEvent::Filled {
+                        client_id,
+                        qty,
+                        price,
+                    },
+                    _ => OrderEvent::Unknown {
+                        client_id,
+                        error: "FILLED without quantity or price".into(),
+                    },
+                }
+            }
+            Some("NEW") | Some("PARTIALLY_FILLED") => OrderEvent::Accepted { client_id },
+            Some(other) => OrderEvent::Rejected {
+                client_id,
+                reason: format!("order {other}"),
+            },
+            None => OrderEvent::Unknown {
+                client_id,
+                error: "answer without a status".into(),
+            },
+        }
+    }
+}
