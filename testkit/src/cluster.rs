@@ -68,6 +68,8 @@ pub struct ClusterBuilder {
     /// Run the worker from a copy inside the temp dir (so a test can replace
     /// the file at the `--worker` path).
     copy_worker: bool,
+    /// Trade over the simulator's REST API instead of on paper.
+    rest: bool,
     quiet: bool,
 }
 
@@ -81,6 +83,7 @@ impl ClusterBuilder {
             supervisor_args: Vec::new(),
             worker_args: Vec::new(),
             copy_worker: false,
+            rest: false,
             quiet: true,
         }
     }
@@ -112,6 +115,12 @@ impl ClusterBuilder {
     /// Extra worker flags.
     pub fn worker_args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
         self.worker_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Send orders to the simulator's REST API (`--rest http://ADDR`).
+    pub fn rest(mut self) -> Self {
+        self.rest = true;
         self
     }
 
@@ -161,6 +170,9 @@ impl ClusterBuilder {
             .arg(&self.symbols)
             .arg("--ack")
             .args(&self.worker_args);
+        if self.rest {
+            cmd.arg("--rest").arg(format!("http://{}", sim.addr));
+        }
         cmd.stdin(Stdio::null()).process_group(0);
         if self.quiet {
             cmd.stderr(Stdio::null()).stdout(Stdio::null());
@@ -292,6 +304,26 @@ impl Cluster {
             .as_u64()
             .map(|p| p as u32)
             .ok_or_else(|| TestkitError::Protocol("status has no worker.pid".into()))
+    }
+
+    /// Send a signal to the active worker.
+    pub fn signal_worker(&self, sig: Signal) -> Result<u32, TestkitError> {
+        let pid = self.worker_pid()?;
+        kill(Pid::from_raw(pid as i32), sig)
+            .map_err(|e| TestkitError::Protocol(format!("kill {sig} {pid}: {e}")))?;
+        Ok(pid)
+    }
+
+    /// The checkpoint summary once the worker has stored a fresh checkpoint.
+    pub fn fresh_summary(&self) -> Result<Value, TestkitError> {
+        let out = self.ctl(["checkpoint", "--wait"])?;
+        if !out.success() {
+            return Err(TestkitError::Protocol(format!(
+                "checkpoint failed: {}",
+                out.stderr
+            )));
+        }
+        Ok(self.status()?["checkpoint"]["summary"].clone())
     }
 
     /// Send a signal to the supervisor.

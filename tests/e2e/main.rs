@@ -5,7 +5,9 @@
 
 mod continuity;
 mod control;
+mod crashes;
 mod failed_upgrades;
+mod orders;
 mod upgrades;
 
 use std::time::Duration;

@@ -1,0 +1,64 @@
+//! No order is sent twice or lost across handoffs: the exchange's own records
+//! of orders and fills match what the worker believes, client id for client id.
+
+use std::time::Duration;
+
+use handoff_testkit::wait_for;
+
+use crate::cluster;
+
+#[test]
+fn hundred_upgrades_with_orders_in_flight_lose_and_duplicate_no_order() {
+    let c = cluster()
+        .connections(2)
+        .rest()
+        // Orders take 15 ms to answer, so upgrades regularly find one in flight.
+        .sim_args(["--rate", "600", "--order-latency-ms", "15"])
+        .worker_args(["--cooldown-trades", "3"])
+        .start()
+        .expect("cluster");
+    for i in 0..100 {
+        let out = c.upgrade(None).unwrap();
+        assert!(out.success(), "upgrade {i}: {}", out.stderr);
+    }
+    assert_eq!(c.status().unwrap()["handoffs"]["completed"], 100);
+    c.sim.pause().unwrap();
+    // Let every order settle: nothing open, nothing in flight.
+    let summary = wait_for("orders to settle", Duration::from_secs(30), || {
+        let s = c.fresh_summary()?;
+        Ok((s["open_orders"] == 0).then_some(s))
+    })
+    .unwrap();
+    let exchange = c.sim.get("/orders/audit", Duration::from_secs(5)).unwrap();
+    eprintln!(
+        "worker: {summary}\nexchange: orders {} filled {} dup ids {}",
+        exchange["orders"], exchange["filled"], exchange["duplicate_client_ids"]
+    );
+    let sent = summary["orders_sent"].as_u64().unwrap();
+    assert!(sent >= 20, "too few orders to prove anything: {summary}");
+    assert_eq!(
+        exchange["duplicate_client_ids"], 0,
+        "an order was sent twice: {exchange}"
+    );
+    assert_eq!(
+        exchange["orders"].as_u64(),
+        Some(sent),
+        "orders lost or invented: {exchange}"
+    );
+    assert_eq!(exchange["filled"], summary["orders_filled"], "{exchange}");
+    // The exchange's positions (from its own fills) equal the worker's.
+    let positions = c
+        .sim
+        .get("/api/v3/positions", Duration::from_secs(5))
+        .unwrap();
+    for (symbol, p) in summary["positions"].as_object().unwrap() {
+        let theirs: rust_decimal::Decimal =
+            positions[symbol]["qty"].as_str().unwrap().parse().unwrap();
+        let ours: rust_decimal::Decimal = p["qty"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            theirs, ours,
+            "{symbol}: exchange {positions}, worker {summary}"
+        );
+    }
+    crate::assert_nothing_lost(&c.sim, 2);
+}
