@@ -12,7 +12,7 @@
 //! reordered; orders lost or sent twice) and whether the live worker's final
 //! positions equal the reference's. Run it with `scripts/demo`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -71,11 +71,11 @@ fn main() -> ExitCode {
 
 /// Which build each upgrade goes to: the second goes into schema 2, the
 /// second-to-last back to schema 1.
-fn build_for(i: usize, n: usize, v1: &PathBuf, v2: &PathBuf) -> PathBuf {
+fn build_for(i: usize, n: usize, v1: &Path, v2: &Path) -> PathBuf {
     if (2..n - 1).contains(&i) {
-        v2.clone()
+        v2.to_path_buf()
     } else {
-        v1.clone()
+        v1.to_path_buf()
     }
 }
 
