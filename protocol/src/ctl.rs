@@ -17,6 +17,10 @@ pub enum CtlRequest {
     },
     /// Stop the worker cleanly and the supervisor with it.
     Stop,
+    /// Hand over to the previous build (a normal upgrade, back).
+    Rollback {
+        wait: bool,
+    },
 }
 
 /// Parameters of an upgrade.
@@ -127,6 +131,11 @@ pub struct WorkerStatus {
     pub binary: String,
     pub uptime_ms: u64,
     pub restarts: u64,
+    /// Time left on probation after an upgrade, if any.
+    pub probation_ms_left: Option<u64>,
+    /// The last thing an operator should know about this worker (e.g. an
+    /// automatic rollback after the new build died on probation).
+    pub notice: Option<String>,
 }
 
 /// A held connection.

@@ -131,6 +131,10 @@ pub enum ToWorker {
     Stop,
     /// Send a `Checkpoint` now.
     CheckpointNow,
+    /// Write checkpoints in `schema` until told otherwise (`None`: the
+    /// worker's own). Sent during probation so that, should the new build
+    /// die, the previous build can read the newest checkpoint.
+    CheckpointIn { schema: Option<u32> },
 }
 
 /// Worker → supervisor.

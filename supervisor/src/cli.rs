@@ -41,6 +41,10 @@ pub struct Args {
     /// recovered.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     pub heartbeat_timeout: Duration,
+    /// How long a new build is on probation after an upgrade: if it dies
+    /// within it, the previous build takes over automatically.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub probation: Duration,
     /// Log format.
     #[arg(long, value_enum, default_value = "human")]
     pub log_format: LogFormat,
@@ -65,6 +69,7 @@ impl Args {
             state_dir: std::path::absolute(&self.state_dir)?,
             worker: std::path::absolute(&self.worker)?,
             worker_args: self.worker_args.clone(),
+            probation: self.probation,
             timeouts: Timeouts {
                 prepare: self.prepare_timeout,
                 freeze: self.freeze_timeout,

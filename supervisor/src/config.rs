@@ -15,6 +15,9 @@ pub struct Config {
     /// Arguments for every worker generation.
     pub worker_args: Vec<String>,
     pub timeouts: Timeouts,
+    /// How long a newly committed build is on probation: if it dies within
+    /// it, the previous build takes over (newest checkpoint, held sockets).
+    pub probation: Duration,
 }
 
 /// The named limits of each phase.

@@ -57,6 +57,12 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Hand over to the build that ran before the last upgrade.
+    Rollback {
+        /// Print each phase and exit only when the rollback has ended.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Stop the worker cleanly, then the supervisor.
     Stop,
 }
@@ -118,6 +124,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         }
         Command::Checkpoint { wait } => CtlRequest::Checkpoint { wait: *wait },
         Command::Stop => CtlRequest::Stop,
+        Command::Rollback { wait } => CtlRequest::Rollback { wait: *wait },
     };
     let mut ch = connect(&args.socket).await.map_err(Failure::Unreachable)?;
     ch.send(&req, &[])
@@ -238,6 +245,12 @@ fn print_status(report: &StatusReport, json: bool) -> anyhow::Result<()> {
         fmt_ms(w.uptime_ms),
         w.build_id.as_deref().unwrap_or("-")
     );
+    if let Some(ms) = w.probation_ms_left {
+        println!("            on probation for {} more", fmt_ms(ms));
+    }
+    if let Some(n) = &w.notice {
+        println!("            NOTE: {n}");
+    }
     println!("            binary {}", w.binary);
     println!("connections {}", report.connections.len());
     for c in &report.connections {

@@ -22,9 +22,10 @@ use crate::config::Config;
 use crate::control::{self, CtlCommand};
 use crate::handoff::{compatibility, Phase, Trigger, Upgrade, EXIT_STATUS_GRACE};
 use crate::held::HeldSockets;
+use crate::probation::{PreviousBuild, Probation};
 use crate::proc::{Generation, Lifecycle, SpawnError, Tagged, WorkerEvent, WorkerProc};
 use crate::recovery::{
-    CrashStreak, PendingRestart, RestartPolicy, StartPlan, HEARTBEAT_CHECK_EVERY,
+    CrashStreak, HandedLeftovers, PendingRestart, RestartPolicy, StartPlan, HEARTBEAT_CHECK_EVERY,
 };
 use crate::signals::Intent;
 
@@ -96,6 +97,12 @@ pub struct Daemon {
     pub(crate) streak: CrashStreak,
     pub(crate) policy: RestartPolicy,
     pub(crate) pending_restart: Option<PendingRestart>,
+    pub(crate) handed_leftovers: Option<HandedLeftovers>,
+    /// The build before the last committed upgrade (for rollback).
+    pub(crate) previous: Option<PreviousBuild>,
+    pub(crate) probation: Option<Probation>,
+    /// Shown in status: the last automatic decision an operator should know.
+    pub(crate) notice: Option<String>,
 }
 
 /// Run the supervisor until a graceful stop completes. `intents` are the
@@ -125,6 +132,10 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
         streak: CrashStreak::default(),
         policy: RestartPolicy::default(),
         pending_restart: None,
+        handed_leftovers: None,
+        previous: None,
+        probation: None,
+        notice: None,
     };
     let first = d.cfg.worker.clone();
     binary::check(&first, None)?;
@@ -145,6 +156,7 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
     loop {
         let phase_deadline = d.phase.deadline();
         let restart_at = d.pending_restart.as_ref().map(|r| r.at);
+        let probation_end = d.probation.as_ref().map(|p| p.until);
         let stop_deadline = match d.stopping {
             Stopping::Draining { deadline } => Some(deadline),
             _ => None,
@@ -155,6 +167,7 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
             Some(intent) = intents.recv() => d.on_intent(intent),
             _ = sleep_until(restart_at.unwrap_or_else(far_future)), if restart_at.is_some() => d.restart_now(),
             _ = heartbeat_check.tick() => d.check_heartbeat(),
+            _ = sleep_until(probation_end.unwrap_or_else(far_future)), if probation_end.is_some() => d.end_probation(),
             _ = sleep_until(phase_deadline.unwrap_or_else(far_future)), if phase_deadline.is_some() => d.on_phase_deadline(),
             _ = sleep_until(stop_deadline.unwrap_or_else(far_future)), if stop_deadline.is_some() => {
                 warn!("worker did not stop in time; killing it");
@@ -255,6 +268,28 @@ impl Daemon {
                 let _ = reply.try_send(CtlResponse::Ok);
                 self.begin_stop();
             }
+            CtlRequest::Rollback { wait } => {
+                let Some(previous) = self.previous.clone() else {
+                    let reason = "no previous build to roll back to".to_string();
+                    let _ = reply.try_send(CtlResponse::Refused { reason });
+                    return;
+                };
+                let req = UpgradeRequest {
+                    binary: Some(previous.binary.display().to_string()),
+                    sha256: None,
+                    wait,
+                };
+                let waiter = wait.then(|| reply.clone());
+                match self.start_upgrade(Trigger::Rollback, &req, waiter) {
+                    Err(reason) => {
+                        let _ = reply.try_send(CtlResponse::Refused { reason });
+                    }
+                    Ok(report) if !wait => {
+                        let _ = reply.try_send(CtlResponse::Upgrade(report));
+                    }
+                    Ok(_) => {}
+                }
+            }
         }
     }
 
@@ -314,6 +349,7 @@ impl Daemon {
             started: Instant::now(),
             timings: Default::default(),
             from_pid: Some(from_pid),
+            to_pid: None,
             frozen_at_ns: None,
             go_at_ns: None,
             first_consumed_ns: None,
@@ -427,7 +463,9 @@ impl Daemon {
                     return;
                 }
                 match a.plan.clone() {
-                    StartPlan::Recover { reason } => self.send_recovery(hello, reason),
+                    StartPlan::Recover { reason, after } => {
+                        self.send_recovery(hello, reason, after)
+                    }
                     StartPlan::Fresh | StartPlan::Successor => {
                         info!(pid = a.pid, build = %hello.build_id, "worker said hello; starting fresh");
                         a.life = Lifecycle::Running { hello };
@@ -498,6 +536,7 @@ impl Daemon {
     }
 
     fn on_first_consumed(&mut self, at_ns: u64) {
+        self.handed_leftovers = None;
         let gen = self.active.as_ref().map(|a| a.generation);
         let Some((pending_gen, frozen_at)) = self.stats.blackout_pending else {
             return;
@@ -564,6 +603,10 @@ impl Daemon {
             snapshot: Some(f.snapshot.clone()),
             conns,
         };
+        self.handed_leftovers = Some(HandedLeftovers {
+            generation: succ.generation,
+            conns: f.conns.clone(),
+        });
         succ.send(ToWorker::Restore(restore), fds);
         self.store_checkpoint(f.snapshot, f.summary);
         up.deadline = tokio::time::Instant::now() + self.cfg.timeouts.restore;
@@ -664,10 +707,13 @@ impl Daemon {
             self.active = Some(succ);
             return;
         };
+        let old_hello = old.hello().cloned();
         old.send(ToWorker::Exit, Vec::new());
         old.life = Lifecycle::Exiting;
         self.current_binary = succ.binary.clone();
         succ.send(ToWorker::Go, Vec::new());
+        self.begin_probation(&old.binary, old_hello, &succ);
+        up.to_pid = Some(succ.pid);
         up.go_at_ns = Some(monotonic_ns());
         up.mark("live", Some(format!("pid {}", succ.pid)));
         if let Some(frozen) = up.frozen_at_ns {
@@ -693,7 +739,7 @@ impl Daemon {
                     return;
                 };
                 up.mark("old_stopped", Some(status.to_string()));
-                let to_pid = self.active.as_ref().map(|a| a.pid);
+                let to_pid = up.to_pid;
                 self.finish(up, Outcome::Completed, None, to_pid);
             }
             WorkerEvent::Message(_, fds) => drop(fds),
@@ -739,6 +785,8 @@ impl Daemon {
     /// Give up the running upgrade: kill the successor and, if the old worker
     /// was asked to freeze, thaw it. It resumes exactly where it stopped.
     fn abort(&mut self, outcome: Outcome, reason: String) {
+        // The old worker is thawed and keeps its own leftovers.
+        self.handed_leftovers = None;
         let phase = std::mem::take(&mut self.phase);
         let (up, mut succ, thaw) = match phase {
             Phase::Preparing { up, succ } => (up, succ, false),

@@ -34,6 +34,7 @@ use crate::proc::WorkerProc;
 pub enum Trigger {
     Signal,
     Control,
+    Rollback,
 }
 
 impl Trigger {
@@ -41,6 +42,7 @@ impl Trigger {
         match self {
             Trigger::Signal => "SIGUSR2",
             Trigger::Control => "supervisorctl",
+            Trigger::Rollback => "rollback",
         }
     }
 }
@@ -54,6 +56,8 @@ pub struct Upgrade {
     pub started: Instant,
     pub timings: PhaseTimings,
     pub from_pid: Option<u32>,
+    /// The successor, once committed.
+    pub to_pid: Option<u32>,
     /// When A stopped consuming (its clock: CLOCK_MONOTONIC, system-wide).
     pub frozen_at_ns: Option<u64>,
     /// When B was told to go (supervisor's clock).

@@ -24,6 +24,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod handoff;
 pub mod held;
+pub mod probation;
 pub mod proc;
 pub mod recovery;
 pub mod signals;

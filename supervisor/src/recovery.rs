@@ -15,8 +15,8 @@ pub enum StartPlan {
     /// Open its own connections, empty state.
     Fresh,
     /// Take over the held connections and the newest checkpoint; `reason` is
-    /// why the previous worker is gone.
-    Recover { reason: String },
+    /// why the previous worker (generation `after`) is gone.
+    Recover { reason: String, after: u64 },
     /// A successor in an upgrade (the handoff phases drive it).
     Successor,
 }
@@ -71,6 +71,18 @@ impl CrashStreak {
 pub struct PendingRestart {
     pub at: Instant,
     pub reason: String,
+    /// Generation of the worker that died.
+    pub after: u64,
+}
+
+/// The leftovers a frozen worker handed to successor `generation`, kept until
+/// that successor consumes its first message. Should it die before, its
+/// recovery gets them too (with the frozen snapshot, the newest checkpoint
+/// then): a successor that crashes right after commit loses nothing.
+#[derive(Debug, Clone)]
+pub struct HandedLeftovers {
+    pub generation: u64,
+    pub conns: Vec<handoff_protocol::worker::ConnLeftovers>,
 }
 
 #[cfg(test)]
@@ -117,35 +129,42 @@ mod daemon_side {
                 held = self.held.len(),
                 "{reason}; the connections are still held"
             );
+            if self.fall_back_if_on_probation(gone, &status) {
+                // A different build: its own streak starts now.
+                self.streak = Default::default();
+            }
             let delay = self.streak.on_crash(gone.started.elapsed(), &self.policy);
+            let restart = PendingRestart {
+                at: tokio::time::Instant::now() + delay,
+                reason,
+                after: gone.generation,
+            };
             if delay.is_zero() {
                 self.pending_restart = None;
-                self.start_recovery(reason);
+                self.start_recovery(restart);
             } else {
                 warn!(
                     ?delay,
                     crashes = self.streak.crashes,
                     "crash loop: backing off before the next start"
                 );
-                self.pending_restart = Some(PendingRestart {
-                    at: tokio::time::Instant::now() + delay,
-                    reason,
-                });
+                self.pending_restart = Some(restart);
             }
         }
 
         /// The backoff delay has passed.
         pub(crate) fn restart_now(&mut self) {
             if let Some(p) = self.pending_restart.take() {
-                self.start_recovery(p.reason);
+                self.start_recovery(p);
             }
         }
 
-        fn start_recovery(&mut self, reason: String) {
+        fn start_recovery(&mut self, restart: PendingRestart) {
             let gen = self.take_generation();
             let binary = self.current_binary.clone();
             let plan = StartPlan::Recover {
-                reason: reason.clone(),
+                reason: restart.reason.clone(),
+                after: restart.after,
             };
             match WorkerProc::spawn(
                 gen,
@@ -155,25 +174,26 @@ mod daemon_side {
                 self.events.clone(),
             ) {
                 Ok(proc) => {
-                    info!(pid = proc.pid, generation = gen, %reason, "starting a worker in recovery mode");
+                    info!(pid = proc.pid, generation = gen, reason = %restart.reason, "starting a worker in recovery mode");
                     self.restarts += 1;
                     self.active = Some(proc);
                 }
                 Err(e) => {
                     error!(error = %e, "cannot start a recovery worker; retrying");
-                    let delay = self.policy.cap;
                     self.pending_restart = Some(PendingRestart {
-                        at: tokio::time::Instant::now() + delay,
-                        reason,
+                        at: tokio::time::Instant::now() + self.policy.cap,
+                        ..restart
                     });
                 }
             }
         }
 
         /// A recovery worker said Hello: hand it the newest checkpoint and
-        /// every held connection (no leftovers: the dead worker could not
-        /// hand any over; the kernel sits at a frame boundary).
-        pub(crate) fn send_recovery(&mut self, hello: Hello, reason: String) {
+        /// every held connection. The dead worker could not hand leftovers
+        /// over (the kernel sits at a frame boundary), unless it was a
+        /// successor that died before consuming anything: then its
+        /// predecessor's leftovers, still held, go along.
+        pub(crate) fn send_recovery(&mut self, hello: Hello, reason: String, after: u64) {
             let dups = match self.held.duplicate_all() {
                 Ok(d) => d,
                 Err(e) => {
@@ -182,13 +202,22 @@ mod daemon_side {
                 }
             };
             let snapshot = self.checkpoint.as_ref().map(|c| c.snapshot.clone());
+            let handed = self
+                .handed_leftovers
+                .take()
+                .filter(|h| h.generation == after);
+            if handed.is_some() {
+                info!("the dead worker consumed nothing: its predecessor's leftovers go with the recovery");
+            }
             let mut conns = Vec::with_capacity(dups.len());
             let mut fds = Vec::with_capacity(dups.len());
             for (info, fd) in dups {
-                conns.push(ConnRestore {
-                    info,
-                    leftovers: Vec::new(),
-                });
+                let leftovers = handed
+                    .as_ref()
+                    .and_then(|h| h.conns.iter().find(|c| c.id == info.id))
+                    .map(|c| c.leftovers.clone())
+                    .unwrap_or_default();
+                conns.push(ConnRestore { info, leftovers });
                 fds.push(fd);
             }
             let Some(a) = self.active.as_mut() else {

@@ -17,6 +17,16 @@ impl Daemon {
                 binary: a.binary.display().to_string(),
                 uptime_ms: a.started.elapsed().as_millis() as u64,
                 restarts: self.restarts,
+                probation_ms_left: self
+                    .probation
+                    .as_ref()
+                    .filter(|p| p.generation == a.generation)
+                    .map(|p| {
+                        p.until
+                            .saturating_duration_since(tokio::time::Instant::now())
+                            .as_millis() as u64
+                    }),
+                notice: self.notice.clone(),
             },
             None => WorkerStatus {
                 pid: None,
@@ -26,6 +36,8 @@ impl Daemon {
                 binary: self.cfg.worker.display().to_string(),
                 uptime_ms: 0,
                 restarts: self.restarts,
+                probation_ms_left: None,
+                notice: self.notice.clone(),
             },
         };
         let connections = self

@@ -7,7 +7,9 @@ mod continuity;
 mod control;
 mod crashes;
 mod failed_upgrades;
+mod fault_matrix;
 mod orders;
+mod probation;
 mod upgrades;
 
 use std::time::Duration;

@@ -3,8 +3,10 @@
 //!
 //! `HANDOFF_FAULT=<point>` makes the worker misbehave at that point:
 //! `exit-at-start`, `hang-before-hello`, `crash-after-restore`,
-//! `hang-after-restore`, `reject-restore`, `reads-no-schema` (the Hello
-//! claims to read no schema at all: an incompatible build).
+//! `hang-after-restore`, `reject-restore`, `crash-after-ready` (before Go),
+//! `crash-after-go` (before consuming anything), `crash-in-freeze`,
+//! `hang-in-freeze` (the event loop stops: no heartbeats), `reads-no-schema`
+//! (the Hello claims to read no schema at all: an incompatible build).
 
 /// Points in a worker's life where a fault can be injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,6 +14,9 @@ pub enum FaultPoint {
     Start,
     BeforeHello,
     AfterRestore,
+    AfterReady,
+    AfterGo,
+    Freeze,
 }
 
 /// What a hook asks the runtime to do.
@@ -29,11 +34,15 @@ pub async fn hit(point: FaultPoint) -> FaultAction {
     match (point, fault.as_str()) {
         (FaultPoint::Start, "exit-at-start") => std::process::exit(3),
         (FaultPoint::BeforeHello, "hang-before-hello")
-        | (FaultPoint::AfterRestore, "hang-after-restore") => {
+        | (FaultPoint::AfterRestore, "hang-after-restore")
+        | (FaultPoint::Freeze, "hang-in-freeze") => {
             std::future::pending::<()>().await;
             FaultAction::None
         }
-        (FaultPoint::AfterRestore, "crash-after-restore") => std::process::abort(),
+        (FaultPoint::AfterRestore, "crash-after-restore")
+        | (FaultPoint::AfterReady, "crash-after-ready")
+        | (FaultPoint::AfterGo, "crash-after-go")
+        | (FaultPoint::Freeze, "crash-in-freeze") => std::process::abort(),
         (FaultPoint::AfterRestore, "reject-restore") => FaultAction::Reject,
         _ => FaultAction::None,
     }

@@ -61,6 +61,8 @@ pub(crate) struct Worker<A: App> {
     gate: EffectGate,
     /// Feeds whose connection was lost, to re-open (and re-subscribe).
     lost: Vec<crate::conn::Feed>,
+    /// Schema of checkpoints, when the supervisor asked for another one.
+    checkpoint_schema: Option<u32>,
 }
 
 impl<A: App> Worker<A> {
@@ -75,6 +77,7 @@ impl<A: App> Worker<A> {
             deferred: Vec::new(),
             gate: EffectGate::Open,
             lost: Vec::new(),
+            checkpoint_schema: None,
         }
     }
 
@@ -134,6 +137,10 @@ impl<A: App> Worker<A> {
                             AfterFreeze::Stop => return self.stop().await,
                         },
                         ToWorker::CheckpointNow => self.send_checkpoint().await?,
+                        ToWorker::CheckpointIn { schema } => {
+                            info!(?schema, "checkpoint schema changed");
+                            self.checkpoint_schema = schema;
+                        }
                         ToWorker::Stop => return self.stop().await,
                         ToWorker::Exit => return Ok(Ended::HandedOver),
                         ToWorker::Thaw | ToWorker::Go => debug!(?cmd, "ignored: not frozen"),
@@ -144,15 +151,19 @@ impl<A: App> Worker<A> {
                     let at_ns = monotonic_ns();
                     match item {
                         Some(Ok(msg)) => {
-                            let mut out = Outbox::default();
-                            self.app.on_message(&self.conns[idx].info, msg, &mut out);
-                            self.write_outbox(out).await;
+                            // Told before the message is processed: from here on
+                            // the supervisor no longer holds the predecessor's
+                            // leftovers for a recovery, so a crash can lose this
+                            // message but never have it processed twice.
                             if awaiting == Awaiting::FirstMessage {
                                 awaiting = Awaiting::Nothing;
                                 if let Some(link) = self.link.as_mut() {
                                     link.send(&FromWorker::FirstConsumed { at_ns }).await?;
                                 }
                             }
+                            let mut out = Outbox::default();
+                            self.app.on_message(&self.conns[idx].info, msg, &mut out);
+                            self.write_outbox(out).await;
                         }
                         Some(Err(e)) => self.drop_conn(idx, format!("read failed: {e}")).await?,
                         None => self.drop_conn(idx, "closed by the peer".into()).await?,
@@ -251,7 +262,7 @@ impl<A: App> Worker<A> {
     }
 
     async fn send_checkpoint(&mut self) -> Result<(), WorkerError> {
-        let snapshot = self.seal(A::SCHEMA)?;
+        let snapshot = self.seal(self.checkpoint_schema.unwrap_or(A::SCHEMA))?;
         let summary = self.app.summary();
         if let Some(link) = self.link.as_mut() {
             let taken_at_ns = monotonic_ns();
@@ -270,6 +281,7 @@ impl<A: App> Worker<A> {
     /// wait to be thawed or told to exit; nothing is read or written on the
     /// connections in between.
     async fn freeze(&mut self, schema: u32) -> Result<AfterFreeze, WorkerError> {
+        crate::fault::hit(crate::fault::FaultPoint::Freeze).await;
         self.gate = EffectGate::Held;
         let after = self.freeze_inner(schema).await;
         match after {

@@ -107,11 +107,15 @@ async fn take_over<A: App>(
     };
     info!(?mode, conns = conns.len(), "restored; ready");
     link.send(&FromWorker::Ready).await?;
+    fault::hit(FaultPoint::AfterReady).await;
     // Nothing is consumed (or written) before Go: until then the old worker
     // may still be thawed and carry on.
     loop {
         match link.recv().await? {
-            Some((ToWorker::Go, _)) => break,
+            Some((ToWorker::Go, _)) => {
+                fault::hit(FaultPoint::AfterGo).await;
+                break;
+            }
             Some((ToWorker::Exit | ToWorker::Stop, _)) | None => return Ok(Ended::Abandoned),
             Some((ToWorker::CheckpointNow, _)) => {}
             Some((other, _)) => {

@@ -1,0 +1,97 @@
+//! After an upgrade the new build is on probation: if it dies, the previous
+//! build takes over with the newest state, in a schema it reads.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use handoff_testkit::wait_for;
+use nix::sys::signal::Signal;
+
+use crate::cluster;
+
+fn v1() -> PathBuf {
+    env!("CARGO_BIN_EXE_trading-worker").into()
+}
+
+fn v2() -> PathBuf {
+    env!("CARGO_BIN_EXE_trading-worker-v2").into()
+}
+
+#[test]
+fn a_new_build_dying_on_probation_hands_back_to_the_previous_build_with_its_state() {
+    let c = cluster()
+        .sim_args(["--rate", "400"])
+        .supervisor_args(["--probation", "60s"])
+        .start()
+        .expect("cluster");
+    let out = c.upgrade(Some(&v2())).unwrap();
+    assert!(out.success(), "{}", out.stderr);
+    // On probation, the schema-2 build checkpoints in schema 1, which the
+    // previous build reads.
+    let before = wait_for(
+        "a schema-1 checkpoint from the new build",
+        Duration::from_secs(10),
+        || {
+            let s = c.fresh_summary()?;
+            let st = c.status()?;
+            let ok = st["checkpoint"]["schema"] == 1 && st["worker"]["probation_ms_left"].is_u64();
+            Ok(ok.then_some(s))
+        },
+    )
+    .unwrap();
+    let dead = c.signal_worker(Signal::SIGKILL).unwrap();
+    let s = wait_for(
+        "the previous build to serve",
+        Duration::from_secs(10),
+        || {
+            let s = c.status()?;
+            let ok = s["worker"]["state"] == "running"
+                && s["worker"]["pid"].as_u64() != Some(dead as u64);
+            Ok(ok.then_some(s))
+        },
+    )
+    .unwrap();
+    assert_eq!(s["worker"]["binary"], v1().display().to_string(), "{s}");
+    assert!(
+        s["worker"]["notice"]
+            .as_str()
+            .unwrap_or("")
+            .contains("died on probation"),
+        "{s}"
+    );
+    let after = c.fresh_summary().unwrap();
+    assert_eq!(after["schema"], 1, "{after}");
+    assert!(
+        after["trades_processed"].as_u64() >= before["trades_processed"].as_u64(),
+        "state went back: {before} then {after}"
+    );
+    c.sim.pause().unwrap();
+    let audit = c.sim.audit_when_acked(Duration::from_secs(10)).unwrap();
+    for k in ["closed", "malformed", "duplicates", "reordered", "unacked"] {
+        assert_eq!(audit["totals"][k], 0, "{k}: {audit}");
+    }
+}
+
+#[test]
+fn rollback_hands_over_to_the_previous_build() {
+    let c = cluster()
+        .sim_args(["--rate", "400"])
+        .start()
+        .expect("cluster");
+    let refused = c.ctl(["rollback", "--wait"]).unwrap();
+    assert_eq!(refused.code, Some(1));
+    assert!(
+        refused.stderr.contains("no previous build"),
+        "{}",
+        refused.stderr
+    );
+    assert!(c.upgrade(Some(&v2())).unwrap().success());
+    assert_eq!(c.fresh_summary().unwrap()["schema"], 2);
+    let out = c.ctl(["rollback", "--wait"]).unwrap();
+    assert!(out.success(), "{}", out.stderr);
+    let s = c.status().unwrap();
+    assert_eq!(s["worker"]["binary"], v1().display().to_string(), "{s}");
+    assert_eq!(s["handoffs"]["last"]["trigger"], "rollback");
+    assert_eq!(c.fresh_summary().unwrap()["schema"], 1);
+    crate::assert_nothing_lost(&c.sim, 1);
+}
