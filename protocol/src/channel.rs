@@ -270,4 +270,38 @@ mod tests {
             Err(ChannelError::Frame(FrameError::TooLarge { .. }))
         ));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// Whatever bytes a peer writes, `recv` yields messages, a clean
+        /// close or an error: it never panics and never hangs.
+        #[test]
+        fn random_streams_never_panic_or_hang(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048),
+            with_header in proptest::bool::ANY,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let (mut a, b) = UnixStream::pair().unwrap();
+                let mut rx: Channel<ToWorker, FromWorker> = Channel::new(b, 1024);
+                let mut data = Vec::new();
+                if with_header {
+                    data.extend_from_slice(&frame::MAGIC);
+                }
+                data.extend_from_slice(&bytes);
+                a.write_all(&data).await.unwrap();
+                drop(a);
+                let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                    loop {
+                        match rx.recv().await {
+                            Ok(Some(_)) => continue,
+                            Ok(None) | Err(_) => break,
+                        }
+                    }
+                })
+                .await;
+                assert!(outcome.is_ok(), "recv hung on {} bytes", data.len());
+            });
+        }
+    }
 }

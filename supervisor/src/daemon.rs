@@ -425,8 +425,18 @@ impl Daemon {
         match event {
             WorkerEvent::Message(msg, fds) => self.on_active_message(msg, fds),
             WorkerEvent::ChannelClosed { error } => {
-                if let Some(e) = error {
-                    warn!(error = %e, "active worker channel failed");
+                // A worker the supervisor cannot talk to cannot be frozen,
+                // checkpointed or stopped: replace it (its exit starts a
+                // recovery on the held sockets). Usually it is exiting anyway.
+                if matches!(self.stopping, Stopping::Running) {
+                    if let Some(a) = self.active.as_mut() {
+                        warn!(
+                            pid = a.pid,
+                            error = error.as_deref().unwrap_or("closed"),
+                            "lost the channel to the active worker; replacing it"
+                        );
+                        a.kill();
+                    }
                 }
             }
             WorkerEvent::Exited(status) => {
