@@ -292,12 +292,7 @@ mod tests {
                 a.write_all(&data).await.unwrap();
                 drop(a);
                 let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-                    loop {
-                        match rx.recv().await {
-                            Ok(Some(_)) => continue,
-                            Ok(None) | Err(_) => break,
-                        }
-                    }
+                    while let Ok(Some(_)) = rx.recv().await {}
                 })
                 .await;
                 assert!(outcome.is_ok(), "recv hung on {} bytes", data.len());
