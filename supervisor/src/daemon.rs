@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::control::{self, CtlCommand};
 use crate::handoff::{compatibility, Phase, Trigger, Upgrade, EXIT_STATUS_GRACE};
 use crate::held::HeldSockets;
+use crate::persist::{OnDisk, Persister};
 use crate::probation::{PreviousBuild, Probation};
 use crate::proc::{Generation, Lifecycle, SpawnError, Tagged, WorkerEvent, WorkerProc};
 use crate::recovery::{
@@ -103,6 +104,8 @@ pub struct Daemon {
     pub(crate) probation: Option<Probation>,
     /// Shown in status: the last automatic decision an operator should know.
     pub(crate) notice: Option<String>,
+    /// Writes each checkpoint to the state directory.
+    persister: Option<Persister>,
 }
 
 /// Run the supervisor until a graceful stop completes. `intents` are the
@@ -136,17 +139,14 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
         previous: None,
         probation: None,
         notice: None,
+        persister: None,
     };
     let first = d.cfg.worker.clone();
     binary::check(&first, None)?;
+    let plan = d.load_persisted();
+    d.persister = Some(Persister::start(d.cfg.state_dir.clone()));
     let gen = d.take_generation();
-    let proc = WorkerProc::spawn(
-        gen,
-        &first,
-        &d.cfg.worker_args,
-        StartPlan::Fresh,
-        d.events.clone(),
-    )?;
+    let proc = WorkerProc::spawn(gen, &first, &d.cfg.worker_args, plan, d.events.clone())?;
     d.current_binary = first.clone();
     info!(generation = gen, pid = proc.pid, binary = %first.display(), "worker started");
     d.active = Some(proc);
@@ -180,6 +180,9 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
         }
     }
     ctl_task.abort();
+    if let Some(p) = d.persister.take() {
+        p.finish().await;
+    }
     let _ = std::fs::remove_file(&socket);
     info!("supervisor stopped");
     Ok(())
@@ -206,6 +209,37 @@ fn prepare_state_dir(cfg: &Config) -> Result<(), DaemonError> {
 }
 
 impl Daemon {
+    /// The checkpoint a previous supervisor left in the state directory:
+    /// with one, the first worker starts in recovery mode from it.
+    fn load_persisted(&mut self) -> StartPlan {
+        match crate::persist::load(&self.cfg.state_dir) {
+            Ok(Some(c)) => {
+                info!(
+                    bytes = c.snapshot.bytes.len(),
+                    schema = c.snapshot.schema,
+                    "found the previous checkpoint; the worker resumes from it"
+                );
+                self.checkpoint = Some(Stored {
+                    snapshot: c.snapshot,
+                    summary: c.summary,
+                    at: Instant::now(),
+                });
+                StartPlan::Recover {
+                    reason: "the supervisor restarted; state from its checkpoint file".into(),
+                    after: 0,
+                }
+            }
+            Ok(None) => StartPlan::Fresh,
+            Err(e) => {
+                error!(error = %e, "starting without the checkpoint file");
+                self.notice = Some(format!(
+                    "{e}; it was moved aside and the worker started fresh"
+                ));
+                StartPlan::Fresh
+            }
+        }
+    }
+
     pub(crate) fn take_generation(&mut self) -> Generation {
         let g = self.next_generation;
         self.next_generation += 1;
@@ -535,6 +569,12 @@ impl Daemon {
     fn store_checkpoint(&mut self, snapshot: Snapshot, summary: Option<String>) {
         let bytes = snapshot.bytes.len() as u64;
         let schema = snapshot.schema;
+        if let Some(p) = &self.persister {
+            p.save(OnDisk {
+                snapshot: snapshot.clone(),
+                summary: summary.clone(),
+            });
+        }
         self.checkpoint = Some(Stored {
             snapshot,
             summary,

@@ -24,6 +24,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod handoff;
 pub mod held;
+pub mod persist;
 pub mod probation;
 pub mod proc;
 pub mod recovery;

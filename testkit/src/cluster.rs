@@ -154,33 +154,31 @@ impl ClusterBuilder {
             self.bins.worker.clone()
         };
         let socket = dir.path().join("run").join("ctl.sock");
-        let mut cmd = Command::new(&self.bins.supervisor);
-        cmd.arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--worker")
-            .arg(&worker_path)
-            .args(&self.supervisor_args)
-            .arg("--");
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--socket".into(),
+            socket.clone().into(),
+            "--state-dir".into(),
+            dir.path().join("state").into(),
+            "--worker".into(),
+            worker_path.clone().into(),
+        ];
+        args.extend(self.supervisor_args.iter().map(Into::into));
+        args.push("--".into());
         for _ in 0..self.connections {
-            cmd.arg("--feed").arg(sim.ws_url());
+            args.push("--feed".into());
+            args.push(sim.ws_url().into());
         }
-        cmd.arg("--symbols")
-            .arg(&self.symbols)
-            .arg("--ack")
-            .args(&self.worker_args);
+        args.extend([
+            "--symbols".into(),
+            self.symbols.clone().into(),
+            "--ack".into(),
+        ]);
+        args.extend(self.worker_args.iter().map(Into::into));
         if self.rest {
-            cmd.arg("--rest").arg(format!("http://{}", sim.addr));
+            args.push("--rest".into());
+            args.push(format!("http://{}", sim.addr).into());
         }
-        cmd.stdin(Stdio::null()).process_group(0);
-        if self.quiet {
-            cmd.stderr(Stdio::null()).stdout(Stdio::null());
-        }
-        let supervisor = cmd.spawn().map_err(|e| TestkitError::Spawn {
-            what: "supervisor",
-            source: e,
-        })?;
+        let supervisor = spawn_supervisor(&self.bins.supervisor, &args, self.quiet)?;
         let cluster = Cluster {
             bins: self.bins,
             dir,
@@ -189,10 +187,28 @@ impl ClusterBuilder {
             socket,
             worker_path,
             connections: self.connections,
+            supervisor_args: args,
+            quiet: self.quiet,
         };
         cluster.wait_serving(Duration::from_secs(30))?;
         Ok(cluster)
     }
+}
+
+fn spawn_supervisor(
+    bin: &Path,
+    args: &[std::ffi::OsString],
+    quiet: bool,
+) -> Result<Child, TestkitError> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null()).process_group(0);
+    if quiet {
+        cmd.stderr(Stdio::null()).stdout(Stdio::null());
+    }
+    cmd.spawn().map_err(|e| TestkitError::Spawn {
+        what: "supervisor",
+        source: e,
+    })
 }
 
 fn copy_exec(from: &Path, to: &Path) -> Result<(), TestkitError> {
@@ -238,6 +254,8 @@ pub struct Cluster {
     /// The supervisor's `--worker` path.
     pub worker_path: PathBuf,
     pub connections: usize,
+    supervisor_args: Vec<std::ffi::OsString>,
+    quiet: bool,
 }
 
 impl Cluster {
@@ -372,6 +390,19 @@ impl Cluster {
         copy_exec(new, &tmp)?;
         std::fs::rename(&tmp, &self.worker_path)
             .map_err(|source| TestkitError::File { path: tmp, source })
+    }
+
+    /// Start the supervisor again (after [`Cluster::stop`]) with the same
+    /// flags and state directory; waits until its worker serves.
+    pub fn restart_supervisor(&mut self) -> Result<Value, TestkitError> {
+        let child = spawn_supervisor(&self.bins.supervisor, &self.supervisor_args, self.quiet)?;
+        self.supervisor = Some(child);
+        self.wait_serving(Duration::from_secs(30))
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     /// Graceful stop (SIGTERM) and wait for the supervisor to exit.

@@ -113,3 +113,51 @@ fn repeated_crashes_keep_the_connections_and_the_state() {
     assert!(after > first, "state restarted cold: {first} then {after}");
     assert_connections_survived(&c, 1);
 }
+
+#[test]
+fn a_restarted_supervisor_resumes_from_its_checkpoint_file() {
+    let mut c = cluster()
+        .sim_args(["--rate", "400"])
+        .start()
+        .expect("cluster");
+    let before = c.fresh_summary().unwrap()["trades_processed"]
+        .as_u64()
+        .unwrap();
+    assert!(before > 0);
+    assert!(c.stop().unwrap().success());
+    assert!(
+        c.state_dir().join("checkpoint.bin").exists(),
+        "no checkpoint file written"
+    );
+    let s = c.restart_supervisor().unwrap();
+    assert_eq!(s["checkpoint"]["schema"], 1, "{s}");
+    let after = c.fresh_summary().unwrap()["trades_processed"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        after >= before,
+        "state restarted cold: {before} then {after}"
+    );
+}
+
+#[test]
+fn a_corrupt_checkpoint_file_is_reported_and_never_trusted() {
+    let mut c = cluster()
+        .sim_args(["--rate", "400"])
+        .start()
+        .expect("cluster");
+    c.fresh_summary().unwrap();
+    assert!(c.stop().unwrap().success());
+    let file = c.state_dir().join("checkpoint.bin");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&file, bytes).unwrap();
+    let s = c.restart_supervisor().unwrap();
+    let notice = s["worker"]["notice"].as_str().unwrap_or("");
+    assert!(notice.contains("corrupt"), "{s}");
+    assert!(c.state_dir().join("checkpoint.bin.corrupt").exists());
+    // Started fresh, and serving.
+    let fresh = c.fresh_summary().unwrap();
+    assert!(fresh["trades_processed"].as_u64().is_some(), "{fresh}");
+}

@@ -1,0 +1,182 @@
+//! The newest checkpoint on disk, so that a restarted supervisor finds the
+//! state it had. One file, `checkpoint.bin` in `--state-dir`, replaced
+//! atomically: written to a temporary file, fsync'd, renamed over the old one,
+//! and the directory fsync'd. The file carries a magic, a format version and a
+//! CRC-32 of everything before it; a file that fails any check is reported,
+//! moved aside (`checkpoint.bin.corrupt`) and never trusted.
+//!
+//! Writing happens on a blocking thread fed through a `watch` channel: a
+//! slow disk delays only the file, never the daemon, and when checkpoints
+//! come faster than the disk takes them the newest one wins.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use handoff_protocol::Snapshot;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// First bytes of a checkpoint file.
+const MAGIC: &[u8; 8] = b"HOCKPT01";
+/// Name of the file in the state directory.
+pub const FILE: &str = "checkpoint.bin";
+
+/// Why a checkpoint file could not be read or written.
+#[derive(Debug, Error)]
+pub enum PersistError {
+    #[error("checkpoint file {path:?}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("checkpoint file {path:?} is corrupt: {why}")]
+    Corrupt { path: PathBuf, why: String },
+}
+
+/// What is stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OnDisk {
+    pub snapshot: Snapshot,
+    pub summary: Option<String>,
+}
+
+fn encode(c: &OnDisk) -> Result<Vec<u8>, String> {
+    let body = bincode::serialize(c).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(MAGIC.len() + body.len() + 4);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&body);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+fn decode(bytes: &[u8]) -> Result<OnDisk, String> {
+    if bytes.len() < MAGIC.len() + 4 || &bytes[..MAGIC.len()] != MAGIC {
+        return Err("not a checkpoint file (bad magic)".into());
+    }
+    let (head, tail) = bytes.split_at(bytes.len() - 4);
+    let stored = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]);
+    if crc32fast::hash(head) != stored {
+        return Err("file checksum mismatch".into());
+    }
+    let c: OnDisk =
+        bincode::deserialize(&head[MAGIC.len()..]).map_err(|e| format!("undecodable: {e}"))?;
+    c.snapshot
+        .verify(&c.snapshot.app, &[c.snapshot.schema])
+        .map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+/// Write `c` to `dir/checkpoint.bin` atomically and durably.
+pub fn write(dir: &Path, c: &OnDisk) -> Result<(), PersistError> {
+    let path = dir.join(FILE);
+    let tmp = dir.join(format!("{FILE}.tmp"));
+    let io = |source| PersistError::Io {
+        path: path.clone(),
+        source,
+    };
+    let bytes = encode(c).map_err(|why| PersistError::Corrupt {
+        path: path.clone(),
+        why,
+    })?;
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(&bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(())
+}
+
+/// The checkpoint in `dir`, if there is a sound one. A corrupt file is moved
+/// aside and reported as an error (the caller starts without it).
+pub fn load(dir: &Path) -> Result<Option<OnDisk>, PersistError> {
+    let path = dir.join(FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(PersistError::Io { path, source }),
+    };
+    decode(&bytes).map(Some).map_err(|why| {
+        let aside = dir.join(format!("{FILE}.corrupt"));
+        let _ = std::fs::rename(&path, &aside);
+        PersistError::Corrupt { path, why }
+    })
+}
+
+/// The writer task's handle: send it checkpoints; join it at shutdown.
+pub struct Persister {
+    tx: watch::Sender<Option<OnDisk>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Persister {
+    pub fn start(dir: PathBuf) -> Persister {
+        let (tx, mut rx) = watch::channel::<Option<OnDisk>>(None);
+        let task = tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let Some(c) = rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                let dir = dir.clone();
+                match tokio::task::spawn_blocking(move || write(&dir, &c)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!(error = %e, "cannot persist the checkpoint"),
+                    Err(e) => warn!(error = %e, "checkpoint writer panicked"),
+                }
+            }
+        });
+        Persister { tx, task }
+    }
+
+    /// Persist `c` (replacing any not yet written).
+    pub fn save(&self, c: OnDisk) {
+        let _ = self.tx.send(Some(c));
+    }
+
+    /// Write what is pending and stop.
+    pub async fn finish(self) {
+        drop(self.tx);
+        let _ = self.task.await;
+        info!("checkpoint file up to date");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> OnDisk {
+        OnDisk {
+            snapshot: Snapshot::seal("bot", 3, vec![1, 2, 3, 4]),
+            summary: Some("{}".into()),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_corruption_is_detected_and_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load(dir.path()).unwrap().is_none());
+        write(dir.path(), &sample()).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(sample()));
+        let path = dir.path().join(FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("corrupt"), "{err}");
+        assert!(!path.exists() && dir.path().join("checkpoint.bin.corrupt").exists());
+        assert!(
+            load(dir.path()).unwrap().is_none(),
+            "the corrupt file is never read again"
+        );
+        std::fs::write(&path, b"garbage").unwrap();
+        assert!(load(dir.path()).is_err());
+    }
+}
