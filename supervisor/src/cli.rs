@@ -45,6 +45,9 @@ pub struct Args {
     /// within it, the previous build takes over automatically.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub probation: Duration,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9187).
+    #[arg(long)]
+    pub metrics: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value = "human")]
     pub log_format: LogFormat,
@@ -70,6 +73,7 @@ impl Args {
             worker: std::path::absolute(&self.worker)?,
             worker_args: self.worker_args.clone(),
             probation: self.probation,
+            metrics: self.metrics.clone(),
             timeouts: Timeouts {
                 prepare: self.prepare_timeout,
                 freeze: self.freeze_timeout,

@@ -18,6 +18,8 @@ pub struct Config {
     /// How long a newly committed build is on probation: if it dies within
     /// it, the previous build takes over (newest checkpoint, held sockets).
     pub probation: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics: Option<String>,
 }
 
 /// The named limits of each phase.

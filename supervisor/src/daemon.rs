@@ -13,7 +13,7 @@ use handoff_protocol::worker::{
 };
 use handoff_protocol::{monotonic_ns, Snapshot};
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
 use tracing::{error, info, warn};
 
@@ -22,6 +22,8 @@ use crate::config::Config;
 use crate::control::{self, CtlCommand};
 use crate::handoff::{compatibility, Phase, Trigger, Upgrade, EXIT_STATUS_GRACE};
 use crate::held::HeldSockets;
+use crate::metrics::{MetricsError, MetricsView};
+use crate::notify::Notifier;
 use crate::persist::{OnDisk, Persister};
 use crate::probation::{PreviousBuild, Probation};
 use crate::proc::{Generation, Lifecycle, SpawnError, Tagged, WorkerEvent, WorkerProc};
@@ -45,6 +47,8 @@ pub enum DaemonError {
     Binary(#[from] binary::BinaryError),
     #[error("cannot start the first worker: {0}")]
     FirstSpawn(#[from] SpawnError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// The newest checkpoint.
@@ -106,6 +110,13 @@ pub struct Daemon {
     pub(crate) notice: Option<String>,
     /// Writes each checkpoint to the state directory.
     persister: Option<Persister>,
+    /// systemd's notify socket.
+    pub(crate) systemd: Notifier,
+    /// Whether systemd has been told READY=1 yet.
+    ready_sent: bool,
+    /// Counters and histograms for `/metrics`, published after every event.
+    pub(crate) metrics: MetricsView,
+    metrics_tx: watch::Sender<MetricsView>,
 }
 
 /// Run the supervisor until a graceful stop completes. `intents` are the
@@ -117,6 +128,7 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
     let ctl_task = tokio::spawn(control::serve(listener, ctl_tx, cfg.timeouts.ctl_read));
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let socket = cfg.socket.clone();
+    let (metrics_tx, metrics_rx) = watch::channel(MetricsView::default());
     let mut d = Daemon {
         cfg,
         events: ev_tx,
@@ -140,7 +152,15 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
         probation: None,
         notice: None,
         persister: None,
+        systemd: Notifier::from_env(),
+        ready_sent: false,
+        metrics: MetricsView::default(),
+        metrics_tx,
     };
+    if let Some(addr) = d.cfg.metrics.clone() {
+        let listener = crate::metrics::bind(&addr, &d.cfg.state_dir).await?;
+        tokio::spawn(crate::metrics::serve(listener, metrics_rx));
+    }
     let first = d.cfg.worker.clone();
     binary::check(&first, None)?;
     let plan = d.load_persisted();
@@ -175,6 +195,7 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
                 d.stopping = Stopping::Done;
             }
         }
+        d.publish_metrics();
         if matches!(d.stopping, Stopping::Done) {
             break;
         }
@@ -332,6 +353,7 @@ impl Daemon {
             return;
         }
         info!("graceful stop");
+        self.systemd.stopping();
         if !matches!(self.phase, Phase::Idle | Phase::Committing { .. }) {
             self.abort(Outcome::RolledBack, "the supervisor is stopping".into());
         }
@@ -408,6 +430,8 @@ impl Daemon {
         match spawned {
             Ok(succ) => {
                 up.mark("spawned", Some(format!("pid {}", succ.pid)));
+                self.systemd
+                    .reloading(&format!("upgrade #{id} to {}", binary.display()));
                 let report = up.report(Outcome::InProgress, None, Some(succ.pid));
                 self.phase = Phase::Preparing { up, succ };
                 Ok(report)
@@ -514,16 +538,20 @@ impl Daemon {
                         info!(pid = a.pid, build = %hello.build_id, "worker said hello; starting fresh");
                         a.life = Lifecycle::Running { hello };
                         a.send(ToWorker::StartFresh, Vec::new());
+                        let status = format!("serving: worker pid {}", a.pid);
+                        self.serving(&status);
                     }
                 }
             }
             FromWorker::Ready => {
                 if let Lifecycle::Recovering { hello } = &a.life {
                     info!(pid = a.pid, "recovered worker ready; serving");
+                    let status = format!("serving: worker pid {} (recovered)", a.pid);
                     a.life = Lifecycle::Running {
                         hello: hello.clone(),
                     };
                     a.send(ToWorker::Go, Vec::new());
+                    self.serving(&status);
                 }
             }
             FromWorker::Rejected { reason } => {
@@ -600,6 +628,7 @@ impl Daemon {
             up.first_consumed_ns = Some(at_ns);
         } else if let Some(last) = self.stats.last.as_mut() {
             last.blackout_us = Some(blackout);
+            self.metrics.blackout.observe_us(blackout);
         }
         info!(
             blackout_us = blackout,
@@ -862,6 +891,28 @@ impl Daemon {
         self.finish(up, outcome, Some(reason), None);
     }
 
+    /// Refresh the gauges and hand the view to the metrics endpoint.
+    fn publish_metrics(&mut self) {
+        self.metrics.restarts = self.restarts;
+        self.metrics.held_sockets = self.held.len();
+        self.metrics.worker_up = self.active.as_ref().is_some_and(|a| {
+            matches!(a.life, Lifecycle::Running { .. } | Lifecycle::Frozen { .. })
+        });
+        self.metrics.checkpoint = self
+            .checkpoint
+            .as_ref()
+            .map(|c| (c.snapshot.bytes.len() as u64, c.at));
+        if self.metrics_tx.receiver_count() > 0 {
+            self.metrics_tx.send_replace(self.metrics.clone());
+        }
+    }
+
+    /// Tell systemd the worker serves (READY=1 the first time).
+    fn serving(&mut self, status: &str) {
+        self.ready_sent = true;
+        self.systemd.ready(status);
+    }
+
     fn finish(
         &mut self,
         mut up: Upgrade,
@@ -896,6 +947,25 @@ impl Daemon {
         for w in up.waiters.drain(..) {
             let _ = w.try_send(CtlResponse::Upgrade(report.clone()));
         }
+        match outcome {
+            Outcome::Completed => self.metrics.completed += 1,
+            Outcome::Refused => self.metrics.refused += 1,
+            Outcome::RolledBack | Outcome::InProgress => self.metrics.rolled_back += 1,
+        }
+        if let Some(p) = report.pause_us {
+            self.metrics.pause.observe_us(p);
+        }
+        if let Some(b) = report.blackout_us {
+            self.metrics.blackout.observe_us(b);
+        }
+        self.metrics.observe_phases(&report.phases);
+        let pid = self.active.as_ref().map(|a| a.pid).unwrap_or(0);
+        let status = format!(
+            "serving: worker pid {pid}; upgrade #{} {}",
+            report.id,
+            report.outcome.as_str()
+        );
         self.stats.last = Some(report);
+        self.serving(&status);
     }
 }

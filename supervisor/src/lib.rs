@@ -24,6 +24,8 @@ pub mod ctl;
 pub mod daemon;
 pub mod handoff;
 pub mod held;
+pub mod metrics;
+pub mod notify;
 pub mod persist;
 pub mod probation;
 pub mod proc;

@@ -70,6 +70,8 @@ pub struct ClusterBuilder {
     copy_worker: bool,
     /// Trade over the simulator's REST API instead of on paper.
     rest: bool,
+    /// Extra environment for the supervisor (and so its workers).
+    env: Vec<(String, String)>,
     quiet: bool,
 }
 
@@ -84,6 +86,7 @@ impl ClusterBuilder {
             worker_args: Vec::new(),
             copy_worker: false,
             rest: false,
+            env: Vec::new(),
             quiet: true,
         }
     }
@@ -115,6 +118,12 @@ impl ClusterBuilder {
     /// Extra worker flags.
     pub fn worker_args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
         self.worker_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Set an environment variable for the supervisor.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -178,7 +187,7 @@ impl ClusterBuilder {
             args.push("--rest".into());
             args.push(format!("http://{}", sim.addr).into());
         }
-        let supervisor = spawn_supervisor(&self.bins.supervisor, &args, self.quiet)?;
+        let supervisor = spawn_supervisor(&self.bins.supervisor, &args, &self.env, self.quiet)?;
         let cluster = Cluster {
             bins: self.bins,
             dir,
@@ -188,6 +197,7 @@ impl ClusterBuilder {
             worker_path,
             connections: self.connections,
             supervisor_args: args,
+            env: self.env,
             quiet: self.quiet,
         };
         cluster.wait_serving(Duration::from_secs(30))?;
@@ -198,10 +208,14 @@ impl ClusterBuilder {
 fn spawn_supervisor(
     bin: &Path,
     args: &[std::ffi::OsString],
+    env: &[(String, String)],
     quiet: bool,
 ) -> Result<Child, TestkitError> {
     let mut cmd = Command::new(bin);
-    cmd.args(args).stdin(Stdio::null()).process_group(0);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .process_group(0);
     if quiet {
         cmd.stderr(Stdio::null()).stdout(Stdio::null());
     }
@@ -255,6 +269,7 @@ pub struct Cluster {
     pub worker_path: PathBuf,
     pub connections: usize,
     supervisor_args: Vec<std::ffi::OsString>,
+    env: Vec<(String, String)>,
     quiet: bool,
 }
 
@@ -395,7 +410,12 @@ impl Cluster {
     /// Start the supervisor again (after [`Cluster::stop`]) with the same
     /// flags and state directory; waits until its worker serves.
     pub fn restart_supervisor(&mut self) -> Result<Value, TestkitError> {
-        let child = spawn_supervisor(&self.bins.supervisor, &self.supervisor_args, self.quiet)?;
+        let child = spawn_supervisor(
+            &self.bins.supervisor,
+            &self.supervisor_args,
+            &self.env,
+            self.quiet,
+        )?;
         self.supervisor = Some(child);
         self.wait_serving(Duration::from_secs(30))
     }

@@ -1,0 +1,108 @@
+//! The operator's surface: Prometheus metrics, systemd notifications, and a
+//! control socket only its owner (or root) can use.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use crate::cluster;
+
+#[test]
+fn metrics_endpoint_speaks_prometheus_and_counts_handoffs() {
+    let c = cluster()
+        .sim_args(["--rate", "300"])
+        .supervisor_args(["--metrics", "127.0.0.1:0"])
+        .start()
+        .expect("cluster");
+    for _ in 0..2 {
+        assert!(c.upgrade(None).unwrap().success());
+    }
+    let addr = std::fs::read_to_string(c.state_dir().join("metrics.addr")).unwrap();
+    let mut s = std::net::TcpStream::connect(addr.trim()).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("text/plain; version=0.0.4"), "{resp}");
+    assert!(
+        resp.contains("handoff_handoffs_total{outcome=\"completed\"} 2"),
+        "{resp}"
+    );
+    assert!(
+        resp.contains("# TYPE handoff_blackout_seconds histogram"),
+        "{resp}"
+    );
+    assert!(
+        resp.contains("handoff_phase_duration_seconds_count{phase=\"freeze\"} 2"),
+        "{resp}"
+    );
+    assert!(resp.contains("handoff_held_sockets 1"), "{resp}");
+    assert!(
+        resp.contains("handoff_supervisor_resident_memory_bytes "),
+        "{resp}"
+    );
+}
+
+#[test]
+fn systemd_is_told_ready_reloading_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut c = cluster()
+        .sim_args(["--rate", "300"])
+        .env("NOTIFY_SOCKET", path.to_str().unwrap())
+        .start()
+        .expect("cluster");
+    let mut next = || {
+        let mut buf = [0u8; 4096];
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = next();
+    assert!(first.starts_with("READY=1\nSTATUS=serving"), "{first}");
+    assert!(c.upgrade(None).unwrap().success());
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    let ready = next();
+    assert!(
+        ready.starts_with("READY=1\n") && ready.contains("completed"),
+        "{ready}"
+    );
+    assert!(c.stop().unwrap().success());
+    assert!(next().starts_with("STOPPING=1"));
+}
+
+#[test]
+fn a_client_of_another_uid_is_refused_and_the_supervisor_serves_on() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run a client as another uid");
+        return;
+    }
+    let c = cluster()
+        .sim_args(["--rate", "300"])
+        .start()
+        .expect("cluster");
+    let pid = c.worker_pid().unwrap();
+    let out = std::process::Command::new(&c.bins.supervisorctl)
+        .arg("--socket")
+        .arg(&c.socket)
+        .args(["upgrade", "--wait"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("ermission denied"), "{stderr}");
+    let s = c.status().unwrap();
+    assert_eq!(s["worker"]["pid"], pid);
+    assert_eq!(s["handoffs"]["completed"], 0);
+    crate::assert_nothing_lost(&c.sim, 1);
+}
