@@ -161,3 +161,36 @@ fn a_corrupt_checkpoint_file_is_reported_and_never_trusted() {
     let fresh = c.fresh_summary().unwrap();
     assert!(fresh["trades_processed"].as_u64().is_some(), "{fresh}");
 }
+
+#[test]
+fn a_worker_writing_garbage_on_its_channel_is_replaced() {
+    // The first worker (from a wrapper) writes junk on its supervisor socket
+    // once it serves. The supervisor cannot talk to it any more: it kills it
+    // and recovers on the held connection; later workers run the clean build
+    // (the junk-writing one is the one that died).
+    let c = cluster()
+        .sim_args(["--rate", "300"])
+        .copy_worker()
+        .start()
+        .expect("cluster");
+    let junk = c
+        .worker_wrapper("garbage", &[("HANDOFF_FAULT", "garbage-on-channel")])
+        .unwrap();
+    let out = c.upgrade(Some(&junk)).unwrap();
+    assert!(out.success(), "{}", out.stderr);
+    let bad = c.status().unwrap()["handoffs"]["last"]["to_pid"]
+        .as_u64()
+        .unwrap();
+    let s = wait_for(
+        "the junk writer to be replaced",
+        Duration::from_secs(10),
+        || {
+            let s = c.status()?;
+            let ok = s["worker"]["state"] == "running" && s["worker"]["pid"].as_u64() != Some(bad);
+            Ok((ok && s["worker"]["restarts"] == 1).then_some(s))
+        },
+    )
+    .unwrap();
+    assert!(!crate::upgrades::process_alive(bad as u32), "{s}");
+    assert_connections_survived(&c, 1);
+}

@@ -57,7 +57,7 @@ fn systemd_is_told_ready_reloading_and_stopping() {
         .env("NOTIFY_SOCKET", path.to_str().unwrap())
         .start()
         .expect("cluster");
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 4096];
         let n = sock.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()

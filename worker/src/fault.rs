@@ -6,7 +6,8 @@
 //! `hang-after-restore`, `reject-restore`, `crash-after-ready` (before Go),
 //! `crash-after-go` (before consuming anything), `crash-in-freeze`,
 //! `hang-in-freeze` (the event loop stops: no heartbeats), `reads-no-schema`
-//! (the Hello claims to read no schema at all: an incompatible build).
+//! (the Hello claims to read no schema at all: an incompatible build),
+//! `garbage-on-channel` (once serving, write junk on the supervisor socket).
 
 /// Points in a worker's life where a fault can be injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +18,8 @@ pub enum FaultPoint {
     AfterReady,
     AfterGo,
     Freeze,
+    /// Once the serve loop runs.
+    Serving,
 }
 
 /// What a hook asks the runtime to do.
@@ -24,6 +27,8 @@ pub enum FaultPoint {
 pub enum FaultAction {
     None,
     Reject,
+    /// Write junk bytes on the supervisor socket.
+    Garbage,
 }
 
 #[cfg(feature = "fault-injection")]
@@ -44,6 +49,7 @@ pub async fn hit(point: FaultPoint) -> FaultAction {
         | (FaultPoint::AfterGo, "crash-after-go")
         | (FaultPoint::Freeze, "crash-in-freeze") => std::process::abort(),
         (FaultPoint::AfterRestore, "reject-restore") => FaultAction::Reject,
+        (FaultPoint::Serving, "garbage-on-channel") => FaultAction::Garbage,
         _ => FaultAction::None,
     }
 }

@@ -54,6 +54,21 @@ impl Link {
         self.ch.send(msg, &[fd.as_fd()]).await
     }
 
+    /// Write raw bytes that are no frame at all (fault injection only).
+    pub async fn send_garbage(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let sock = self.ch.socket();
+        sock.writable().await?;
+        let mut written = 0;
+        while written < bytes.len() {
+            match sock.try_write(&bytes[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => sock.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Next command; `None` when the supervisor has gone. Cancel-safe.
     pub async fn recv(&mut self) -> Result<Option<(ToWorker, Vec<OwnedFd>)>, ChannelError> {
         self.ch.recv().await

@@ -112,6 +112,15 @@ impl<A: App> Worker<A> {
         reconnect.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut sigterm = signal(SignalKind::terminate()).map_err(WorkerError::Signals)?;
         let mut sigint = signal(SignalKind::interrupt()).map_err(WorkerError::Signals)?;
+        if crate::fault::hit(crate::fault::FaultPoint::Serving).await
+            == crate::fault::FaultAction::Garbage
+        {
+            if let Some(link) = self.link.as_mut() {
+                let _ = link
+                    .send_garbage(b"\x00\x01garbage that is no frame at all\xff")
+                    .await;
+            }
+        }
         loop {
             let linked = self.link.is_some();
             tokio::select! {
