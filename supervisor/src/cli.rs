@@ -45,6 +45,10 @@ pub struct Args {
     /// within it, the previous build takes over automatically.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub probation: Duration,
+    /// Upgrade by itself when the file at the --worker path is replaced (after
+    /// a short debounce, once per new build).
+    #[arg(long)]
+    pub watch: bool,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9187).
     #[arg(long)]
     pub metrics: Option<String>,
@@ -74,6 +78,7 @@ impl Args {
             worker_args: self.worker_args.clone(),
             probation: self.probation,
             metrics: self.metrics.clone(),
+            watch: self.watch,
             timeouts: Timeouts {
                 prepare: self.prepare_timeout,
                 freeze: self.freeze_timeout,

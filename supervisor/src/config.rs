@@ -20,6 +20,8 @@ pub struct Config {
     pub probation: Duration,
     /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
     pub metrics: Option<String>,
+    /// Upgrade by itself when the file at `worker` is replaced.
+    pub watch: bool,
 }
 
 /// The named limits of each phase.

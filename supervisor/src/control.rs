@@ -71,8 +71,10 @@ pub async fn serve(
     listener: UnixListener,
     daemon: mpsc::Sender<CtlCommand>,
     read_timeout: Duration,
+    audit_log: std::path::PathBuf,
 ) {
     let own_uid = nix::unistd::geteuid().as_raw();
+    let audit_log = std::sync::Arc::new(audit_log);
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -83,16 +85,47 @@ pub async fn serve(
                 continue;
             }
         };
-        tokio::spawn(handle(stream, daemon.clone(), own_uid, read_timeout));
+        let policy = Policy {
+            own_uid,
+            read_timeout,
+            audit_log: audit_log.clone(),
+        };
+        tokio::spawn(handle(stream, daemon.clone(), policy));
     }
 }
 
-async fn handle(
-    stream: UnixStream,
-    daemon: mpsc::Sender<CtlCommand>,
+/// What every control connection is held to.
+struct Policy {
     own_uid: u32,
     read_timeout: Duration,
-) {
+    /// Every accepted command is appended here.
+    audit_log: std::sync::Arc<std::path::PathBuf>,
+}
+
+/// Append one line per accepted command: when, who (uid, pid), what.
+fn audit(path: &std::path::Path, uid: u32, pid: Option<i32>, req: &CtlRequest) {
+    use std::io::Write;
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let pid = pid.map_or("-".to_string(), |p| p.to_string());
+    let line = format!("{ms} uid={uid} pid={pid} {req:?}\n");
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        warn!(path = %path.display(), error = %e, "cannot write the audit log");
+    }
+}
+
+async fn handle(stream: UnixStream, daemon: mpsc::Sender<CtlCommand>, policy: Policy) {
+    let Policy {
+        own_uid,
+        read_timeout,
+        audit_log,
+    } = policy;
     let cred = stream.peer_cred().ok();
     let mut ch: Channel<CtlResponse, CtlRequest> = Channel::new(stream, MAX_CTL_FRAME);
     let (uid, pid) = cred.map(|c| (c.uid(), c.pid())).unwrap_or((u32::MAX, None));
@@ -125,6 +158,7 @@ async fn handle(
         }
     };
     debug!(uid, pid = ?pid, ?req, "control request");
+    audit(&audit_log, uid, pid, &req);
     let (tx, mut rx) = mpsc::channel(32);
     if daemon.send(CtlCommand { req, reply: tx }).await.is_err() {
         let _ = ch

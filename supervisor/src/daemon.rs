@@ -31,6 +31,7 @@ use crate::recovery::{
     CrashStreak, HandedLeftovers, PendingRestart, RestartPolicy, StartPlan, HEARTBEAT_CHECK_EVERY,
 };
 use crate::signals::Intent;
+use crate::watch::WatchTrigger;
 
 /// Why the daemon could not run.
 #[derive(Debug, Error)]
@@ -125,7 +126,19 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
     prepare_state_dir(&cfg)?;
     let listener = control::bind(&cfg.socket)?;
     let (ctl_tx, mut ctl_rx) = mpsc::channel(64);
-    let ctl_task = tokio::spawn(control::serve(listener, ctl_tx, cfg.timeouts.ctl_read));
+    let (watch_tx, mut watch_rx) = mpsc::channel::<WatchTrigger>(1);
+    if cfg.watch {
+        tokio::spawn(crate::watch::watch(cfg.worker.clone(), watch_tx));
+    } else {
+        drop(watch_tx);
+    }
+    let audit_log = cfg.state_dir.join("audit.log");
+    let ctl_task = tokio::spawn(control::serve(
+        listener,
+        ctl_tx,
+        cfg.timeouts.ctl_read,
+        audit_log,
+    ));
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let socket = cfg.socket.clone();
     let (metrics_tx, metrics_rx) = watch::channel(MetricsView::default());
@@ -185,6 +198,11 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
             Some(ev) = ev_rx.recv() => d.on_worker_event(ev),
             Some(cmd) = ctl_rx.recv() => d.on_ctl(cmd),
             Some(intent) = intents.recv() => d.on_intent(intent),
+            Some(trigger) = watch_rx.recv() => {
+                let req = UpgradeRequest { binary: None, sha256: None, wait: false };
+                let started = d.start_upgrade(Trigger::Watch, &req, None).map(|_| ());
+                let _ = trigger.reply.send(started.map_err(|r| (r.starts_with("busy"), r)));
+            }
             _ = sleep_until(restart_at.unwrap_or_else(far_future)), if restart_at.is_some() => d.restart_now(),
             _ = heartbeat_check.tick() => d.check_heartbeat(),
             _ = sleep_until(probation_end.unwrap_or_else(far_future)), if probation_end.is_some() => d.end_probation(),

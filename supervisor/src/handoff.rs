@@ -35,6 +35,7 @@ pub enum Trigger {
     Signal,
     Control,
     Rollback,
+    Watch,
 }
 
 impl Trigger {
@@ -43,6 +44,7 @@ impl Trigger {
             Trigger::Signal => "SIGUSR2",
             Trigger::Control => "supervisorctl",
             Trigger::Rollback => "rollback",
+            Trigger::Watch => "watch",
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod proc;
 pub mod recovery;
 pub mod signals;
 pub mod status;
+pub mod watch;
 
 pub use config::{Config, Timeouts};
 pub use daemon::run;

@@ -106,3 +106,43 @@ fn a_client_of_another_uid_is_refused_and_the_supervisor_serves_on() {
     assert_eq!(s["handoffs"]["completed"], 0);
     crate::assert_nothing_lost(&c.sim, 1);
 }
+
+#[test]
+fn replacing_the_worker_file_deploys_the_new_build_with_watch() {
+    let c = cluster()
+        .copy_worker()
+        .sim_args(["--rate", "300"])
+        .supervisor_args(["--watch"])
+        .start()
+        .expect("cluster");
+    let v2 = c
+        .worker_wrapper("worker-v2", &[("HANDOFF_BUILD_ID", "v2-watched")])
+        .unwrap();
+    c.replace_worker_with(&v2).unwrap();
+    let s = c.wait_handoffs_ended(1, Duration::from_secs(20)).unwrap();
+    assert_eq!(s["handoffs"]["completed"], 1, "{s}");
+    assert_eq!(s["handoffs"]["last"]["trigger"], "watch", "{s}");
+    assert_eq!(s["worker"]["build_id"], "v2-watched", "{s}");
+    crate::assert_nothing_lost(&c.sim, 1);
+}
+
+#[test]
+fn every_accepted_command_is_in_the_audit_log() {
+    let c = cluster()
+        .sim_args(["--rate", "300"])
+        .start()
+        .expect("cluster");
+    assert!(c.upgrade(None).unwrap().success());
+    assert!(c.ctl(["checkpoint", "--wait"]).unwrap().success());
+    let log = std::fs::read_to_string(c.state_dir().join("audit.log")).unwrap();
+    let me = nix::unistd::geteuid().as_raw();
+    let upgrade = log
+        .lines()
+        .find(|l| l.contains("Upgrade"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(upgrade.contains(&format!("uid={me}")), "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("Checkpoint { wait: true }")),
+        "{log}"
+    );
+}
