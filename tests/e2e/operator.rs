@@ -146,3 +146,46 @@ fn every_accepted_command_is_in_the_audit_log() {
         "{log}"
     );
 }
+
+#[test]
+fn the_ci_deploy_script_pushes_a_build_and_reports_the_outcome() {
+    let c = cluster()
+        .sim_args(["--rate", "300"])
+        .start()
+        .expect("cluster");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ci-deploy");
+    let builds = c.dir.path().join("builds");
+    let deploy = |build: &std::path::Path| {
+        std::process::Command::new(script)
+            .arg("--socket")
+            .arg(&c.socket)
+            .arg("--dir")
+            .arg(&builds)
+            .arg("--supervisorctl")
+            .arg(&c.bins.supervisorctl)
+            .arg(build)
+            .output()
+            .unwrap()
+    };
+    let good = deploy(&c.bins.worker);
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(String::from_utf8_lossy(&good.stdout).contains("completed"));
+    let bad = c
+        .worker_wrapper("bad-build", &[("HANDOFF_FAULT", "reject-restore")])
+        .unwrap();
+    let refused = deploy(&bad);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "a rolled-back deploy must fail the pipeline"
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("rolled_back"));
+    let s = c.status().unwrap();
+    assert_eq!(s["handoffs"]["completed"], 1, "{s}");
+    assert_eq!(s["handoffs"]["failed"], 1, "{s}");
+    crate::assert_nothing_lost(&c.sim, 1);
+}
