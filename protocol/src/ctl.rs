@@ -21,6 +21,10 @@ pub enum CtlRequest {
     Rollback {
         wait: bool,
     },
+    /// The most recent events (phases, outcomes, crashes), oldest first.
+    Log {
+        last: u32,
+    },
 }
 
 /// Parameters of an upgrade.
@@ -46,6 +50,8 @@ pub enum CtlResponse {
         bytes: u64,
         schema: u32,
     },
+    /// Recent events, oldest first.
+    Log(Vec<LogLine>),
     /// The request was understood but refused (busy, bad binary, …).
     Refused {
         reason: String,
@@ -176,4 +182,12 @@ pub struct StatusReport {
     pub connections: Vec<ConnStatus>,
     pub checkpoint: Option<CheckpointStatus>,
     pub handoffs: HandoffStats,
+}
+
+/// One event of the supervisor's recent history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    pub line: String,
 }

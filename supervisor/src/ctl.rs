@@ -63,6 +63,12 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Show recent handoff events: phases, outcomes, crashes, recoveries.
+    Log {
+        /// How many lines.
+        #[arg(long, short = 'n', default_value = "50")]
+        last: u32,
+    },
     /// Stop the worker cleanly, then the supervisor.
     Stop,
 }
@@ -124,6 +130,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         }
         Command::Checkpoint { wait } => CtlRequest::Checkpoint { wait: *wait },
         Command::Stop => CtlRequest::Stop,
+        Command::Log { last } => CtlRequest::Log { last: *last },
         Command::Rollback { wait } => CtlRequest::Rollback { wait: *wait },
     };
     let mut ch = connect(&args.socket).await.map_err(Failure::Unreachable)?;
@@ -156,6 +163,12 @@ async fn run(args: Args) -> Result<(), Failure> {
             CtlResponse::Upgrade(report) => return upgrade_result(&report),
             CtlResponse::CheckpointStored { bytes, schema } => {
                 println!("checkpoint stored: {bytes} bytes, schema {schema}");
+                return Ok(());
+            }
+            CtlResponse::Log(lines) => {
+                for l in lines {
+                    println!("{} {}", fmt_unix_ms(l.unix_ms), l.line);
+                }
                 return Ok(());
             }
             CtlResponse::Ok => return Ok(()),
@@ -330,4 +343,16 @@ fn print_positions(summary: &str) {
             text(p, "realized_pnl")
         );
     }
+}
+
+/// `HH:MM:SS.mmmZ` (UTC) of a Unix time in milliseconds.
+fn fmt_unix_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z",
+        (secs / 3600) % 24,
+        (secs / 60) % 60,
+        secs % 60,
+        ms % 1000
+    )
 }

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::control::{self, CtlCommand};
 use crate::handoff::{compatibility, Phase, Trigger, Upgrade, EXIT_STATUS_GRACE};
 use crate::held::HeldSockets;
+use crate::history::History;
 use crate::metrics::{MetricsError, MetricsView};
 use crate::notify::Notifier;
 use crate::persist::{OnDisk, Persister};
@@ -118,6 +119,8 @@ pub struct Daemon {
     /// Counters and histograms for `/metrics`, published after every event.
     pub(crate) metrics: MetricsView,
     metrics_tx: watch::Sender<MetricsView>,
+    /// Recent events for `supervisorctl log`.
+    pub(crate) history: History,
 }
 
 /// Run the supervisor until a graceful stop completes. `intents` are the
@@ -169,6 +172,7 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
         ready_sent: false,
         metrics: MetricsView::default(),
         metrics_tx,
+        history: History::default(),
     };
     if let Some(addr) = d.cfg.metrics.clone() {
         let listener = crate::metrics::bind(&addr, &d.cfg.state_dir).await?;
@@ -341,6 +345,9 @@ impl Daemon {
                 let _ = reply.try_send(CtlResponse::Ok);
                 self.begin_stop();
             }
+            CtlRequest::Log { last } => {
+                let _ = reply.try_send(CtlResponse::Log(self.history.last(last as usize)));
+            }
             CtlRequest::Rollback { wait } => {
                 let Some(previous) = self.previous.clone() else {
                     let reason = "no previous build to roll back to".to_string();
@@ -428,6 +435,7 @@ impl Daemon {
             go_at_ns: None,
             first_consumed_ns: None,
             successor_lost: None,
+            events: Vec::new(),
             waiters: waiter.into_iter().collect(),
             deadline: tokio::time::Instant::now() + self.cfg.timeouts.prepare,
         };
@@ -961,7 +969,32 @@ impl Daemon {
                 );
             }
         }
+        for e in &up.events {
+            let detail = e
+                .detail
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
+            self.history.push(format!(
+                "upgrade #{} {:<12} +{:.3} ms{detail}",
+                e.handoff_id,
+                e.phase,
+                e.at_us as f64 / 1000.0
+            ));
+        }
         let report = up.report(outcome, error, to_pid);
+        self.history.push(format!(
+            "upgrade #{} via {} to {}: {}{}",
+            report.id,
+            report.trigger,
+            report.binary,
+            report.outcome.as_str(),
+            report
+                .error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ));
         for w in up.waiters.drain(..) {
             let _ = w.try_send(CtlResponse::Upgrade(report.clone()));
         }

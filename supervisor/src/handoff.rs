@@ -70,6 +70,8 @@ pub struct Upgrade {
     pub waiters: Vec<mpsc::Sender<handoff_protocol::ctl::CtlResponse>>,
     /// Deadline of the current phase.
     pub deadline: tokio::time::Instant,
+    /// Every phase event so far (for `supervisorctl log`).
+    pub events: Vec<PhaseEvent>,
     /// The successor's channel closed; the reason to give if its exit status
     /// does not arrive within [`EXIT_STATUS_GRACE`].
     pub successor_lost: Option<String>,
@@ -107,6 +109,7 @@ impl Upgrade {
             at_us: at,
             detail,
         };
+        self.events.push(event.clone());
         self.waiters.retain(|w| {
             w.try_send(handoff_protocol::ctl::CtlResponse::Progress(event.clone()))
                 .is_ok()

@@ -24,6 +24,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod handoff;
 pub mod held;
+pub mod history;
 pub mod metrics;
 pub mod notify;
 pub mod persist;

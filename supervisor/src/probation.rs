@@ -112,6 +112,7 @@ impl Daemon {
             previous.binary.display()
         );
         warn!("{notice}");
+        self.history.push(notice.clone());
         self.notice = Some(notice);
         self.current_binary = previous.binary;
         true

@@ -129,6 +129,7 @@ mod daemon_side {
                 held = self.held.len(),
                 "{reason}; the connections are still held"
             );
+            self.history.push(format!("{reason}; connections held"));
             if self.fall_back_if_on_probation(gone, &status) {
                 // A different build: its own streak starts now.
                 self.streak = Default::default();
@@ -176,6 +177,12 @@ mod daemon_side {
                 Ok(proc) => {
                     info!(pid = proc.pid, generation = gen, reason = %restart.reason, "starting a worker in recovery mode");
                     self.restarts += 1;
+                    self.history.push(format!(
+                        "recovery: worker pid {} started from {} ({})",
+                        proc.pid,
+                        binary.display(),
+                        restart.reason
+                    ));
                     self.active = Some(proc);
                 }
                 Err(e) => {
@@ -251,8 +258,10 @@ mod daemon_side {
                     ?silent,
                     "worker missed its heartbeats; killing it to recover"
                 );
+                let line = format!("worker pid {} silent for {silent:?}: killed", a.pid);
                 a.kill();
                 a.last_seen = StdInstant::now();
+                self.history.push(line);
             }
         }
     }

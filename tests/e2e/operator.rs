@@ -189,3 +189,31 @@ fn the_ci_deploy_script_pushes_a_build_and_reports_the_outcome() {
     assert_eq!(s["handoffs"]["failed"], 1, "{s}");
     crate::assert_nothing_lost(&c.sim, 1);
 }
+
+#[test]
+fn log_tells_the_story_of_upgrades_and_crashes() {
+    let c = cluster()
+        .sim_args(["--rate", "300"])
+        .start()
+        .expect("cluster");
+    assert!(c.upgrade(None).unwrap().success());
+    let dead = c.signal_worker(nix::sys::signal::Signal::SIGKILL).unwrap();
+    handoff_testkit::wait_for("the recovery", Duration::from_secs(10), || {
+        let s = c.status()?;
+        Ok((s["worker"]["restarts"] == 1 && s["worker"]["state"] == "running").then_some(()))
+    })
+    .unwrap();
+    let out = c.ctl(["log", "-n", "100"]).unwrap();
+    assert!(out.success(), "{}", out.stderr);
+    let log = out.stdout;
+    for expected in [
+        "upgrade #1 spawned",
+        "upgrade #1 old_stopped",
+        "upgrade #1 via supervisorctl",
+        ": completed",
+        &format!("worker pid {dead} exited unexpectedly"),
+        "recovery: worker pid",
+    ] {
+        assert!(log.contains(expected), "log lacks {expected:?}:\n{log}");
+    }
+}
