@@ -134,7 +134,10 @@ pub struct WorkerStatus {
     /// `starting`, `running`, `frozen`, `down`.
     pub state: String,
     pub build_id: Option<String>,
+    /// The binary as the operator named it.
     pub binary: String,
+    /// SHA-256 of the build that runs (its private copy).
+    pub sha256: Option<String>,
     pub uptime_ms: u64,
     pub restarts: u64,
     /// Time left on probation after an upgrade, if any.

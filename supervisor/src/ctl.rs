@@ -264,7 +264,12 @@ fn print_status(report: &StatusReport, json: bool) -> anyhow::Result<()> {
     if let Some(n) = &w.notice {
         println!("            NOTE: {n}");
     }
-    println!("            binary {}", w.binary);
+    let sha = w
+        .sha256
+        .as_deref()
+        .map(|s| format!(" (sha256 {})", &s[..s.len().min(16)]))
+        .unwrap_or_default();
+    println!("            binary {}{sha}", w.binary);
     println!("connections {}", report.connections.len());
     for c in &report.connections {
         println!("  #{:<3} {:<10} {:<22} {}", c.id, c.name, c.peer, c.url);

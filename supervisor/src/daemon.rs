@@ -18,6 +18,7 @@ use tokio::time::sleep_until;
 use tracing::{error, info, warn};
 
 use crate::binary;
+use crate::builds::{Build, BuildStore};
 use crate::config::Config;
 use crate::control::{self, CtlCommand};
 use crate::handoff::{compatibility, Phase, Trigger, Upgrade, EXIT_STATUS_GRACE};
@@ -98,7 +99,9 @@ pub struct Daemon {
     checkpoint_waiters: Vec<mpsc::Sender<CtlResponse>>,
     stopping: Stopping,
     /// The build the active worker runs (changes when an upgrade commits).
-    pub(crate) current_binary: PathBuf,
+    pub(crate) current: Option<Build>,
+    /// Every binary run is admitted here first (see [`crate::builds`]).
+    pub(crate) store: BuildStore,
     /// Unplanned restarts since the supervisor started.
     pub(crate) restarts: u64,
     pub(crate) streak: CrashStreak,
@@ -145,6 +148,7 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let socket = cfg.socket.clone();
     let (metrics_tx, metrics_rx) = watch::channel(MetricsView::default());
+    let cfg_state_dir = cfg.state_dir.clone();
     let mut d = Daemon {
         cfg,
         events: ev_tx,
@@ -158,7 +162,8 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
         next_handoff: 1,
         checkpoint_waiters: Vec::new(),
         stopping: Stopping::Running,
-        current_binary: PathBuf::new(),
+        current: None,
+        store: BuildStore::open(&cfg_state_dir)?,
         restarts: 0,
         streak: CrashStreak::default(),
         policy: RestartPolicy::default(),
@@ -179,12 +184,18 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
         tokio::spawn(crate::metrics::serve(listener, metrics_rx));
     }
     let first = d.cfg.worker.clone();
-    binary::check(&first, None)?;
+    let first_build = d.store.admit(&first, None)?;
     let plan = d.load_persisted();
     d.persister = Some(Persister::start(d.cfg.state_dir.clone()));
     let gen = d.take_generation();
-    let proc = WorkerProc::spawn(gen, &first, &d.cfg.worker_args, plan, d.events.clone())?;
-    d.current_binary = first.clone();
+    let proc = WorkerProc::spawn(
+        gen,
+        &first_build,
+        &d.cfg.worker_args,
+        plan,
+        d.events.clone(),
+    )?;
+    d.current = Some(first_build);
     info!(generation = gen, pid = proc.pid, binary = %first.display(), "worker started");
     d.active = Some(proc);
 
@@ -355,7 +366,7 @@ impl Daemon {
                     return;
                 };
                 let req = UpgradeRequest {
-                    binary: Some(previous.binary.display().to_string()),
+                    binary: Some(previous.build.exec.display().to_string()),
                     sha256: None,
                     wait,
                 };
@@ -440,13 +451,15 @@ impl Daemon {
             deadline: tokio::time::Instant::now() + self.cfg.timeouts.prepare,
         };
         info!(handoff = id, trigger = trigger.as_str(), binary = %binary.display(), "upgrade triggered");
-        let spawned = binary::check(&binary, req.sha256.as_deref())
+        let spawned = self
+            .store
+            .admit(&binary, req.sha256.as_deref())
             .map_err(|e| e.to_string())
-            .and_then(|checked| {
+            .and_then(|build| {
                 let gen = self.take_generation();
                 WorkerProc::spawn(
                     gen,
-                    &checked.path,
+                    &build,
                     &self.cfg.worker_args,
                     StartPlan::Successor,
                     self.events.clone(),
@@ -815,9 +828,9 @@ impl Daemon {
         let old_hello = old.hello().cloned();
         old.send(ToWorker::Exit, Vec::new());
         old.life = Lifecycle::Exiting;
-        self.current_binary = succ.binary.clone();
+        self.current = Some(succ.build.clone());
         succ.send(ToWorker::Go, Vec::new());
-        self.begin_probation(&old.binary, old_hello, &succ);
+        self.begin_probation(&old.build, old_hello, &succ);
         up.to_pid = Some(succ.pid);
         up.go_at_ns = Some(monotonic_ns());
         up.mark("live", Some(format!("pid {}", succ.pid)));
@@ -1016,6 +1029,17 @@ impl Daemon {
             report.id,
             report.outcome.as_str()
         );
+        // Keep the builds rollback and probation may need; drop the rest.
+        let keep: Vec<String> = [
+            self.current.as_ref(),
+            self.previous.as_ref().map(|p| &p.build),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|b| b.sha256.clone())
+        .collect();
+        self.store
+            .prune(&keep.iter().map(String::as_str).collect::<Vec<_>>());
         self.stats.last = Some(report);
         self.serving(&status);
     }

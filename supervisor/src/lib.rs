@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod binary;
+pub mod builds;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -5,18 +5,17 @@
 //! checkpoints in a schema the previous build reads until probation ends.
 //! `supervisorctl rollback` hands over to the previous build on request.
 
-use std::path::PathBuf;
-
 use handoff_protocol::worker::{Hello, ToWorker};
 use tracing::{info, warn};
 
+use crate::builds::Build;
 use crate::daemon::Daemon;
 use crate::proc::{Generation, WorkerProc};
 
 /// The build that served before the last committed upgrade.
 #[derive(Debug, Clone)]
 pub struct PreviousBuild {
-    pub binary: PathBuf,
+    pub build: Build,
     pub hello: Option<Hello>,
 }
 
@@ -44,12 +43,12 @@ impl Daemon {
     /// Step 6 done: `old` retires, `new` (just told to go) is on probation.
     pub(crate) fn begin_probation(
         &mut self,
-        old_binary: &std::path::Path,
+        old_build: &Build,
         old_hello: Option<Hello>,
         new: &WorkerProc,
     ) {
         let previous = PreviousBuild {
-            binary: old_binary.to_path_buf(),
+            build: old_build.clone(),
             hello: old_hello,
         };
         if let (Some(prev), Some(new_hello)) = (&previous.hello, new.hello()) {
@@ -108,13 +107,13 @@ impl Daemon {
         let notice = format!(
             "pid {} of {} died on probation ({status}); rolled back to the previous build {}",
             gone.pid,
-            gone.binary.display(),
-            previous.binary.display()
+            gone.build.source.display(),
+            previous.build.source.display()
         );
         warn!("{notice}");
         self.history.push(notice.clone());
         self.notice = Some(notice);
-        self.current_binary = previous.binary;
+        self.current = Some(previous.build);
         true
     }
 }

@@ -3,7 +3,7 @@
 //! lifecycle enum.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Instant;
 
@@ -13,6 +13,8 @@ use handoff_protocol::{fds, Channel, ENV_CHANNEL_FD};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use thiserror::Error;
+
+use crate::builds::Build;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -74,7 +76,8 @@ pub enum Lifecycle {
 pub struct WorkerProc {
     pub generation: Generation,
     pub pid: u32,
-    pub binary: PathBuf,
+    /// The build it runs (its private copy is what was executed).
+    pub build: Build,
     pub started: Instant,
     pub life: Lifecycle,
     /// What it does once it says Hello.
@@ -89,20 +92,20 @@ impl WorkerProc {
     /// (number in `HANDOFF_FD`). Events go to `events`.
     pub fn spawn(
         generation: Generation,
-        binary: &Path,
+        build: &Build,
         args: &[String],
         plan: crate::recovery::StartPlan,
         events: mpsc::UnboundedSender<Tagged>,
     ) -> Result<WorkerProc, SpawnError> {
         let (ours, theirs) =
             std::os::unix::net::UnixStream::pair().map_err(SpawnError::Socketpair)?;
-        let mut cmd = tokio::process::Command::new(binary);
+        let mut cmd = tokio::process::Command::new(&build.exec);
         cmd.args(args).stdin(std::process::Stdio::null());
         let n = fds::inherit_in_child(&mut cmd, theirs.as_fd());
         cmd.env(ENV_CHANNEL_FD, n.to_string());
         cmd.env("HANDOFF_GENERATION", generation.to_string());
         let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
-            path: binary.to_path_buf(),
+            path: build.exec.clone(),
             source,
         })?;
         drop(theirs);
@@ -125,7 +128,7 @@ impl WorkerProc {
         Ok(WorkerProc {
             generation,
             pid,
-            binary: binary.to_path_buf(),
+            build: build.clone(),
             started: Instant::now(),
             life: Lifecycle::Starting,
             plan,

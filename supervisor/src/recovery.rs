@@ -162,14 +162,16 @@ mod daemon_side {
 
         fn start_recovery(&mut self, restart: PendingRestart) {
             let gen = self.take_generation();
-            let binary = self.current_binary.clone();
+            let Some(build) = self.current.clone() else {
+                return;
+            };
             let plan = StartPlan::Recover {
                 reason: restart.reason.clone(),
                 after: restart.after,
             };
             match WorkerProc::spawn(
                 gen,
-                &binary,
+                &build,
                 &self.cfg.worker_args,
                 plan,
                 self.events.clone(),
@@ -180,7 +182,7 @@ mod daemon_side {
                     self.history.push(format!(
                         "recovery: worker pid {} started from {} ({})",
                         proc.pid,
-                        binary.display(),
+                        build.source.display(),
                         restart.reason
                     ));
                     self.active = Some(proc);

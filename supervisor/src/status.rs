@@ -14,7 +14,8 @@ impl Daemon {
                 generation: a.generation,
                 state: a.state_name().to_string(),
                 build_id: a.hello().map(|h| h.build_id.clone()),
-                binary: a.binary.display().to_string(),
+                binary: a.build.source.display().to_string(),
+                sha256: Some(a.build.sha256.clone()),
                 uptime_ms: a.started.elapsed().as_millis() as u64,
                 restarts: self.restarts,
                 probation_ms_left: self
@@ -34,6 +35,7 @@ impl Daemon {
                 state: "down".into(),
                 build_id: None,
                 binary: self.cfg.worker.display().to_string(),
+                sha256: None,
                 uptime_ms: 0,
                 restarts: self.restarts,
                 probation_ms_left: None,

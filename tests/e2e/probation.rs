@@ -95,3 +95,32 @@ fn rollback_hands_over_to_the_previous_build() {
     assert_eq!(c.fresh_summary().unwrap()["schema"], 1);
     crate::assert_nothing_lost(&c.sim, 1);
 }
+
+#[test]
+fn rollback_after_a_deploy_over_the_same_path_runs_the_old_build() {
+    // CI replaces the file at --worker and signals: the previous build's file
+    // is gone from that path, but the supervisor kept its own copy.
+    let c = cluster()
+        .copy_worker()
+        .sim_args(["--rate", "400"])
+        .start()
+        .expect("cluster");
+    let old = c.status().unwrap()["worker"]["sha256"].clone();
+    let v2 = c
+        .worker_wrapper("worker-v2", &[("HANDOFF_BUILD_ID", "v2-same-path")])
+        .unwrap();
+    c.replace_worker_with(&v2).unwrap();
+    c.signal(nix::sys::signal::Signal::SIGUSR2).unwrap();
+    let s = c.wait_handoffs_ended(1, Duration::from_secs(20)).unwrap();
+    assert_eq!(s["worker"]["build_id"], "v2-same-path", "{s}");
+    assert_ne!(s["worker"]["sha256"], old);
+    let out = c.ctl(["rollback", "--wait"]).unwrap();
+    assert!(out.success(), "{}", out.stderr);
+    let s = c.status().unwrap();
+    assert_eq!(
+        s["worker"]["sha256"], old,
+        "rolled back to the wrong build: {s}"
+    );
+    assert_ne!(s["worker"]["build_id"], "v2-same-path", "{s}");
+    crate::assert_nothing_lost(&c.sim, 1);
+}
