@@ -31,6 +31,8 @@ pub enum CtlRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpgradeRequest {
     pub binary: Option<String>,
+    /// Download the build from here (requires `sha256`).
+    pub url: Option<String>,
     /// Expected SHA-256 of the binary, lowercase hex.
     pub sha256: Option<String>,
     /// Stream progress and answer only when the upgrade has ended.

@@ -42,8 +42,11 @@ pub enum Command {
     /// Upgrade the worker to a new binary without dropping a connection.
     Upgrade {
         /// The new binary (default: the supervisor's --worker path).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "url")]
         binary: Option<PathBuf>,
+        /// Download the new build from this URL (requires --sha256).
+        #[arg(long, requires = "sha256")]
+        url: Option<String>,
         /// Refuse unless the binary has this SHA-256 (hex).
         #[arg(long)]
         sha256: Option<String>,
@@ -110,6 +113,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         Command::Status { .. } => CtlRequest::Status,
         Command::Upgrade {
             binary,
+            url,
             sha256,
             wait,
         } => {
@@ -124,6 +128,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             };
             CtlRequest::Upgrade(UpgradeRequest {
                 binary,
+                url: url.clone(),
                 sha256: sha256.clone(),
                 wait: *wait,
             })

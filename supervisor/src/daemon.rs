@@ -124,6 +124,16 @@ pub struct Daemon {
     metrics_tx: watch::Sender<MetricsView>,
     /// Recent events for `supervisorctl log`.
     pub(crate) history: History,
+    /// Finished downloads of `upgrade --url` come back here.
+    downloads: mpsc::Sender<Downloaded>,
+}
+
+/// A finished `upgrade --url` download, on its way back to the daemon.
+#[derive(Debug)]
+pub struct Downloaded {
+    req: UpgradeRequest,
+    result: Result<PathBuf, String>,
+    reply: mpsc::Sender<CtlResponse>,
 }
 
 /// Run the supervisor until a graceful stop completes. `intents` are the
@@ -149,6 +159,7 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
     let socket = cfg.socket.clone();
     let (metrics_tx, metrics_rx) = watch::channel(MetricsView::default());
     let cfg_state_dir = cfg.state_dir.clone();
+    let (dl_tx, mut dl_rx) = mpsc::channel::<Downloaded>(4);
     let mut d = Daemon {
         cfg,
         events: ev_tx,
@@ -178,6 +189,7 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
         metrics: MetricsView::default(),
         metrics_tx,
         history: History::default(),
+        downloads: dl_tx,
     };
     if let Some(addr) = d.cfg.metrics.clone() {
         let listener = crate::metrics::bind(&addr, &d.cfg.state_dir).await?;
@@ -213,8 +225,9 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
             Some(ev) = ev_rx.recv() => d.on_worker_event(ev),
             Some(cmd) = ctl_rx.recv() => d.on_ctl(cmd),
             Some(intent) = intents.recv() => d.on_intent(intent),
+            Some(done) = dl_rx.recv() => d.on_downloaded(done),
             Some(trigger) = watch_rx.recv() => {
-                let req = UpgradeRequest { binary: None, sha256: None, wait: false };
+                let req = UpgradeRequest { binary: None, url: None, sha256: None, wait: false };
                 let started = d.start_upgrade(Trigger::Watch, &req, None).map(|_| ());
                 let _ = trigger.reply.send(started.map_err(|r| (r.starts_with("busy"), r)));
             }
@@ -307,6 +320,7 @@ impl Daemon {
             Intent::Upgrade => {
                 let req = UpgradeRequest {
                     binary: None,
+                    url: None,
                     sha256: None,
                     wait: false,
                 };
@@ -325,6 +339,7 @@ impl Daemon {
             CtlRequest::Status => {
                 let _ = reply.try_send(CtlResponse::Status(Box::new(self.status())));
             }
+            CtlRequest::Upgrade(u) if u.url.is_some() => self.begin_download(u, reply),
             CtlRequest::Upgrade(u) => {
                 let waiter = u.wait.then(|| reply.clone());
                 match self.start_upgrade(Trigger::Control, &u, waiter) {
@@ -367,6 +382,7 @@ impl Daemon {
                 };
                 let req = UpgradeRequest {
                     binary: Some(previous.build.exec.display().to_string()),
+                    url: None,
                     sha256: None,
                     wait,
                 };
@@ -382,6 +398,58 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// `upgrade --url`: refuse at once if it cannot start, else download in
+    /// a task of its own; the upgrade starts when the file is in.
+    fn begin_download(&mut self, req: UpgradeRequest, reply: mpsc::Sender<CtlResponse>) {
+        let refuse = |reason: String| {
+            let _ = reply.try_send(CtlResponse::Refused { reason });
+        };
+        if req.sha256.is_none() {
+            return refuse(crate::download::DownloadError::NoChecksum.to_string());
+        }
+        if let Some(up) = self.phase.upgrade() {
+            return refuse(format!("busy: upgrade #{} is {}", up.id, self.phase.name()));
+        }
+        let url = req.url.clone().unwrap_or_default();
+        info!(%url, "downloading a build");
+        let (state_dir, tx) = (self.cfg.state_dir.clone(), self.downloads.clone());
+        tokio::spawn(async move {
+            let result = crate::download::fetch(&url, &state_dir)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = tx.send(Downloaded { req, result, reply }).await;
+        });
+    }
+
+    fn on_downloaded(&mut self, done: Downloaded) {
+        let Downloaded {
+            mut req,
+            result,
+            reply,
+        } = done;
+        let path = match result {
+            Ok(p) => p,
+            Err(reason) => {
+                let _ = reply.try_send(CtlResponse::Refused { reason });
+                return;
+            }
+        };
+        req.binary = Some(path.display().to_string());
+        req.url = None;
+        let waiter = req.wait.then(|| reply.clone());
+        match self.start_upgrade(Trigger::Control, &req, waiter) {
+            Err(reason) => {
+                let _ = reply.try_send(CtlResponse::Refused { reason });
+            }
+            Ok(report) if !req.wait => {
+                let _ = reply.try_send(CtlResponse::Upgrade(report));
+            }
+            Ok(_) => {}
+        }
+        // Admitted into the build store (or refused): the download is done with.
+        let _ = std::fs::remove_file(&path);
     }
 
     fn begin_stop(&mut self) {

@@ -23,6 +23,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod daemon;
+pub mod download;
 pub mod handoff;
 pub mod held;
 pub mod history;

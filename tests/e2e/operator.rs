@@ -217,3 +217,97 @@ fn log_tells_the_story_of_upgrades_and_crashes() {
         assert!(log.contains(expected), "log lacks {expected:?}:\n{log}");
     }
 }
+
+/// Serve `file` to every GET on 127.0.0.1:0 from a thread; returns the URL.
+fn serve_file(file: std::path::PathBuf) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut head = [0u8; 4096];
+            let _ = conn.read(&mut head);
+            let body = std::fs::read(&file).unwrap_or_default();
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(&body);
+        }
+    });
+    format!("http://{addr}/builds/worker")
+}
+
+fn sha256_of(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn upgrade_from_a_url_is_verified_before_it_runs() {
+    let c = cluster()
+        .sim_args(["--rate", "300"])
+        .start()
+        .expect("cluster");
+    let build = c
+        .worker_wrapper("downloaded", &[("HANDOFF_BUILD_ID", "from-url")])
+        .unwrap();
+    let url = serve_file(build.clone());
+    let sum = sha256_of(&build);
+    // Without a checksum: refused by the CLI itself.
+    let refused = c.ctl(["upgrade", "--url", &url, "--wait"]).unwrap();
+    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+    // With the wrong one: downloaded, refused, the old worker serves on.
+    let wrong = c
+        .ctl([
+            "upgrade",
+            "--url",
+            &url,
+            "--sha256",
+            &"0".repeat(64),
+            "--wait",
+        ])
+        .unwrap();
+    assert_eq!(wrong.code, Some(1), "{}", wrong.stdout);
+    assert!(wrong.stderr.contains("sha256 mismatch"), "{}", wrong.stderr);
+    // With the right one: live.
+    let ok = c
+        .ctl(["upgrade", "--url", &url, "--sha256", &sum, "--wait"])
+        .unwrap();
+    assert!(ok.success(), "{}", ok.stderr);
+    let s = c.status().unwrap();
+    assert_eq!(s["worker"]["build_id"], "from-url", "{s}");
+    assert_eq!(s["worker"]["sha256"], sum.as_str(), "{s}");
+    assert_eq!(s["handoffs"]["failed"], 1, "{s}");
+    crate::assert_nothing_lost(&c.sim, 1);
+}
+
+#[test]
+fn a_wrong_sha256_for_a_local_binary_is_refused() {
+    let c = cluster()
+        .sim_args(["--rate", "300"])
+        .start()
+        .expect("cluster");
+    let pid = c.worker_pid().unwrap();
+    let out = c
+        .ctl([
+            "upgrade".as_ref(),
+            "--binary".as_ref(),
+            c.bins.worker.as_os_str(),
+            "--sha256".as_ref(),
+            "abc".as_ref(),
+            "--wait".as_ref(),
+        ])
+        .unwrap();
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("sha256 mismatch"), "{}", out.stderr);
+    assert_eq!(c.worker_pid().unwrap(), pid);
+    crate::assert_nothing_lost(&c.sim, 1);
+}
