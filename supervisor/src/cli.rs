@@ -49,6 +49,12 @@ pub struct Args {
     /// a short debounce, once per new build).
     #[arg(long)]
     pub watch: bool,
+    /// Also let this uid use the control socket (repeatable).
+    #[arg(long = "allow-uid")]
+    pub allow_uids: Vec<u32>,
+    /// Also let members of this gid use the control socket (repeatable).
+    #[arg(long = "allow-gid")]
+    pub allow_gids: Vec<u32>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9187).
     #[arg(long)]
     pub metrics: Option<String>,
@@ -79,6 +85,10 @@ impl Args {
             probation: self.probation,
             metrics: self.metrics.clone(),
             watch: self.watch,
+            access: crate::control::Access {
+                allow_uids: self.allow_uids.clone(),
+                allow_gids: self.allow_gids.clone(),
+            },
             timeouts: Timeouts {
                 prepare: self.prepare_timeout,
                 freeze: self.freeze_timeout,

@@ -22,6 +22,8 @@ pub struct Config {
     pub metrics: Option<String>,
     /// Upgrade by itself when the file at `worker` is replaced.
     pub watch: bool,
+    /// Who else may use the control socket.
+    pub access: crate::control::Access,
 }
 
 /// The named limits of each phase.

@@ -38,7 +38,28 @@ pub struct CtlCommand {
 
 /// Bind `path` (replacing a stale socket file nobody listens on) with mode
 /// 0600, inside a parent directory created 0700 if missing.
-pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+/// Who besides the supervisor's own uid and root may use the control socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    pub allow_uids: Vec<u32>,
+    pub allow_gids: Vec<u32>,
+}
+
+impl Access {
+    /// Whether a peer with these credentials may send commands.
+    pub fn permits(&self, own_uid: u32, uid: u32, gid: u32) -> bool {
+        uid == own_uid
+            || uid == 0
+            || self.allow_uids.contains(&uid)
+            || self.allow_gids.contains(&gid)
+    }
+}
+
+/// Bind `path`. With no allow list the socket is 0600 in a 0700 directory;
+/// with allowed uids it must be reachable by them (directory 0711, socket
+/// 0666) and with allowed gids only (socket 0660, owned by the first group):
+/// the peer-credential check then decides.
+pub fn bind(path: &Path, access: &Access) -> Result<UnixListener, ControlError> {
     use std::os::unix::fs::DirBuilderExt;
     let bind_err = |source| ControlError::Bind {
         path: path.to_path_buf(),
@@ -46,9 +67,14 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     };
     if let Some(parent) = path.parent() {
         if !parent.as_os_str().is_empty() && !parent.exists() {
+            let mode = if access == &Access::default() {
+                0o700
+            } else {
+                0o711
+            };
             std::fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o700)
+                .mode(mode)
                 .create(parent)
                 .map_err(bind_err)?;
         }
@@ -62,7 +88,16 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         std::fs::remove_file(path).map_err(bind_err)?;
     }
     let listener = UnixListener::bind(path).map_err(bind_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    let mode = if !access.allow_uids.is_empty() {
+        0o666
+    } else if let Some(&gid) = access.allow_gids.first() {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .map_err(|e| bind_err(std::io::Error::from(e)))?;
+        0o660
+    } else {
+        0o600
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
     Ok(listener)
 }
 
@@ -72,7 +107,9 @@ pub async fn serve(
     daemon: mpsc::Sender<CtlCommand>,
     read_timeout: Duration,
     audit_log: std::path::PathBuf,
+    access: Access,
 ) {
+    let access = std::sync::Arc::new(access);
     let own_uid = nix::unistd::geteuid().as_raw();
     let audit_log = std::sync::Arc::new(audit_log);
     loop {
@@ -86,6 +123,7 @@ pub async fn serve(
             }
         };
         let policy = Policy {
+            access: access.clone(),
             own_uid,
             read_timeout,
             audit_log: audit_log.clone(),
@@ -96,6 +134,7 @@ pub async fn serve(
 
 /// What every control connection is held to.
 struct Policy {
+    access: std::sync::Arc<Access>,
     own_uid: u32,
     read_timeout: Duration,
     /// Every accepted command is appended here.
@@ -122,15 +161,18 @@ fn audit(path: &std::path::Path, uid: u32, pid: Option<i32>, req: &CtlRequest) {
 
 async fn handle(stream: UnixStream, daemon: mpsc::Sender<CtlCommand>, policy: Policy) {
     let Policy {
+        access,
         own_uid,
         read_timeout,
         audit_log,
     } = policy;
     let cred = stream.peer_cred().ok();
     let mut ch: Channel<CtlResponse, CtlRequest> = Channel::new(stream, MAX_CTL_FRAME);
-    let (uid, pid) = cred.map(|c| (c.uid(), c.pid())).unwrap_or((u32::MAX, None));
-    if uid != own_uid && uid != 0 {
-        warn!(uid, pid = ?pid, "control connection refused: peer uid is neither the supervisor's nor root");
+    let (uid, gid, pid) =
+        cred.map(|c| (c.uid(), c.gid(), c.pid()))
+            .unwrap_or((u32::MAX, u32::MAX, None));
+    if !access.permits(own_uid, uid, gid) {
+        warn!(uid, gid, pid = ?pid, "control connection refused: peer is neither the supervisor's uid, root, nor allowed");
         let message =
             format!("permission denied: uid {uid} may not control this supervisor (uid {own_uid})");
         let _ = ch.send(&CtlResponse::Error { message }, &[]).await;

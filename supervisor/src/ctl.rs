@@ -139,9 +139,17 @@ async fn run(args: Args) -> Result<(), Failure> {
         Command::Rollback { wait } => CtlRequest::Rollback { wait: *wait },
     };
     let mut ch = connect(&args.socket).await.map_err(Failure::Unreachable)?;
-    ch.send(&req, &[])
-        .await
-        .map_err(|e| Failure::Unreachable(e.into()))?;
+    if let Err(e) = ch.send(&req, &[]).await {
+        // A supervisor that refuses a peer answers and closes without reading:
+        // its answer is still in our socket, and it is the better message.
+        return match ch.recv().await {
+            Ok(Some((
+                CtlResponse::Error { message } | CtlResponse::Refused { reason: message },
+                _,
+            ))) => Err(Failure::Refused(message)),
+            _ => Err(Failure::Unreachable(e.into())),
+        };
+    }
     loop {
         let resp = match ch.recv().await {
             Ok(Some((resp, _))) => resp,

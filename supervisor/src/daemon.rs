@@ -140,7 +140,7 @@ pub struct Downloaded {
 /// operator's signals (see [`crate::signals`]); tests pass a channel.
 pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(), DaemonError> {
     prepare_state_dir(&cfg)?;
-    let listener = control::bind(&cfg.socket)?;
+    let listener = control::bind(&cfg.socket, &cfg.access)?;
     let (ctl_tx, mut ctl_rx) = mpsc::channel(64);
     let (watch_tx, mut watch_rx) = mpsc::channel::<WatchTrigger>(1);
     if cfg.watch {
@@ -154,6 +154,7 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
         ctl_tx,
         cfg.timeouts.ctl_read,
         audit_log,
+        cfg.access.clone(),
     ));
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let socket = cfg.socket.clone();

@@ -311,3 +311,43 @@ fn a_wrong_sha256_for_a_local_binary_is_refused() {
     assert_eq!(c.worker_pid().unwrap(), pid);
     crate::assert_nothing_lost(&c.sim, 1);
 }
+
+#[test]
+fn allowed_uids_may_control_and_others_are_refused_by_peer_credentials() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run clients as other uids");
+        return;
+    }
+    let c = cluster()
+        .sim_args(["--rate", "300"])
+        .supervisor_args(["--allow-uid", "65534"])
+        .start()
+        .expect("cluster");
+    // Let other users reach the socket's directory (the supervisor made it
+    // 0711 for the allow list; the test's temp dir is ours to open).
+    std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let as_uid = |uid: u32| {
+        std::process::Command::new(&c.bins.supervisorctl)
+            .arg("--socket")
+            .arg(&c.socket)
+            .args(["status", "--json"])
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .unwrap()
+    };
+    let allowed = as_uid(65534);
+    assert!(
+        allowed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+    // Another uid connects (the socket is 0666 now) and is refused by
+    // SO_PEERCRED, with a clear error; the supervisor serves on.
+    let other = as_uid(65533);
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert_eq!(other.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("uid 65533 may not control"), "{stderr}");
+    assert!(c.status().unwrap()["worker"]["state"] == "running");
+}
