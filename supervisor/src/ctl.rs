@@ -21,7 +21,7 @@ use serde_json::Value;
 #[command(
     name = "supervisorctl",
     version,
-    after_help = "Exit codes: 0 done; 1 refused or rolled back (reason on stderr); 2 usage; 3 supervisor unreachable."
+    after_help = "Exit codes: 0 done; 1 refused or rolled back (reason on stderr); 2 usage; 3 supervisor unreachable; 4 gave up waiting (--timeout: the upgrade goes on in the supervisor)."
 )]
 pub struct Args {
     /// The supervisor's control socket.
@@ -53,6 +53,10 @@ pub enum Command {
         /// Print each phase and exit only when the upgrade has ended.
         #[arg(long)]
         wait: bool,
+        /// With --wait: give up waiting after this long (e.g. 30s); the
+        /// upgrade itself goes on.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
     },
     /// Ask the worker for a checkpoint now.
     Checkpoint {
@@ -80,6 +84,8 @@ pub enum Command {
 enum Failure {
     Refused(String),
     Unreachable(anyhow::Error),
+    /// `--timeout` passed before the upgrade ended.
+    GaveUp(std::time::Duration),
 }
 
 /// `main` of the `supervisorctl` binary.
@@ -105,6 +111,10 @@ pub fn ctl_main() -> ExitCode {
             eprintln!("supervisorctl: {e:#}");
             ExitCode::from(3)
         }
+        Err(Failure::GaveUp(after)) => {
+            eprintln!("supervisorctl: no outcome within {after:?}; the upgrade goes on (see `status` and `log`)");
+            ExitCode::from(4)
+        }
     }
 }
 
@@ -116,6 +126,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             url,
             sha256,
             wait,
+            ..
         } => {
             let binary = match binary {
                 Some(b) => Some(
@@ -150,6 +161,20 @@ async fn run(args: Args) -> Result<(), Failure> {
             _ => Err(Failure::Unreachable(e.into())),
         };
     }
+    let limit = match &args.command {
+        Command::Upgrade {
+            timeout: Some(t), ..
+        } => *t,
+        _ => std::time::Duration::MAX,
+    };
+    match tokio::time::timeout(limit, answers(&args, &mut ch)).await {
+        Ok(result) => result,
+        Err(_) => Err(Failure::GaveUp(limit)),
+    }
+}
+
+/// Print progress and act on the final answer.
+async fn answers(args: &Args, ch: &mut Channel<CtlRequest, CtlResponse>) -> Result<(), Failure> {
     loop {
         let resp = match ch.recv().await {
             Ok(Some((resp, _))) => resp,

@@ -351,3 +351,30 @@ fn allowed_uids_may_control_and_others_are_refused_by_peer_credentials() {
     assert!(stderr.contains("uid 65533 may not control"), "{stderr}");
     assert!(c.status().unwrap()["worker"]["state"] == "running");
 }
+
+#[test]
+fn upgrade_timeout_gives_up_waiting_but_not_the_upgrade() {
+    let c = cluster()
+        .sim_args(["--rate", "300"])
+        .supervisor_args(["--prepare-timeout", "2s"])
+        .start()
+        .expect("cluster");
+    let slow = c
+        .worker_wrapper("slow", &[("HANDOFF_FAULT", "hang-before-hello")])
+        .unwrap();
+    let out = c
+        .ctl([
+            "upgrade".as_ref(),
+            "--wait".as_ref(),
+            "--timeout".as_ref(),
+            "300ms".as_ref(),
+            "--binary".as_ref(),
+            slow.as_os_str(),
+        ])
+        .unwrap();
+    assert_eq!(out.code, Some(4), "{}", out.stderr);
+    assert!(out.stderr.contains("the upgrade goes on"), "{}", out.stderr);
+    let s = c.wait_handoffs_ended(1, Duration::from_secs(20)).unwrap();
+    assert_eq!(s["handoffs"]["failed"], 1, "{s}");
+    crate::assert_nothing_lost(&c.sim, 1);
+}
