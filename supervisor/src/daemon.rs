@@ -516,6 +516,15 @@ impl Daemon {
             first_consumed_ns: None,
             successor_lost: None,
             events: Vec::new(),
+            span: tracing::info_span!(
+                "upgrade",
+                id,
+                trigger = trigger.as_str(),
+                binary = %binary.display(),
+                outcome = tracing::field::Empty,
+                pause_us = tracing::field::Empty,
+                total_us = tracing::field::Empty,
+            ),
             waiters: waiter.into_iter().collect(),
             deadline: tokio::time::Instant::now() + self.cfg.timeouts.prepare,
         };
@@ -1065,6 +1074,12 @@ impl Daemon {
             ));
         }
         let report = up.report(outcome, error, to_pid);
+        up.span.record("outcome", outcome.as_str());
+        if let Some(p) = report.pause_us {
+            up.span.record("pause_us", p);
+        }
+        up.span.record("total_us", up.elapsed_us());
+        tracing::info!(parent: &up.span, phases = ?report.phases, error = report.error.as_deref().unwrap_or(""), "upgrade ended");
         self.history.push(format!(
             "upgrade #{} via {} to {}: {}{}",
             report.id,

@@ -72,6 +72,9 @@ pub struct Upgrade {
     pub deadline: tokio::time::Instant,
     /// Every phase event so far (for `supervisorctl log`).
     pub events: Vec<PhaseEvent>,
+    /// The upgrade's tracing span: every phase is logged inside it, and it
+    /// carries the outcome and the timings when the upgrade ends.
+    pub span: tracing::Span,
     /// The successor's channel closed; the reason to give if its exit status
     /// does not arrive within [`EXIT_STATUS_GRACE`].
     pub successor_lost: Option<String>,
@@ -109,6 +112,7 @@ impl Upgrade {
             at_us: at,
             detail,
         };
+        tracing::info!(parent: &self.span, phase, at_us = at, detail = event.detail.as_deref().unwrap_or(""), "upgrade phase");
         self.events.push(event.clone());
         self.waiters.retain(|w| {
             w.try_send(handoff_protocol::ctl::CtlResponse::Progress(event.clone()))
