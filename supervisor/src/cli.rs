@@ -10,41 +10,48 @@ use crate::config::{Config, Timeouts};
 
 /// Zero-downtime handoff supervisor: runs a worker, holds its sockets, and
 /// upgrades it to a new binary without dropping a connection.
+///
+/// Every flag can also come from a TOML file (`--config`), under the same
+/// name with underscores (`state_dir`, `prepare_timeout = "10s"`,
+/// `worker_args = [..]`); flags override the file.
 #[derive(Debug, Parser)]
 #[command(name = "supervisor", version)]
 pub struct Args {
+    /// A TOML file with any of the settings below.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Control socket path (created with mode 0600).
     #[arg(long)]
-    pub socket: PathBuf,
+    pub socket: Option<PathBuf>,
     /// Directory for the supervisor's state (created 0700).
     #[arg(long)]
-    pub state_dir: PathBuf,
+    pub state_dir: Option<PathBuf>,
     /// Worker binary. SIGUSR2 upgrades to whatever file is at this path then.
     #[arg(long)]
-    pub worker: PathBuf,
-    /// Longest wait for a new worker's Hello.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
-    pub prepare_timeout: Duration,
-    /// Longest wait for the old worker to freeze.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
-    pub freeze_timeout: Duration,
-    /// Longest wait for the new worker to be ready after the restore.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
-    pub restore_timeout: Duration,
-    /// Longest wait for the old worker to exit before it is killed.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
-    pub exit_timeout: Duration,
-    /// Longest wait for the worker to stop on a graceful stop.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
-    pub stop_timeout: Duration,
+    pub worker: Option<PathBuf>,
+    /// Longest wait for a new worker's Hello [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub prepare_timeout: Option<Duration>,
+    /// Longest wait for the old worker to freeze [default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub freeze_timeout: Option<Duration>,
+    /// Longest wait for the new worker to be ready after the restore [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub restore_timeout: Option<Duration>,
+    /// Longest wait for the old worker to exit before it is killed [default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub exit_timeout: Option<Duration>,
+    /// Longest wait for the worker to stop on a graceful stop [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub stop_timeout: Option<Duration>,
     /// Longest the worker may miss heartbeats before it is killed and
-    /// recovered.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
-    pub heartbeat_timeout: Duration,
+    /// recovered [default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub heartbeat_timeout: Option<Duration>,
     /// How long a new build is on probation after an upgrade: if it dies
-    /// within it, the previous build takes over automatically.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
-    pub probation: Duration,
+    /// within it, the previous build takes over automatically [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub probation: Option<Duration>,
     /// Upgrade by itself when the file at the --worker path is replaced (after
     /// a short debounce, once per new build).
     #[arg(long)]
@@ -58,45 +65,189 @@ pub struct Args {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9187).
     #[arg(long)]
     pub metrics: Option<String>,
-    /// Log format.
-    #[arg(long, value_enum, default_value = "human")]
-    pub log_format: LogFormat,
+    /// Log format [default: human].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
     /// Arguments passed to every worker.
     #[arg(last = true)]
     pub worker_args: Vec<String>,
 }
 
 /// How logs are written (to stderr).
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Human,
     Json,
 }
 
+/// The settings a `--config` file may hold (the flags' names).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub socket: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub worker: Option<PathBuf>,
+    pub worker_args: Option<Vec<String>>,
+    pub prepare_timeout: Option<String>,
+    pub freeze_timeout: Option<String>,
+    pub restore_timeout: Option<String>,
+    pub exit_timeout: Option<String>,
+    pub stop_timeout: Option<String>,
+    pub heartbeat_timeout: Option<String>,
+    pub probation: Option<String>,
+    pub watch: Option<bool>,
+    pub allow_uid: Option<Vec<u32>>,
+    pub allow_gid: Option<Vec<u32>>,
+    pub metrics: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path:?}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path:?}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file: {key} = {value:?} is not a duration (try \"5s\", \"250ms\")")]
+    Duration { key: &'static str, value: String },
+    #[error("--{0} is required (as a flag or in the config file)")]
+    Missing(&'static str),
+    #[error("cannot make {path:?} absolute: {source}")]
+    Path {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl FileConfig {
+    /// Read and parse `path`. Unknown keys are errors (a typo must not be
+    /// silently ignored on a trading host).
+    pub fn load(path: &std::path::Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })
+    }
+}
+
+fn duration(
+    flag: Option<Duration>,
+    file: &Option<String>,
+    key: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    if let Some(d) = flag {
+        return Ok(d);
+    }
+    match file {
+        Some(v) => humantime::parse_duration(v).map_err(|_| ConfigError::Duration {
+            key,
+            value: v.clone(),
+        }),
+        None => Ok(default),
+    }
+}
+
+fn absolute(path: PathBuf) -> Result<PathBuf, ConfigError> {
+    std::path::absolute(&path).map_err(|source| ConfigError::Path { path, source })
+}
+
 impl Args {
-    /// Build the daemon's configuration; relative paths are made absolute
-    /// against the current directory.
-    pub fn config(&self) -> std::io::Result<Config> {
+    /// The log format: flag, else file, else human.
+    pub fn log_format(&self, file: &FileConfig) -> LogFormat {
+        self.log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Human)
+    }
+
+    /// Build the daemon's configuration from the flags over `file`; relative
+    /// paths are made absolute against the current directory.
+    pub fn config(&self, file: FileConfig) -> Result<Config, ConfigError> {
+        let d = Timeouts::default();
+        let path = |flag: &Option<PathBuf>, file: Option<PathBuf>, key| {
+            flag.clone()
+                .or(file)
+                .ok_or(ConfigError::Missing(key))
+                .and_then(absolute)
+        };
+        let worker_args = if self.worker_args.is_empty() {
+            file.worker_args.clone().unwrap_or_default()
+        } else {
+            self.worker_args.clone()
+        };
+        let either = |flag: &Vec<u32>, file: &Option<Vec<u32>>| {
+            if flag.is_empty() {
+                file.clone().unwrap_or_default()
+            } else {
+                flag.clone()
+            }
+        };
         Ok(Config {
-            socket: std::path::absolute(&self.socket)?,
-            state_dir: std::path::absolute(&self.state_dir)?,
-            worker: std::path::absolute(&self.worker)?,
-            worker_args: self.worker_args.clone(),
-            probation: self.probation,
-            metrics: self.metrics.clone(),
-            watch: self.watch,
+            socket: path(&self.socket, file.socket.clone(), "socket")?,
+            state_dir: path(&self.state_dir, file.state_dir.clone(), "state-dir")?,
+            worker: path(&self.worker, file.worker.clone(), "worker")?,
+            worker_args,
+            probation: duration(
+                self.probation,
+                &file.probation,
+                "probation",
+                Duration::from_secs(30),
+            )?,
+            metrics: self.metrics.clone().or(file.metrics.clone()),
+            watch: self.watch || file.watch.unwrap_or(false),
             access: crate::control::Access {
-                allow_uids: self.allow_uids.clone(),
-                allow_gids: self.allow_gids.clone(),
+                allow_uids: either(&self.allow_uids, &file.allow_uid),
+                allow_gids: either(&self.allow_gids, &file.allow_gid),
             },
             timeouts: Timeouts {
-                prepare: self.prepare_timeout,
-                freeze: self.freeze_timeout,
-                restore: self.restore_timeout,
-                exit: self.exit_timeout,
-                stop: self.stop_timeout,
-                heartbeat: self.heartbeat_timeout,
-                ..Timeouts::default()
+                prepare: duration(
+                    self.prepare_timeout,
+                    &file.prepare_timeout,
+                    "prepare_timeout",
+                    d.prepare,
+                )?,
+                freeze: duration(
+                    self.freeze_timeout,
+                    &file.freeze_timeout,
+                    "freeze_timeout",
+                    d.freeze,
+                )?,
+                restore: duration(
+                    self.restore_timeout,
+                    &file.restore_timeout,
+                    "restore_timeout",
+                    d.restore,
+                )?,
+                exit: duration(
+                    self.exit_timeout,
+                    &file.exit_timeout,
+                    "exit_timeout",
+                    d.exit,
+                )?,
+                stop: duration(
+                    self.stop_timeout,
+                    &file.stop_timeout,
+                    "stop_timeout",
+                    d.stop,
+                )?,
+                heartbeat: duration(
+                    self.heartbeat_timeout,
+                    &file.heartbeat_timeout,
+                    "heartbeat_timeout",
+                    d.heartbeat,
+                )?,
+                ..d
             },
         })
     }
@@ -118,8 +269,15 @@ pub fn init_logging(format: LogFormat) {
 /// `main` of the `supervisor` binary.
 pub fn supervisor_main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
-    let cfg = match args.config() {
+    let file = match args.config.as_deref().map(FileConfig::load).transpose() {
+        Ok(f) => f.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("supervisor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(args.log_format(&file));
+    let cfg = match args.config(file) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("supervisor: {e}");
@@ -150,5 +308,86 @@ pub fn supervisor_main() -> ExitCode {
             eprintln!("supervisor: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> FileConfig {
+        toml::from_str(text).expect("valid config")
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let f = file(
+            r#"
+            socket = "/run/handoff/ctl.sock"
+            state_dir = "/var/lib/handoff"
+            worker = "/opt/handoff/bin/trading-worker"
+            worker_args = ["--feed", "ws://x/ws"]
+            prepare_timeout = "3s"
+            probation = "2m"
+            allow_gid = [1001]
+            "#,
+        );
+        let args =
+            Args::try_parse_from(["supervisor", "--prepare-timeout", "500ms", "--watch"]).unwrap();
+        let c = args.config(f).unwrap();
+        assert_eq!(c.socket, PathBuf::from("/run/handoff/ctl.sock"));
+        assert_eq!(c.worker_args, ["--feed", "ws://x/ws"]);
+        assert_eq!(
+            c.timeouts.prepare,
+            Duration::from_millis(500),
+            "the flag wins"
+        );
+        assert_eq!(c.probation, Duration::from_secs(120), "the file fills in");
+        assert_eq!(
+            c.timeouts.freeze,
+            Timeouts::default().freeze,
+            "defaults last"
+        );
+        assert!(c.watch);
+        assert_eq!(c.access.allow_gids, [1001]);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let err = toml::from_str::<FileConfig>("sokcet = \"/x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sokcet"), "{err}");
+        let args = Args::try_parse_from(["supervisor"]).unwrap();
+        let err = args
+            .config(file("socket = \"/s\"\nstate_dir = \"/d\""))
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::Missing("worker")), "{err}");
+        let args = Args::try_parse_from([
+            "supervisor",
+            "--socket",
+            "/s",
+            "--state-dir",
+            "/d",
+            "--worker",
+            "/w",
+        ])
+        .unwrap();
+        let err = args
+            .config(file("probation = \"soon\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("probation") && err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let f = file(include_str!("../../deploy/handoff.toml"));
+        assert_eq!(f.log_format, Some(LogFormat::Json));
+        let c = Args::try_parse_from(["supervisor"])
+            .unwrap()
+            .config(f)
+            .unwrap();
+        assert_eq!(c.worker, PathBuf::from("/opt/handoff/bin/trading-worker"));
     }
 }

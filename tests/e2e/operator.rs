@@ -378,3 +378,23 @@ fn upgrade_timeout_gives_up_waiting_but_not_the_upgrade() {
     assert_eq!(s["handoffs"]["failed"], 1, "{s}");
     crate::assert_nothing_lost(&c.sim, 1);
 }
+
+#[test]
+fn a_config_file_sets_what_the_flags_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("handoff.toml");
+    std::fs::write(&cfg, "probation = \"77s\"\nheartbeat_timeout = \"9s\"\n").unwrap();
+    let c = cluster()
+        .sim_args(["--rate", "300"])
+        .supervisor_args(["--config", cfg.to_str().unwrap()])
+        .start()
+        .expect("cluster");
+    assert!(c.upgrade(None).unwrap().success());
+    let left = c.status().unwrap()["worker"]["probation_ms_left"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        left > 30_000 && left <= 77_000,
+        "probation from the file: {left} ms left"
+    );
+}
