@@ -351,6 +351,18 @@ fn print_status(report: &StatusReport, json: bool) -> anyhow::Result<()> {
                 .map(|e| format!(" ({e})"))
                 .unwrap_or_default()
         );
+        let p = &l.phases;
+        let ms =
+            |v: Option<u64>| v.map_or("-".to_string(), |us| format!("{:.3}", us as f64 / 1000.0));
+        println!(
+            "  phases (ms from trigger): spawned {}, prepared {}, frozen {}, restored {}, live {}, old stopped {}",
+            ms(p.spawned_us),
+            ms(p.prepared_us),
+            ms(p.frozen_us),
+            ms(p.restored_us),
+            ms(p.live_us),
+            ms(p.old_stopped_us)
+        );
     }
     Ok(())
 }
