@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use handoff_testkit::{wait_for, Cluster};
+
+use crate::assert_connections_survived;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -18,34 +20,6 @@ fn wait_replaced(c: &Cluster, dead: u32, within: Duration) -> Value {
         Ok(serving.then_some(s))
     })
     .expect("replacement worker")
-}
-
-/// After a crash: the exchange saw no close, no malformed frame (the new
-/// worker parsed the stream from a frame boundary), no duplicate or
-/// reordered ack, and acks went on. Trades the dead worker had taken from the
-/// kernel but not acked are the loss recovery reports (ack gaps).
-fn assert_connections_survived(c: &Cluster, connections: usize) -> Value {
-    let before = c.sim.audit().unwrap()["totals"]["acked"].as_u64().unwrap();
-    wait_for("acks to resume", Duration::from_secs(10), || {
-        Ok((c.sim.audit()?["totals"]["acked"].as_u64().unwrap_or(0) > before).then_some(()))
-    })
-    .unwrap();
-    c.sim.pause().unwrap();
-    let audit = c.sim.audit_when_acked(Duration::from_secs(10)).unwrap();
-    let t = &audit["totals"];
-    eprintln!("after recovery: {t}");
-    assert_eq!(t["closed"], 0, "a connection closed: {audit}");
-    assert_eq!(t["malformed"], 0, "{audit}");
-    assert_eq!(t["unmasked"], 0, "{audit}");
-    assert_eq!(t["duplicates"], 0, "{audit}");
-    assert_eq!(t["reordered"], 0, "{audit}");
-    assert_eq!(t["unacked"], 0, "{audit}");
-    assert_eq!(
-        audit["connections_total"].as_u64(),
-        Some(connections as u64),
-        "reconnected: {audit}"
-    );
-    audit
 }
 
 #[test]

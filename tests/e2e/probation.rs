@@ -65,11 +65,7 @@ fn a_new_build_dying_on_probation_hands_back_to_the_previous_build_with_its_stat
         after["trades_processed"].as_u64() >= before["trades_processed"].as_u64(),
         "state went back: {before} then {after}"
     );
-    c.sim.pause().unwrap();
-    let audit = c.sim.audit_when_acked(Duration::from_secs(10)).unwrap();
-    for k in ["closed", "malformed", "duplicates", "reordered", "unacked"] {
-        assert_eq!(audit["totals"][k], 0, "{k}: {audit}");
-    }
+    crate::assert_connections_survived(&c, 1);
 }
 
 #[test]
