@@ -425,6 +425,19 @@ impl Cluster {
         self.dir.path().join("state")
     }
 
+    /// Wait for the supervisor to exit (after `supervisorctl stop`, say).
+    pub fn wait_exit(&mut self) -> Result<std::process::ExitStatus, TestkitError> {
+        let child = self
+            .supervisor
+            .as_mut()
+            .ok_or(TestkitError::Protocol("already stopped".into()))?;
+        let status = child
+            .wait()
+            .map_err(|e| TestkitError::Protocol(format!("wait: {e}")))?;
+        self.supervisor = None;
+        Ok(status)
+    }
+
     /// Graceful stop (SIGTERM) and wait for the supervisor to exit.
     pub fn stop(&mut self) -> Result<std::process::ExitStatus, TestkitError> {
         self.signal(Signal::SIGTERM)?;

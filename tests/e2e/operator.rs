@@ -398,3 +398,40 @@ fn a_config_file_sets_what_the_flags_do_not() {
         "probation from the file: {left} ms left"
     );
 }
+
+#[test]
+fn status_table_and_stop_for_humans() {
+    let mut c = cluster()
+        .sim_args(["--rate", "400"])
+        .start()
+        .expect("cluster");
+    assert!(c.upgrade(None).unwrap().success());
+    c.fresh_summary().unwrap();
+    let out = c.ctl(["status"]).unwrap();
+    assert!(out.success(), "{}", out.stderr);
+    for expected in [
+        "worker      pid",
+        "sha256",
+        "connections 1",
+        "checkpoint ",
+        "positions   SYMBOL",
+        "BTCUSDT",
+        "handoffs    1 completed, 0 failed",
+        "phases (ms from trigger): spawned",
+    ] {
+        assert!(
+            out.stdout.contains(expected),
+            "status lacks {expected:?}:\n{}",
+            out.stdout
+        );
+    }
+    let stop = c.ctl(["stop"]).unwrap();
+    assert!(stop.success(), "{}", stop.stderr);
+    let status = c.wait_exit().unwrap();
+    assert!(status.success(), "supervisor exit: {status}");
+    let audit = c.sim.audit().unwrap();
+    assert_eq!(
+        audit["connections"][0]["closed_by"], "close_frame",
+        "{audit}"
+    );
+}
