@@ -52,7 +52,7 @@ fn sigkill_of_the_worker_keeps_every_connection_open() {
 fn a_hung_worker_is_killed_and_replaced() {
     let c = cluster()
         .sim_args(["--rate", "300"])
-        .supervisor_args(["--heartbeat-timeout", "1s"])
+        .supervisor_args(["--heartbeat-timeout", "2s"])
         .start()
         .expect("cluster");
     // SIGSTOP: the process lives but its event loop no longer runs.

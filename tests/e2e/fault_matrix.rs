@@ -22,7 +22,7 @@ fn busy_cluster() -> handoff_testkit::ClusterBuilder {
             "--ping-every",
             "9",
         ])
-        .supervisor_args(["--heartbeat-timeout", "1s", "--freeze-timeout", "1s"])
+        .supervisor_args(["--heartbeat-timeout", "3s", "--freeze-timeout", "2s"])
 }
 
 fn wait_serving_other_than(c: &Cluster, pids: &[u64]) -> Value {
@@ -109,7 +109,7 @@ fn old_worker_hangs_during_freeze_is_replaced() {
             "--ping-every",
             "9",
         ])
-        .supervisor_args(["--heartbeat-timeout", "3s", "--freeze-timeout", "1s"])
+        .supervisor_args(["--heartbeat-timeout", "4s", "--freeze-timeout", "1s"])
         .copy_worker()
         .start()
         .expect("cluster");
