@@ -641,7 +641,6 @@ impl Daemon {
         let Some(a) = self.active.as_mut() else {
             return;
         };
-        a.last_seen = Instant::now();
         match msg {
             FromWorker::Hello(hello) => {
                 if !matches!(a.life, Lifecycle::Starting) {

@@ -5,6 +5,8 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use handoff_protocol::frame::MAX_WORKER_FRAME;
@@ -82,8 +84,10 @@ pub struct WorkerProc {
     pub life: Lifecycle,
     /// What it does once it says Hello.
     pub plan: crate::recovery::StartPlan,
-    /// When it last said anything (heartbeats included).
-    pub last_seen: Instant,
+    /// When a frame from it last *arrived* (monotonic ns), stamped by the
+    /// channel's reader task: a daemon busy with a backlog must not mistake
+    /// queued heartbeats for silence.
+    activity: Arc<AtomicU64>,
     outbox: mpsc::UnboundedSender<(ToWorker, Vec<OwnedFd>)>,
 }
 
@@ -113,8 +117,9 @@ impl WorkerProc {
         ours.set_nonblocking(true).map_err(SpawnError::Socketpair)?;
         let sock = tokio::net::UnixStream::from_std(ours).map_err(SpawnError::Socketpair)?;
         let channel = Channel::<ToWorker, FromWorker>::new(sock, MAX_WORKER_FRAME);
+        let activity = Arc::new(AtomicU64::new(handoff_protocol::monotonic_ns()));
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(pump(generation, channel, rx, events.clone()));
+        tokio::spawn(pump(generation, channel, rx, events.clone(), activity.clone()));
         tokio::spawn(async move {
             let event = match child.wait().await {
                 Ok(status) => WorkerEvent::Exited(status),
@@ -132,7 +137,7 @@ impl WorkerProc {
             started: Instant::now(),
             life: Lifecycle::Starting,
             plan,
-            last_seen: Instant::now(),
+            activity,
             outbox: tx,
         })
     }
@@ -154,6 +159,18 @@ impl WorkerProc {
         if !matches!(self.life, Lifecycle::Exited { .. }) {
             self.life = Lifecycle::Exiting;
         }
+    }
+
+    /// How long since a frame from this worker last arrived.
+    pub fn silent_for(&self) -> std::time::Duration {
+        let last = self.activity.load(Ordering::Relaxed);
+        std::time::Duration::from_nanos(handoff_protocol::monotonic_ns().saturating_sub(last))
+    }
+
+    /// Count the worker as heard from now (e.g. right after killing it, so
+    /// the kill is not repeated while its exit is on the way).
+    pub fn mark_heard(&self) {
+        self.activity.store(handoff_protocol::monotonic_ns(), Ordering::Relaxed);
     }
 
     pub fn hello(&self) -> Option<&Hello> {
@@ -183,6 +200,7 @@ async fn pump(
     mut channel: Channel<ToWorker, FromWorker>,
     mut outbox: mpsc::UnboundedReceiver<(ToWorker, Vec<OwnedFd>)>,
     events: mpsc::UnboundedSender<Tagged>,
+    activity: Arc<AtomicU64>,
 ) {
     let report = |event| {
         let _ = events.send(Tagged { generation, event });
@@ -197,7 +215,7 @@ async fn pump(
                     return;
                 }
             }
-            inc = channel.recv() => match inc {
+            inc = channel.recv() => match inc.inspect(|_| activity.store(handoff_protocol::monotonic_ns(), Ordering::Relaxed)) {
                 Ok(Some((msg, fds))) => report(WorkerEvent::Message(msg, fds)),
                 Ok(None) => {
                     report(WorkerEvent::ChannelClosed { error: None });

@@ -112,8 +112,6 @@ mod tests {
 pub const HEARTBEAT_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 mod daemon_side {
-    use std::time::Instant as StdInstant;
-
     use handoff_protocol::worker::{ConnRestore, Hello, Restore, RestoreMode, ToWorker};
     use tracing::{error, info, warn};
 
@@ -253,7 +251,7 @@ mod daemon_side {
                 a.life,
                 Lifecycle::Running { .. } | Lifecycle::Frozen { .. } | Lifecycle::Recovering { .. }
             );
-            let silent = StdInstant::now().saturating_duration_since(a.last_seen);
+            let silent = a.silent_for();
             if watched && silent > limit {
                 error!(
                     pid = a.pid,
@@ -262,7 +260,7 @@ mod daemon_side {
                 );
                 let line = format!("worker pid {} silent for {silent:?}: killed", a.pid);
                 a.kill();
-                a.last_seen = StdInstant::now();
+                a.mark_heard();
                 self.history.push(line);
             }
         }
