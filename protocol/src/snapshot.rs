@@ -5,6 +5,7 @@
 //! hands it to the next worker, which checks [`Snapshot::verify`] and the schema
 //! before it decodes anything.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -17,9 +18,10 @@ pub struct Snapshot {
     pub schema: u32,
     /// CRC-32 (IEEE) of `bytes`.
     pub checksum: u32,
-    /// The app's serialized state.
-    #[serde(with = "serde_bytes")]
-    pub bytes: Vec<u8>,
+    /// The app's serialized state. Reference-counted: the supervisor hands
+    /// the same bytes to the successor, the stored checkpoint and the
+    /// checkpoint file without copying them.
+    pub bytes: Bytes,
 }
 
 /// Why an envelope cannot be used.
@@ -43,7 +45,7 @@ impl Snapshot {
             app: app.into(),
             schema,
             checksum,
-            bytes,
+            bytes: Bytes::from(bytes),
         }
     }
 
@@ -80,7 +82,9 @@ mod tests {
     fn flipped_bit_is_caught() {
         let mut s = Snapshot::seal("bot", 1, vec![1, 2, 3]);
         assert!(s.verify("bot", &[1]).is_ok());
-        s.bytes[1] ^= 0x10;
+        let mut flipped = s.bytes.to_vec();
+        flipped[1] ^= 0x10;
+        s.bytes = Bytes::from(flipped);
         assert!(matches!(
             s.verify("bot", &[1]),
             Err(SnapshotError::Checksum { .. })
