@@ -119,7 +119,13 @@ impl WorkerProc {
         let channel = Channel::<ToWorker, FromWorker>::new(sock, MAX_WORKER_FRAME);
         let activity = Arc::new(AtomicU64::new(handoff_protocol::monotonic_ns()));
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(pump(generation, channel, rx, events.clone(), activity.clone()));
+        tokio::spawn(pump(
+            generation,
+            channel,
+            rx,
+            events.clone(),
+            activity.clone(),
+        ));
         tokio::spawn(async move {
             let event = match child.wait().await {
                 Ok(status) => WorkerEvent::Exited(status),
@@ -170,7 +176,8 @@ impl WorkerProc {
     /// Count the worker as heard from now (e.g. right after killing it, so
     /// the kill is not repeated while its exit is on the way).
     pub fn mark_heard(&self) {
-        self.activity.store(handoff_protocol::monotonic_ns(), Ordering::Relaxed);
+        self.activity
+            .store(handoff_protocol::monotonic_ns(), Ordering::Relaxed);
     }
 
     pub fn hello(&self) -> Option<&Hello> {
