@@ -1,0 +1,393 @@
+//! The benchmark worker (issue #6): a minimal handoff app whose state size is
+//! a knob. It subscribes and acks like `trading-worker`, keeps a counter per
+//! stream, and carries `--ballast-bytes N` opaque bytes and/or `--positions N`
+//! decimal positions in its snapshot, so the benchmarks can hand over 1 KiB,
+//! 1 MiB, 64 MiB or a million positions.
+//!
+//! ```text
+//! bench-worker --feed ws://127.0.0.1:9443/ws [--feed …] [--symbols btcusdt,ethusdt]
+//!              [--ack] [--ballast-bytes N] [--positions N] [--checkpoint-ms MS]
+//!              [--timings FILE]
+//! ```
+//!
+//! `--timings FILE` appends one line per event, with `CLOCK_MONOTONIC`
+//! nanoseconds (comparable across processes):
+//! `snapshot PID START_NS DUR_NS BYTES`, `restore PID START_NS DUR_NS BYTES`
+//! and `first PID NS` (first message consumed after a restore).
+//!
+//! Runs under the supervisor exactly like `trading-worker`
+//! (`supervisor --worker …/bench-worker -- --feed …`), or standalone.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use handoff_worker::protocol::monotonic_ns;
+use handoff_worker::protocol::worker::{ConnInfo, RestoreMode};
+use handoff_worker::{App, AppError, Ended, Feed, Message, Outbox, Settings};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+const USAGE: &str = "bench-worker --feed URL [--feed URL…] [--symbols a,b] [--ack] \
+[--ballast-bytes N] [--positions N] [--checkpoint-ms MS] [--timings FILE]";
+
+#[derive(Debug)]
+struct Args {
+    feeds: Vec<String>,
+    symbols: Vec<String>,
+    ack: bool,
+    ballast_bytes: usize,
+    positions: usize,
+    checkpoint_ms: u64,
+    timings: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        feeds: Vec::new(),
+        symbols: vec!["btcusdt".into(), "ethusdt".into()],
+        ack: false,
+        ballast_bytes: 0,
+        positions: 0,
+        checkpoint_ms: 1000,
+        timings: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let num = |v: String| {
+            v.parse::<u64>()
+                .map_err(|e| format!("{flag}: {v:?} is not a number: {e}"))
+        };
+        match flag.as_str() {
+            "--feed" => a.feeds.push(value()?),
+            "--symbols" => {
+                a.symbols = value()?
+                    .split(',')
+                    .map(|s| s.trim().to_ascii_lowercase())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            }
+            "--ack" => a.ack = true,
+            "--ballast-bytes" => a.ballast_bytes = num(value()?)? as usize,
+            "--positions" => a.positions = num(value()?)? as usize,
+            "--checkpoint-ms" => a.checkpoint_ms = num(value()?)?.max(1),
+            "--timings" => a.timings = Some(PathBuf::from(value()?)),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}\nusage: {USAGE}")),
+        }
+    }
+    if a.feeds.is_empty() {
+        return Err(format!("at least one --feed is required\nusage: {USAGE}"));
+    }
+    Ok(a)
+}
+
+/// One position: three decimals, as a trading book would hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Position {
+    #[serde(with = "rust_decimal::serde::str")]
+    qty: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    avg_price: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    realized_pnl: Decimal,
+}
+
+/// Trades seen on one stream of one connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Counter {
+    trades: u64,
+    last_id: u64,
+}
+
+/// The whole snapshot (bincode 1.3; decimals as strings, since bincode
+/// cannot decode rust_decimal's default serde form).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct State {
+    /// Ballast and positions have been generated (a fresh start does it once).
+    seeded: bool,
+    /// `feed-0/btcusdt@trade` → counter.
+    counters: BTreeMap<String, Counter>,
+    #[serde(with = "serde_bytes")]
+    ballast: Vec<u8>,
+    positions: BTreeMap<u64, Position>,
+}
+
+fn codec() -> impl bincode::Options + Copy {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .reject_trailing_bytes()
+}
+
+/// Deterministic, incompressible-looking filler (so the bytes are real pages).
+fn ballast(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let take = (n - v.len()).min(8);
+        v.extend_from_slice(&x.to_le_bytes()[..take]);
+    }
+    v
+}
+
+fn positions(n: usize) -> BTreeMap<u64, Position> {
+    (0..n as u64)
+        .map(|i| {
+            let p = Position {
+                qty: Decimal::new((i * 7919 % 1_000_000) as i64 - 500_000, 5),
+                avg_price: Decimal::new(420_000_000 + (i * 131 % 1_000_000) as i64, 4),
+                realized_pnl: Decimal::new(-((i * 37 % 100_000) as i64), 6),
+            };
+            (i, p)
+        })
+        .collect()
+}
+
+/// Appends timing lines to `--timings FILE` (one `write` per line).
+struct Timings {
+    file: Option<std::fs::File>,
+    pid: u32,
+}
+
+impl Timings {
+    fn open(path: Option<&PathBuf>) -> Self {
+        let file = path.and_then(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| eprintln!("bench-worker: cannot open {}: {e}", p.display()))
+                .ok()
+        });
+        Timings {
+            file,
+            pid: std::process::id(),
+        }
+    }
+
+    fn line(&self, what: &str, fields: &[u64]) {
+        if let Some(mut f) = self.file.as_ref() {
+            let mut s = format!("{what} {}", self.pid);
+            for v in fields {
+                s.push(' ');
+                s.push_str(&v.to_string());
+            }
+            s.push('\n');
+            let _ = f.write_all(s.as_bytes());
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    stream: Option<&'a str>,
+    data: Option<TradeData<'a>>,
+}
+
+#[derive(Deserialize)]
+struct TradeData<'a> {
+    #[serde(rename = "e", borrow)]
+    event: Option<&'a str>,
+    #[serde(rename = "t")]
+    id: Option<u64>,
+}
+
+/// `(stream, trade id)` if `text` is a trade.
+fn parse_trade(text: &str) -> Option<(&str, u64)> {
+    let env: Envelope<'_> = serde_json::from_str(text).ok()?;
+    let data = env.data?;
+    if data.event != Some("trade") {
+        return None;
+    }
+    Some((env.stream?, data.id?))
+}
+
+struct Bench {
+    state: State,
+    symbols: Vec<String>,
+    ack: bool,
+    ballast_bytes: usize,
+    positions: usize,
+    timings: Timings,
+    /// Waiting for the first message after a restore (for the `first` line).
+    restored: bool,
+}
+
+impl App for Bench {
+    const NAME: &'static str = "bench-worker";
+    const SCHEMA: u32 = 1;
+    type Done = ();
+
+    fn snapshot(&self) -> Result<Vec<u8>, AppError> {
+        use bincode::Options;
+        let start = monotonic_ns();
+        let bytes = codec().serialize(&self.state).map_err(AppError::new)?;
+        let end = monotonic_ns();
+        self.timings
+            .line("snapshot", &[start, end - start, bytes.len() as u64]);
+        Ok(bytes)
+    }
+
+    fn restore(&mut self, _schema: u32, bytes: &[u8], _mode: RestoreMode) -> Result<(), AppError> {
+        use bincode::Options;
+        let start = monotonic_ns();
+        self.state = codec().deserialize(bytes).map_err(AppError::new)?;
+        let end = monotonic_ns();
+        self.timings
+            .line("restore", &[start, end - start, bytes.len() as u64]);
+        self.restored = true;
+        Ok(())
+    }
+
+    fn summary(&self) -> Option<String> {
+        let trades: u64 = self.state.counters.values().map(|c| c.trades).sum();
+        Some(
+            serde_json::json!({
+                "trades": trades,
+                "streams": self.state.counters.len(),
+                "ballast_bytes": self.state.ballast.len(),
+                "positions": self.state.positions.len(),
+            })
+            .to_string(),
+        )
+    }
+
+    fn on_open(&mut self, conn: &ConnInfo, out: &mut Outbox) {
+        if !self.state.seeded {
+            self.state.seeded = true;
+            self.state.ballast = ballast(self.ballast_bytes);
+            self.state.positions = positions(self.positions);
+        }
+        let params: Vec<String> = self.symbols.iter().map(|s| format!("{s}@trade")).collect();
+        let sub = serde_json::json!({"method": "SUBSCRIBE", "params": params, "id": 1});
+        out.send(conn.id, Message::text(sub.to_string()));
+    }
+
+    fn on_message(&mut self, conn: &ConnInfo, msg: Message, out: &mut Outbox) {
+        if self.restored {
+            self.restored = false;
+            self.timings.line("first", &[monotonic_ns()]);
+        }
+        let Message::Text(text) = msg else { return };
+        let Some((stream, id)) = parse_trade(text.as_str()) else {
+            return;
+        };
+        let key = format!("{}/{stream}", conn.name);
+        let c = self.state.counters.entry(key).or_default();
+        c.trades += 1;
+        c.last_id = id;
+        if self.ack {
+            let ack = format!(r#"{{"method":"ack","stream":"{stream}","t":{id}}}"#);
+            out.send(conn.id, Message::text(ack));
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bench-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Logs like trading-worker's (stderr, RUST_LOG, default info): the
+    // benchmark discards them unless run with --verbose.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let feeds: Vec<Feed> = args
+        .feeds
+        .iter()
+        .enumerate()
+        .map(|(i, url)| Feed {
+            name: format!("feed-{i}"),
+            url: url.clone(),
+        })
+        .collect();
+    let settings = Settings {
+        build_id: std::env::var("HANDOFF_BUILD_ID")
+            .unwrap_or_else(|_| format!("bench-worker {}", env!("CARGO_PKG_VERSION"))),
+        checkpoint_interval: Duration::from_millis(args.checkpoint_ms),
+        ..Settings::default()
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench-worker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let fresh = move || Bench {
+        state: State::default(),
+        symbols: args.symbols,
+        ack: args.ack,
+        ballast_bytes: args.ballast_bytes,
+        positions: args.positions,
+        timings: Timings::open(args.timings.as_ref()),
+        restored: false,
+    };
+    match rt.block_on(handoff_worker::run(feeds, settings, fresh)) {
+        Ok(Ended::HandedOver | Ended::Stopped | Ended::Abandoned) => ExitCode::SUCCESS,
+        Ok(Ended::Rejected(reason)) => {
+            eprintln!("bench-worker: takeover refused: {reason}");
+            ExitCode::from(4)
+        }
+        Err(e) => {
+            eprintln!("bench-worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bincode::Options;
+
+    #[test]
+    fn state_round_trips_through_bincode() {
+        let s = State {
+            seeded: true,
+            counters: [(
+                "feed-0/btcusdt@trade".to_string(),
+                Counter {
+                    trades: 3,
+                    last_id: 3,
+                },
+            )]
+            .into_iter()
+            .collect(),
+            ballast: ballast(1000),
+            positions: positions(100),
+        };
+        let bytes = codec().serialize(&s).unwrap();
+        let back: State = codec().deserialize(&bytes).unwrap();
+        assert_eq!(s, back);
+        assert_eq!(back.ballast.len(), 1000);
+    }
+
+    #[test]
+    fn parses_trades_only() {
+        let t = r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":42,"p":"1.0","q":"2.0","T":1,"m":true}}"#;
+        assert_eq!(parse_trade(t), Some(("btcusdt@trade", 42)));
+        assert_eq!(parse_trade(r#"{"result":null,"id":1}"#), None);
+    }
+}
