@@ -441,15 +441,7 @@ impl Cluster {
     /// Graceful stop (SIGTERM) and wait for the supervisor to exit.
     pub fn stop(&mut self) -> Result<std::process::ExitStatus, TestkitError> {
         self.signal(Signal::SIGTERM)?;
-        let child = self
-            .supervisor
-            .as_mut()
-            .ok_or(TestkitError::Protocol("already stopped".into()))?;
-        let status = child
-            .wait()
-            .map_err(|e| TestkitError::Protocol(format!("wait: {e}")))?;
-        self.supervisor = None;
-        Ok(status)
+        self.wait_exit()
     }
 }
 
