@@ -156,6 +156,15 @@ impl<A: App> Worker<A> {
                         other => return Err(WorkerError::Unexpected { when: "serving", what: format!("{other:?}") }),
                     }
                 }
+                // Timers before the connections: a worker that always has a
+                // message ready must still heartbeat and checkpoint, or the
+                // supervisor takes it for hung (they are ready only when due).
+                _ = heartbeat.tick(), if linked => {
+                    if let Some(link) = self.link.as_mut() {
+                        link.send(&FromWorker::Heartbeat).await?;
+                    }
+                }
+                _ = checkpoint.tick(), if linked => self.send_checkpoint().await?,
                 (idx, item) = next_message(&mut self.conns, &mut self.next_poll) => {
                     let at_ns = monotonic_ns();
                     match item {
@@ -184,12 +193,6 @@ impl<A: App> Worker<A> {
                     self.write_outbox(out).await;
                 }
                 _ = reconnect.tick(), if !self.lost.is_empty() => self.reopen_lost().await,
-                _ = heartbeat.tick(), if linked => {
-                    if let Some(link) = self.link.as_mut() {
-                        link.send(&FromWorker::Heartbeat).await?;
-                    }
-                }
-                _ = checkpoint.tick(), if linked => self.send_checkpoint().await?,
                 _ = sigterm.recv() => if self.on_stop_signal("SIGTERM") { return self.stop().await },
                 _ = sigint.recv() => if self.on_stop_signal("SIGINT") { return self.stop().await },
             }
