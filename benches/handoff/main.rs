@@ -232,8 +232,23 @@ fn run() -> Result<()> {
         if o.smoke { "smoke" } else { "full" },
         bins.target_dir().display()
     ));
+    // Which sources were measured (`-dirty`: with uncommitted changes).
+    let commit = Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "describe",
+            "--always",
+            "--dirty",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
     let mut report = json!({
         "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "commit": commit,
         "profile": profile,
         "smoke": o.smoke,
         "machine": machine(),
@@ -354,8 +369,8 @@ fn run() -> Result<()> {
         .unwrap_or_default()
         .trim());
     md.push_str(&format!(
-        "Machine: {} cores; over the run's {:.0} s they were busy {:.2} cores on average: this benchmark's \
-         processes {:.2}, other processes (not part of the benchmark) {:.2}.\n",
+        "Commit {commit}, {profile} build. Machine: {} cores; over the run's {:.0} s they were busy {:.2} \
+         cores on average: this benchmark's processes {:.2}, other processes (not part of the benchmark) {:.2}.\n",
         report["machine"]["cpus"], wall, busy, ours, others
     ));
     println!("{md}");
