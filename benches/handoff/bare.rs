@@ -93,9 +93,8 @@ async fn one_connection(i: usize, url: &str, symbols: &[String], last_id: u64) -
     // on, acks would coalesce into fewer segments and the comparison would
     // measure that instead.
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
-    let params: Vec<String> = symbols.iter().map(|s| format!("{s}@trade")).collect();
-    let sub = serde_json::json!({"method": "SUBSCRIBE", "params": params, "id": 1});
-    ws.send(Message::text(sub.to_string())).await?;
+    ws.send(Message::text(trading_worker::market::subscribe(symbols)))
+        .await?;
     let name = format!("feed-{i}");
     let mut counters: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut done_streams = 0;
@@ -112,7 +111,7 @@ async fn one_connection(i: usize, url: &str, symbols: &[String], last_id: u64) -
         let c = counters.entry(format!("{name}/{stream}")).or_default();
         c.0 += 1;
         c.1 = id;
-        let ack = format!(r#"{{"method":"ack","stream":"{stream}","t":{id}}}"#);
+        let ack = trading_worker::market::ack(stream, id);
         ws.send(Message::text(ack)).await?;
         if id == last_id {
             done_streams += 1;

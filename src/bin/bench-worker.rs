@@ -269,9 +269,10 @@ impl App for Bench {
             self.state.ballast = ballast(self.ballast_bytes);
             self.state.positions = positions(self.positions);
         }
-        let params: Vec<String> = self.symbols.iter().map(|s| format!("{s}@trade")).collect();
-        let sub = serde_json::json!({"method": "SUBSCRIBE", "params": params, "id": 1});
-        out.send(conn.id, Message::text(sub.to_string()));
+        out.send(
+            conn.id,
+            Message::text(trading_worker::market::subscribe(&self.symbols)),
+        );
     }
 
     fn on_message(&mut self, conn: &ConnInfo, msg: Message, out: &mut Outbox) {
@@ -288,7 +289,7 @@ impl App for Bench {
         c.trades += 1;
         c.last_id = id;
         if self.ack {
-            let ack = format!(r#"{{"method":"ack","stream":"{stream}","t":{id}}}"#);
+            let ack = trading_worker::market::ack(stream, id);
             out.send(conn.id, Message::text(ack));
         }
     }
