@@ -14,6 +14,8 @@
 //!   message can never be sent to the CLI;
 //! - [`worker`]: every message between supervisor and worker;
 //! - [`ctl`]: every message between `supervisorctl` and the supervisor;
+//! - [`tls`]: the TLS session state (keys, sequence numbers) of a `wss://`
+//!   connection handed over mid-session;
 //! - [`snapshot`]: the envelope around a worker's opaque state (app name,
 //!   schema version, CRC-32 checksum, bytes).
 //!
@@ -40,6 +42,7 @@ pub mod ctl;
 pub mod fds;
 pub mod frame;
 pub mod snapshot;
+pub mod tls;
 pub mod worker;
 
 pub use channel::{Channel, ChannelError};
@@ -47,7 +50,7 @@ pub use snapshot::Snapshot;
 
 /// Version of the supervisor ⇄ worker protocol. A worker whose `Hello` names
 /// another version is refused before anything is frozen.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Name of the environment variable through which a worker learns the number of
 /// its inherited supervisor socket.

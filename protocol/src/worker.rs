@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::snapshot::Snapshot;
+use crate::tls::TlsSession;
 
 /// A connection's identity, chosen by the worker that opened it and kept by
 /// every later worker it is handed to.
@@ -21,6 +22,9 @@ impl std::fmt::Display for ConnId {
 pub enum ConnKind {
     /// A websocket client connection over plain TCP.
     WebSocket,
+    /// A websocket client connection over TLS (`wss://`). Its session moves
+    /// only in a planned handoff; after a crash it is re-established.
+    WebSocketTls,
 }
 
 /// Description of a connection, as registered by the worker.
@@ -69,9 +73,14 @@ pub enum RestoreMode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnRestore {
     pub info: ConnInfo,
-    /// Bytes the previous owner had taken from the kernel but not consumed.
+    /// Bytes the previous owner had taken from the kernel but not consumed
+    /// (plaintext, for a TLS connection).
     #[serde(with = "serde_bytes")]
     pub leftovers: Vec<u8>,
+    /// The TLS session to continue. `None` on a TLS connection means the
+    /// session cannot be continued (after a crash, its record sequence
+    /// numbers are unknown): the worker closes it and connects again.
+    pub tls: Option<TlsSession>,
 }
 
 /// Everything a new worker needs to take over.
@@ -88,6 +97,8 @@ pub struct ConnLeftovers {
     pub id: ConnId,
     #[serde(with = "serde_bytes")]
     pub leftovers: Vec<u8>,
+    /// The TLS session, for a TLS connection.
+    pub tls: Option<TlsSession>,
 }
 
 /// A frozen worker's answer to [`ToWorker::Freeze`].

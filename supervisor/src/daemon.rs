@@ -784,13 +784,17 @@ impl Daemon {
         let mut conns = Vec::with_capacity(dups.len());
         let mut fds = Vec::with_capacity(dups.len());
         for (info, fd) in dups {
-            let leftovers = f
+            let (leftovers, tls) = f
                 .conns
                 .iter()
                 .find(|c| c.id == info.id)
-                .map(|c| c.leftovers.clone())
+                .map(|c| (c.leftovers.clone(), c.tls.clone()))
                 .unwrap_or_default();
-            conns.push(ConnRestore { info, leftovers });
+            conns.push(ConnRestore {
+                info,
+                leftovers,
+                tls,
+            });
             fds.push(fd);
         }
         let restore = Restore {
@@ -798,10 +802,7 @@ impl Daemon {
             snapshot: Some(f.snapshot.clone()),
             conns,
         };
-        self.handed_leftovers = Some(HandedLeftovers {
-            generation: succ.generation,
-            conns: f.conns.clone(),
-        });
+        self.handed_leftovers = Some(HandedLeftovers::without_secrets(succ.generation, &f.conns));
         succ.send(ToWorker::Restore(restore), fds);
         self.store_checkpoint(f.snapshot, f.summary);
         up.deadline = tokio::time::Instant::now() + self.cfg.timeouts.restore;

@@ -85,6 +85,26 @@ pub struct HandedLeftovers {
     pub conns: Vec<handoff_protocol::worker::ConnLeftovers>,
 }
 
+impl HandedLeftovers {
+    /// Keep `conns`' leftovers for successor `generation`, but not their TLS
+    /// sessions: those are never reused after a crash, so the supervisor
+    /// holds no key longer than the handoff that carries it.
+    pub fn without_secrets(
+        generation: u64,
+        conns: &[handoff_protocol::worker::ConnLeftovers],
+    ) -> Self {
+        let conns = conns
+            .iter()
+            .map(|c| handoff_protocol::worker::ConnLeftovers {
+                id: c.id,
+                leftovers: c.leftovers.clone(),
+                tls: None,
+            })
+            .collect();
+        HandedLeftovers { generation, conns }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,7 +244,14 @@ mod daemon_side {
                     .and_then(|h| h.conns.iter().find(|c| c.id == info.id))
                     .map(|c| c.leftovers.clone())
                     .unwrap_or_default();
-                conns.push(ConnRestore { info, leftovers });
+                // A TLS session is never continued after a crash: the dead
+                // worker may have written records past any sequence number
+                // known here, and a reused nonce breaks the cipher.
+                conns.push(ConnRestore {
+                    info,
+                    leftovers,
+                    tls: None,
+                });
                 fds.push(fd);
             }
             let Some(a) = self.active.as_mut() else {

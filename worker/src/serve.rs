@@ -370,6 +370,7 @@ impl<A: App> Worker<A> {
             .map(|c| ConnLeftovers {
                 id: c.info.id,
                 leftovers: c.leftovers(),
+                tls: c.tls_session(),
             })
             .collect();
         let summary = self.app.summary();
