@@ -99,6 +99,10 @@ pub struct TlsSession {
     /// Ciphertext of an incomplete record taken from the kernel.
     #[serde(with = "serde_bytes")]
     pub pending: Vec<u8>,
+    /// Plaintext of a post-handshake message (KeyUpdate, NewSessionTicket)
+    /// whose rest is in records not yet received.
+    #[serde(with = "serde_bytes")]
+    pub pending_handshake: Vec<u8>,
     /// CRC-32 of all the above, set by [`TlsSession::seal`].
     pub checksum: u32,
 }
@@ -121,8 +125,10 @@ impl TlsSession {
                 h.update(part.expose());
             }
         }
-        h.update(&(self.pending.len() as u64).to_be_bytes());
-        h.update(&self.pending);
+        for part in [&self.pending, &self.pending_handshake] {
+            h.update(&(part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
         h.finalize()
     }
 
@@ -164,6 +170,7 @@ mod tests {
             tx: dir(7, 1),
             rx: dir(9, 5),
             pending: vec![23, 3, 3],
+            pending_handshake: Vec::new(),
             checksum: 0,
         }
         .seal()

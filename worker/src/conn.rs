@@ -1,7 +1,9 @@
 //! A websocket connection the runtime can hand over: a tokio-tungstenite
-//! stream over a [`HandoffStream`], plus its registered identity.
+//! stream over a [`HandoffStream`], plus its registered identity. `ws://`
+//! runs over plain TCP, `wss://` over TLS ([`crate::tls`]).
 
 use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::time::Duration;
 
 use futures_util::SinkExt;
@@ -10,10 +12,12 @@ use handoff_protocol::worker::{ConnId, ConnInfo, ConnKind};
 use thiserror::Error;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
+use tracing::info;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::stream::HandoffStream;
+use crate::tls::{self, TlsError};
 
 /// How much tungstenite reserves (and zero-fills) for each read. Its default,
 /// 128 KiB, is meant for bulk reads straight from a socket; here every read
@@ -31,7 +35,7 @@ fn ws_config() -> WebSocketConfig {
 pub struct Feed {
     /// Stable name (e.g. `feed-0`), used to match handed-over connections.
     pub name: String,
-    /// `ws://host:port/path`.
+    /// `ws://host:port/path` or `wss://host:port/path`.
     pub url: String,
 }
 
@@ -58,6 +62,13 @@ pub enum ConnError {
         #[source]
         source: tungstenite::Error,
     },
+    #[error("feed {name}: TLS with {url}: {source}")]
+    Tls {
+        name: String,
+        url: String,
+        #[source]
+        source: TlsError,
+    },
     #[error("feed {name}: connect timed out after {after:?}")]
     Timeout { name: String, after: Duration },
     #[error("{info}: cannot adopt handed-over descriptor: {source}")]
@@ -75,8 +86,15 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Open `feed` from scratch: TCP connect and websocket handshake.
-    pub async fn open(id: ConnId, feed: &Feed, timeout: Duration) -> Result<Conn, ConnError> {
+    /// Open `feed` from scratch: TCP connect, TLS handshake for `wss://`
+    /// (trusting the public roots and the certificates in `ca_file`), and
+    /// websocket handshake.
+    pub async fn open(
+        id: ConnId,
+        feed: &Feed,
+        timeout: Duration,
+        ca_file: Option<&Path>,
+    ) -> Result<Conn, ConnError> {
         let name = feed.name.clone();
         let bad = |reason: String| ConnError::BadUrl {
             name: name.clone(),
@@ -89,14 +107,16 @@ impl Conn {
             .into_client_request()
             .map_err(|e| bad(e.to_string()))?;
         let uri = request.uri();
-        if uri.scheme_str() != Some("ws") {
-            return Err(bad("only ws:// URLs are supported".into()));
-        }
+        let (kind, default_port) = match uri.scheme_str() {
+            Some("ws") => (ConnKind::WebSocket, 80),
+            Some("wss") => (ConnKind::WebSocketTls, 443),
+            _ => return Err(bad("only ws:// and wss:// URLs are supported".into())),
+        };
         let host = uri.host().ok_or_else(|| bad("no host".into()))?.to_string();
-        let port = uri.port_u16().unwrap_or(80);
+        let port = uri.port_u16().unwrap_or(default_port);
         let addr = format!("{host}:{port}");
         let open = async {
-            let tcp = TcpStream::connect(&addr)
+            let mut tcp = TcpStream::connect(&addr)
                 .await
                 .map_err(|source| ConnError::Connect {
                     name: name.clone(),
@@ -108,21 +128,36 @@ impl Conn {
                 .peer_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| addr.clone());
-            let (ws, _response) = tokio_tungstenite::client_async_with_config(
-                request,
-                HandoffStream::new_client(tcp),
-                Some(ws_config()),
-            )
-            .await
-            .map_err(|source| ConnError::Handshake {
-                name: name.clone(),
-                url: feed.url.clone(),
-                source,
-            })?;
+            let stream = match kind {
+                ConnKind::WebSocket => HandoffStream::new_client(tcp),
+                ConnKind::WebSocketTls => {
+                    let tls_err = |source| ConnError::Tls {
+                        name: name.clone(),
+                        url: feed.url.clone(),
+                        source,
+                    };
+                    let server = host.trim_matches(['[', ']']);
+                    let (io, early, negotiated) =
+                        tls::handshake::handshake(&mut tcp, server, ca_file)
+                            .await
+                            .map_err(tls_err)?;
+                    info!(feed = %name, ?negotiated, kernel_tls = ?tls::kernel_tls(), "TLS session established; records protected in user space");
+                    HandoffStream::new_client_tls(tcp, io, early)
+                        .map_err(|e| tls_err(TlsError::Io(e)))?
+                }
+            };
+            let (ws, _response) =
+                tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config()))
+                    .await
+                    .map_err(|source| ConnError::Handshake {
+                        name: name.clone(),
+                        url: feed.url.clone(),
+                        source,
+                    })?;
             let info = ConnInfo {
                 id,
                 name: name.clone(),
-                kind: ConnKind::WebSocket,
+                kind,
                 url: feed.url.clone(),
                 peer,
             };
@@ -136,18 +171,41 @@ impl Conn {
             })?
     }
 
-    /// Adopt a handed-over connection: its descriptor and the bytes the
-    /// previous owner had read but not consumed.
+    /// Adopt a handed-over connection: its descriptor, the bytes the
+    /// previous owner had read but not consumed and, for `wss://`, the TLS
+    /// session to continue.
     pub async fn resume(
         info: ConnInfo,
         fd: OwnedFd,
         leftovers: Vec<u8>,
+        tls: Option<&TlsSession>,
     ) -> Result<Conn, ConnError> {
-        let stream =
-            HandoffStream::resume_fd(fd, leftovers).map_err(|source| ConnError::Adopt {
-                info: format!("{} ({})", info.id, info.name),
-                source,
-            })?;
+        let adopt = |source| ConnError::Adopt {
+            info: format!("{} ({})", info.id, info.name),
+            source,
+        };
+        let stream = match (info.kind, tls) {
+            (ConnKind::WebSocket, None) => {
+                HandoffStream::resume_fd(fd, leftovers).map_err(adopt)?
+            }
+            (ConnKind::WebSocketTls, Some(session)) => {
+                HandoffStream::resume_tls_fd(fd, leftovers, session)
+                    .map_err(|e| adopt(std::io::Error::from(e)))?
+            }
+            (kind, session) => {
+                return Err(adopt(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "a {kind:?} connection handed over {} TLS session",
+                        if session.is_some() {
+                            "with a"
+                        } else {
+                            "without its"
+                        }
+                    ),
+                )))
+            }
+        };
         let ws = WebSocketStream::from_raw_socket(stream, Role::Client, Some(ws_config())).await;
         Ok(Conn { info, ws })
     }
@@ -157,9 +215,16 @@ impl Conn {
         self.ws.flush().await
     }
 
-    /// The TLS session to hand over with the descriptor (`None` for plain TCP).
-    pub fn tls_session(&self) -> Option<TlsSession> {
-        None
+    /// The TLS session to hand over with the descriptor (`None` for plain
+    /// TCP). Call after [`flush`](Self::flush).
+    pub fn tls_session(&self) -> Result<Option<TlsSession>, TlsError> {
+        self.ws.get_ref().tls_session()
+    }
+
+    /// Give up or take back the right to write TLS records (see
+    /// [`HandoffStream::set_tls_writer`]).
+    pub fn set_tls_writer(&mut self, live: bool) {
+        self.ws.get_mut().set_tls_writer(live);
     }
 
     /// Bytes taken from the kernel and not yet consumed as messages.

@@ -63,6 +63,7 @@ pub mod serve;
 pub mod settings;
 pub mod start;
 pub mod stream;
+pub mod tls;
 
 pub use app::{App, AppError, Effect, Outbox};
 pub use conn::Feed;

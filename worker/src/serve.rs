@@ -364,16 +364,50 @@ impl<A: App> Worker<A> {
             }
             (None, Err(e)) => return Err(e),
         };
-        let conns = self
-            .conns
-            .iter()
-            .map(|c| ConnLeftovers {
-                id: c.info.id,
-                leftovers: c.leftovers(),
-                tls: c.tls_session(),
-            })
-            .collect();
+        let mut conns = Vec::with_capacity(self.conns.len());
+        for c in &self.conns {
+            match c.tls_session() {
+                Ok(tls) => conns.push(ConnLeftovers {
+                    id: c.info.id,
+                    leftovers: c.leftovers(),
+                    tls,
+                }),
+                Err(e) => {
+                    let reason = format!("{}: {e}", c.info.id);
+                    warn!(%reason, "cannot freeze; carrying on");
+                    if let Some(link) = self.link.as_mut() {
+                        link.send(&FromWorker::FreezeFailed { reason }).await?;
+                    }
+                    return Ok(AfterFreeze::Thawed);
+                }
+            }
+        }
         let summary = self.app.summary();
+        if self.link.is_none() {
+            return Ok(AfterFreeze::Thawed);
+        }
+        // The TLS sessions leave with the Frozen message: from here on only
+        // the successor may seal records, until a Thaw gives the right back.
+        for c in &mut self.conns {
+            c.set_tls_writer(false);
+        }
+        let after = self.frozen(snapshot, conns, frozen_at_ns, summary).await;
+        if matches!(after, Ok(AfterFreeze::Thawed)) {
+            for c in &mut self.conns {
+                c.set_tls_writer(true);
+            }
+        }
+        after
+    }
+
+    /// Hand the frozen state over and wait to be thawed or let go.
+    async fn frozen(
+        &mut self,
+        snapshot: Snapshot,
+        conns: Vec<ConnLeftovers>,
+        frozen_at_ns: u64,
+        summary: Option<String>,
+    ) -> Result<AfterFreeze, WorkerError> {
         let Some(link) = self.link.as_mut() else {
             return Ok(AfterFreeze::Thawed);
         };

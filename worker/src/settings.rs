@@ -23,8 +23,12 @@ pub struct Settings {
     /// worker carries on with its requests intact: during a planned handoff
     /// no order is ever left half-known between two processes.
     pub freeze_settle_timeout: Duration,
-    /// Longest a fresh TCP connect plus websocket handshake may take.
+    /// Longest a fresh TCP connect plus TLS and websocket handshakes may
+    /// take.
     pub connect_timeout: Duration,
+    /// PEM certificates trusted for `wss://` besides the public roots (a
+    /// private CA, or a test exchange's).
+    pub ca_file: Option<std::path::PathBuf>,
     /// Longest a graceful stop waits for each close handshake.
     pub close_timeout: Duration,
     /// How often a lost connection is re-opened (and re-subscribed): bounds
@@ -42,6 +46,7 @@ impl Default for Settings {
             freeze_flush_timeout: Duration::from_secs(2),
             freeze_settle_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(10),
+            ca_file: None,
             close_timeout: Duration::from_secs(2),
             reconnect_interval: Duration::from_secs(1),
         }

@@ -1,9 +1,11 @@
 //! How a worker starts: standalone, fresh under a supervisor, or by taking
 //! over from a previous worker (handoff or recovery).
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use handoff_protocol::worker::{ConnId, FromWorker, Hello, Restore, RestoreMode, ToWorker};
+use handoff_protocol::worker::{
+    ConnId, ConnKind, FromWorker, Hello, Restore, RestoreMode, ToWorker,
+};
 use handoff_protocol::PROTOCOL_VERSION;
 use tracing::{info, warn};
 
@@ -93,7 +95,7 @@ async fn take_over<A: App>(
         (Ok(_), FaultAction::Reject) => Err(RestoreError::Injected),
         (r, _) => r,
     };
-    let (app, conns) = match restored {
+    let (app, conns, stale) = match restored {
         Ok(parts) => parts,
         Err(e) => {
             let reason = e.to_string();
@@ -128,6 +130,7 @@ async fn take_over<A: App>(
     }
     let mut worker = Worker::new(app, settings, Some(link));
     worker.adopt(conns);
+    worker.drop_stale(stale).await?;
     // Feeds this build wants that the previous one did not hold.
     let missing: Vec<Feed> = feeds
         .into_iter()
@@ -142,11 +145,19 @@ async fn take_over<A: App>(
     worker.serve(awaiting).await
 }
 
+/// A handed-over connection that cannot be continued: a TLS session after a
+/// crash (its record sequence numbers died with the worker). It is closed
+/// and its feed opened again.
+pub(crate) struct Stale {
+    id: ConnId,
+    name: String,
+}
+
 async fn restore_parts<A: App>(
     mut app: A,
     restore: Restore,
     fds: Vec<OwnedFd>,
-) -> Result<(A, Vec<Conn>), RestoreError> {
+) -> Result<(A, Vec<Conn>, Vec<Stale>), RestoreError> {
     if fds.len() != restore.conns.len() {
         return Err(RestoreError::FdCount {
             conns: restore.conns.len(),
@@ -169,10 +180,25 @@ async fn restore_parts<A: App>(
         }
     }
     let mut conns = Vec::with_capacity(fds.len());
+    let mut stale = Vec::new();
     for (c, fd) in restore.conns.into_iter().zip(fds) {
-        conns.push(Conn::resume(c.info, fd, c.leftovers).await?);
+        // Only a recovery may drop a connection: in a handoff the previous
+        // worker may yet be thawed and carry on with it (a TLS connection
+        // without its session is refused below, and so is the takeover).
+        let recovery = restore.mode == RestoreMode::Recovery;
+        if recovery && c.info.kind == ConnKind::WebSocketTls && c.tls.is_none() {
+            // FIN to the server now (the supervisor's copy would keep the
+            // socket open): the feed is opened again after Go.
+            let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+            stale.push(Stale {
+                id: c.info.id,
+                name: c.info.name,
+            });
+            continue;
+        }
+        conns.push(Conn::resume(c.info, fd, c.leftovers, c.tls.as_ref()).await?);
     }
-    Ok((app, conns))
+    Ok((app, conns, stale))
 }
 
 impl<A: App> Worker<A> {
@@ -181,7 +207,13 @@ impl<A: App> Worker<A> {
     pub(crate) async fn open_feeds(&mut self, feeds: &[Feed]) -> Result<(), WorkerError> {
         for feed in feeds {
             let id = self.next_conn_id();
-            let conn = Conn::open(id, feed, self.settings.connect_timeout).await?;
+            let conn = Conn::open(
+                id,
+                feed,
+                self.settings.connect_timeout,
+                self.settings.ca_file.as_deref(),
+            )
+            .await?;
             info!(conn = %conn.info.id, name = %conn.info.name, peer = %conn.info.peer, "connected");
             if let Some(link) = self.link.as_mut() {
                 link.send_with_fd(
@@ -194,6 +226,22 @@ impl<A: App> Worker<A> {
             self.app.on_open(&conn.info, &mut out);
             self.push_conn(conn);
             self.write_outbox(out).await;
+        }
+        Ok(())
+    }
+
+    /// Tell the supervisor to drop the connections that cannot be continued;
+    /// their feeds count as missing and are opened fresh.
+    pub(crate) async fn drop_stale(&mut self, stale: Vec<Stale>) -> Result<(), WorkerError> {
+        for s in stale {
+            warn!(conn = %s.id, name = %s.name, "TLS session not continued after a crash: connecting again");
+            if let Some(link) = self.link.as_mut() {
+                link.send(&FromWorker::Unregister {
+                    id: s.id,
+                    reason: "TLS session cannot be continued after a crash; re-established".into(),
+                })
+                .await?;
+            }
         }
         Ok(())
     }

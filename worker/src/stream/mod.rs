@@ -112,6 +112,9 @@ use tokio::time::Sleep;
 mod frame;
 #[cfg(test)]
 mod tests;
+mod tls;
+
+use crate::tls::io::TlsIo;
 
 use frame::{ends_mid_frame, frame_extent, head_match, Extent, HEAD_END};
 
@@ -222,6 +225,9 @@ struct State {
     whole_frame_max: usize,
     frame_max: usize,
     peek_buf: Vec<u8>,
+    /// For a `wss://` connection: the TLS record layer between the socket
+    /// and `unfed`, which then holds plaintext (see [`tls`]).
+    tls: Option<Box<TlsIo>>,
 }
 
 impl fmt::Debug for HandoffStream {
@@ -259,6 +265,7 @@ impl HandoffStream {
                 whole_frame_max: DEFAULT_WHOLE_FRAME_MAX,
                 frame_max: DEFAULT_FRAME_MAX,
                 peek_buf: Vec::new(),
+                tls: None,
             },
         }
     }
@@ -442,6 +449,9 @@ impl State {
     /// Ok(true): bytes were appended to `unfed`; Ok(false): end of stream;
     /// Err(WouldBlock): nothing usable yet (readiness gets cleared).
     fn step(&mut self, fd: RawFd) -> io::Result<bool> {
+        if self.tls.is_some() {
+            return self.step_tls(fd);
+        }
         match self.mode {
             Mode::Handshake => self.step_handshake(fd),
             Mode::Frames if self.unfed.is_empty() => self.step_whole_frames(fd),
@@ -553,7 +563,7 @@ impl State {
     }
 }
 
-fn sys_recv(fd: RawFd, buf: &mut [u8], flags: MsgFlags) -> io::Result<usize> {
+pub(crate) fn sys_recv(fd: RawFd, buf: &mut [u8], flags: MsgFlags) -> io::Result<usize> {
     loop {
         match recv(fd, buf, flags | MsgFlags::MSG_DONTWAIT) {
             Err(Errno::EINTR) => continue,
@@ -578,7 +588,10 @@ impl AsyncRead for HandoffStream {
             if this.st.feed(buf)? {
                 return Poll::Ready(Ok(()));
             }
-            if !ready!(this.poll_fill(cx))? {
+            let filled = ready!(this.poll_fill(cx))?;
+            // A KeyUpdate answer sealed while reading goes out now.
+            this.poll_write_tls_backlog(cx);
+            if !filled {
                 return Poll::Ready(Ok(())); // end of stream, at a frame boundary
             }
         }
@@ -591,7 +604,11 @@ impl AsyncWrite for HandoffStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.st.tls.is_some() {
+            return this.poll_write_tls(cx, buf);
+        }
+        Pin::new(&mut this.tcp).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -599,19 +616,28 @@ impl AsyncWrite for HandoffStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if this.st.tls.is_some() {
+            let buf = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
+            return this.poll_write_tls(cx, buf);
+        }
+        Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        self.st.tls.is_none() && self.tcp.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+        let this = self.get_mut();
+        ready!(this.poll_drain_tls(cx, 0))?;
+        Pin::new(&mut this.tcp).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+        let this = self.get_mut();
+        ready!(this.poll_close_notify(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
     }
 }
 

@@ -31,9 +31,14 @@ pub use app::Trader;
 #[derive(Debug, Parser)]
 #[command(name = "trading-worker", version)]
 pub struct Args {
-    /// A websocket feed (ws://…); one connection per flag.
+    /// A websocket feed (ws://… or wss://…); one connection per flag.
     #[arg(long = "feed", required = true)]
     pub feeds: Vec<String>,
+    /// PEM file of CA certificates trusted for wss:// feeds, besides the
+    /// public roots (a private CA, or the exchange simulator's
+    /// `--tls-ca-out`).
+    #[arg(long)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Symbols to subscribe to, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "btcusdt,ethusdt")]
     pub symbols: Vec<String>,
@@ -103,6 +108,7 @@ fn main_with<const S: u32>() -> ExitCode {
             )
         }),
         checkpoint_interval: args.checkpoint_ms,
+        ca_file: args.ca_file.clone(),
         ..Settings::default()
     };
     let rt = match tokio::runtime::Builder::new_current_thread()

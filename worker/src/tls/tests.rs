@@ -1,0 +1,318 @@
+//! The record layer against rustls itself: every version and cipher, a
+//! server-requested KeyUpdate in both directions, tickets arriving right
+//! after the handshake, `close_notify`, and the session exported, serialized
+//! and resumed (a handoff) at each of those points. rustls on the server
+//! side authenticates every record we seal, so a wrong key, nonce or
+//! sequence number fails the test.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use handoff_protocol::tls::{TlsCipher, TlsSession, TlsVersion};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{CipherSuite, ServerConfig, SupportedProtocolVersion};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::handshake::handshake;
+use super::io::{TlsIo, Writer};
+use super::TlsError;
+
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca_file: std::path::PathBuf,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+fn pki() -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    Pki {
+        _dir: dir,
+        ca_file,
+        chain: vec![leaf.der().clone()],
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+    }
+}
+
+fn server_config(pki: &Pki, version: TlsVersion, cipher: TlsCipher) -> Arc<ServerConfig> {
+    let wanted: &[CipherSuite] = match (version, cipher) {
+        (TlsVersion::Tls13, TlsCipher::Aes128Gcm) => &[CipherSuite::TLS13_AES_128_GCM_SHA256],
+        (TlsVersion::Tls13, TlsCipher::Aes256Gcm) => &[CipherSuite::TLS13_AES_256_GCM_SHA384],
+        (TlsVersion::Tls13, TlsCipher::Chacha20Poly1305) => {
+            &[CipherSuite::TLS13_CHACHA20_POLY1305_SHA256]
+        }
+        (TlsVersion::Tls12, TlsCipher::Aes128Gcm) => {
+            &[CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]
+        }
+        (TlsVersion::Tls12, TlsCipher::Aes256Gcm) => {
+            &[CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]
+        }
+        (TlsVersion::Tls12, TlsCipher::Chacha20Poly1305) => {
+            &[CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256]
+        }
+    };
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .retain(|s| wanted.contains(&s.suite()));
+    let v: &'static SupportedProtocolVersion = match version {
+        TlsVersion::Tls13 => &rustls::version::TLS13,
+        TlsVersion::Tls12 => &rustls::version::TLS12,
+    };
+    let config = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[v])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(pki.chain.clone(), pki.key.clone_key())
+        .unwrap();
+    Arc::new(config)
+}
+
+/// Read through `io` until `plain` holds `want` bytes; Ok(false) at end of
+/// stream.
+async fn read_until(
+    tcp: &TcpStream,
+    io: &mut TlsIo,
+    plain: &mut Vec<u8>,
+    want: usize,
+) -> io::Result<bool> {
+    while plain.len() < want {
+        tcp.readable().await?;
+        match tcp.try_io(Interest::READABLE, || io.recv(tcp.as_raw_fd(), plain)) {
+            Ok(true) => {}
+            Ok(false) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+async fn send(tcp: &mut TcpStream, io: &mut TlsIo, data: &[u8]) {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let n = io.seal_data(rest).unwrap();
+        rest = &rest[n..];
+    }
+    flush(tcp, io).await;
+}
+
+async fn flush(tcp: &mut TcpStream, io: &mut TlsIo) {
+    let out = io.unwritten().to_vec();
+    tcp.write_all(&out).await.unwrap();
+    io.wrote(out.len());
+}
+
+/// A handoff in miniature: the session leaves as bytes, the old state is
+/// dropped, a new record layer continues from the bytes.
+fn hand_over(io: TlsIo) -> TlsIo {
+    let session = io.export().unwrap();
+    let wire = bincode::serialize(&session).unwrap();
+    drop(io);
+    let session: TlsSession = bincode::deserialize(&wire).unwrap();
+    TlsIo::resume(&session).unwrap()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum HandOver {
+    Never,
+    /// Before a single post-handshake record was read (tickets in flight).
+    AfterHandshake,
+    /// After the KeyUpdate was received and answered.
+    AfterKeyUpdate,
+}
+
+async fn exchange(version: TlsVersion, cipher: TlsCipher, at: HandOver) {
+    let pki = pki();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(&pki, version, cipher));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let big = vec![b'x'; 40_000];
+    let big2 = big.clone();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        tls.write_all(b"hello-1").await.unwrap();
+        tls.flush().await.unwrap();
+        if version == TlsVersion::Tls13 {
+            tls.get_mut().1.refresh_traffic_keys().unwrap();
+        }
+        tls.write_all(b"hello-2").await.unwrap();
+        tls.write_all(&big2).await.unwrap();
+        tls.flush().await.unwrap();
+        let mut got = [0u8; 8];
+        tls.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"client-1", "read under the client's updated key");
+        tls.write_all(b"hello-3").await.unwrap();
+        tls.flush().await.unwrap();
+        let mut got = vec![0u8; 8 + 40_000];
+        tls.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..8], b"client-2");
+        tls.write_all(b"bye").await.unwrap();
+        tls.shutdown().await.unwrap();
+    });
+
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut io, early, negotiated) = handshake(&mut tcp, "localhost", Some(&pki.ca_file))
+        .await
+        .unwrap();
+    assert!(early.is_empty());
+    assert_eq!((negotiated.version, negotiated.cipher), (version, cipher));
+    if at == HandOver::AfterHandshake {
+        io = hand_over(io);
+    }
+    let mut plain = Vec::new();
+    let first = 14 + big.len();
+    assert!(read_until(&tcp, &mut io, &mut plain, first).await.unwrap());
+    assert_eq!(&plain[..14], b"hello-1hello-2");
+    assert_eq!(&plain[14..first], &big[..]);
+    if version == TlsVersion::Tls13 {
+        assert_eq!(io.key_updates, 1, "the server's KeyUpdate was seen");
+    }
+    // Our KeyUpdate answer (sealed while reading) goes out before client-1.
+    send(&mut tcp, &mut io, b"client-1").await;
+    if at == HandOver::AfterKeyUpdate {
+        io = hand_over(io);
+    }
+    assert!(read_until(&tcp, &mut io, &mut plain, first + 7)
+        .await
+        .unwrap());
+    assert_eq!(&plain[first..], b"hello-3");
+    let mut msg = b"client-2".to_vec();
+    msg.extend_from_slice(&big);
+    send(&mut tcp, &mut io, &msg).await;
+    let ended = !read_until(&tcp, &mut io, &mut plain, usize::MAX)
+        .await
+        .unwrap();
+    assert!(ended, "close_notify ends the stream");
+    assert_eq!(&plain[first + 7..], b"bye");
+    server.await.unwrap();
+}
+
+const ALL: [(TlsVersion, TlsCipher); 6] = [
+    (TlsVersion::Tls13, TlsCipher::Aes128Gcm),
+    (TlsVersion::Tls13, TlsCipher::Aes256Gcm),
+    (TlsVersion::Tls13, TlsCipher::Chacha20Poly1305),
+    (TlsVersion::Tls12, TlsCipher::Aes128Gcm),
+    (TlsVersion::Tls12, TlsCipher::Aes256Gcm),
+    (TlsVersion::Tls12, TlsCipher::Chacha20Poly1305),
+];
+
+#[tokio::test]
+async fn every_version_and_cipher_talks_to_rustls() {
+    for (v, c) in ALL {
+        exchange(v, c, HandOver::Never).await;
+    }
+}
+
+#[tokio::test]
+async fn a_session_handed_over_right_after_the_handshake_continues() {
+    for (v, c) in ALL {
+        exchange(v, c, HandOver::AfterHandshake).await;
+    }
+}
+
+#[tokio::test]
+async fn a_session_handed_over_after_a_key_update_continues() {
+    for (v, c) in ALL {
+        exchange(v, c, HandOver::AfterKeyUpdate).await;
+    }
+}
+
+#[tokio::test]
+async fn a_handed_over_session_is_fenced_and_corruption_is_caught() {
+    let pki = pki();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(
+        &pki,
+        TlsVersion::Tls13,
+        TlsCipher::Aes128Gcm,
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        tls.write_all(b"hi").await.unwrap();
+        tls.flush().await.unwrap();
+        // Whatever comes next must be a valid record, or rustls errors.
+        let mut rest = Vec::new();
+        let _ = tls.read_to_end(&mut rest).await;
+    });
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut io, _, _) = handshake(&mut tcp, "localhost", Some(&pki.ca_file))
+        .await
+        .unwrap();
+    io.set_writer(Writer::HandedOver);
+    assert!(matches!(io.seal_data(b"x"), Err(TlsError::HandedOver)));
+    assert!(matches!(io.seal_close_notify(), Err(TlsError::HandedOver)));
+    io.set_writer(Writer::Live);
+    io.seal_data(b"x").unwrap();
+
+    // A sealed record not yet written cannot be handed over.
+    assert!(matches!(io.export(), Err(TlsError::Unflushed { .. })));
+    flush(&mut tcp, &mut io).await;
+    let mut session = io.export().unwrap();
+    session.rx.seq += 1;
+    assert!(matches!(TlsIo::resume(&session), Err(TlsError::Corrupt(_))));
+
+    // A record opened with the wrong sequence number fails authentication.
+    let mut wrong = TlsIo::resume(&session.seal()).unwrap();
+    let mut plain = Vec::new();
+    let err = read_until(&tcp, &mut wrong, &mut plain, 2)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("bad_record_mac"), "{err}");
+    drop(tcp);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unknown_ca_is_refused_at_connect() {
+    let pki = pki();
+    let other = pki_other_ca();
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(
+        &pki,
+        TlsVersion::Tls13,
+        TlsCipher::Aes128Gcm,
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        assert!(acceptor.accept(tcp).await.is_err());
+    });
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let err = handshake(&mut tcp, "localhost", Some(&other.ca_file))
+        .await
+        .err()
+        .expect("an untrusted certificate must be refused");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    drop(tcp);
+    server.await.unwrap();
+
+    let missing = other.ca_file.with_file_name("absent.pem");
+    let err = super::config::roots(Some(&missing)).err().unwrap();
+    assert!(matches!(err, TlsError::CaFile { .. }), "{err}");
+    let empty = other.ca_file.with_file_name("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let err = super::config::roots(Some(&empty)).err().unwrap();
+    assert!(err.to_string().contains("no PEM certificate"), "{err}");
+}
+
+fn pki_other_ca() -> Pki {
+    pki()
+}
