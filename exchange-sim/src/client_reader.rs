@@ -5,12 +5,13 @@
 //! Everything here treats the client as hostile: no input can panic, and a
 //! protocol error only desynchronises (and stops parsing) its own connection.
 
+use crate::audit::TLS_ERROR_PREFIX;
 use crate::requests::{interpret, Request};
 use crate::state::{signalled, unix_ms, Shared};
+use crate::tls;
 use std::io;
 use std::time::Instant;
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, watch};
 
 /// Largest client frame payload or reassembled message accepted.
@@ -196,12 +197,24 @@ pub enum Command {
     Close(Option<u16>),
 }
 
-/// Why a connection's read side ended.
-fn close_reason(e: &io::Error) -> String {
+/// Why a connection's read side ended. Over TLS, a clean end is
+/// `close_notify` (seen as EOF); a bad record, a fatal alert or a bare TCP
+/// FIN is a TLS failure.
+fn close_reason(e: &io::Error, tls: bool) -> String {
     match e.kind() {
         io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => "reset".into(),
-        _ => format!("error: {e}"),
+        _ => match tls.then(|| tls::failure(e)).flatten() {
+            Some(why) => format!("{TLS_ERROR_PREFIX} {why}"),
+            None => format!("error: {e}"),
+        },
     }
+}
+
+/// The read half of a connection.
+struct Source<R> {
+    rd: R,
+    /// Whether `rd` is TLS.
+    tls: bool,
 }
 
 /// Read result: bytes, EOF, error, or shutdown.
@@ -211,31 +224,34 @@ enum Read {
     Shutdown,
 }
 
-async fn read_more(
-    rd: &mut OwnedReadHalf,
+async fn read_more<R: AsyncRead + Unpin>(
+    src: &mut Source<R>,
     buf: &mut Vec<u8>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Read {
     buf.reserve(64 * 1024);
     tokio::select! {
-        r = rd.read_buf(buf) => match r {
+        r = src.rd.read_buf(buf) => match r {
             Ok(0) => Read::Closed("eof".into()),
             Ok(_) => Read::Bytes,
-            Err(e) => Read::Closed(close_reason(&e)),
+            Err(e) => Read::Closed(close_reason(&e, src.tls)),
         },
         () = signalled(shutdown) => Read::Shutdown,
     }
 }
 
 /// The read loop of connection `id`: parse frames from `initial` and then the
-/// socket until the client closes, the stream desynchronises, or shutdown.
-pub async fn read_loop(
+/// stream (`tls` if it is TLS) until the client closes, the stream
+/// desynchronises, or shutdown.
+pub async fn read_loop<R: AsyncRead + Unpin>(
     shared: &Shared,
     id: u64,
-    mut rd: OwnedReadHalf,
+    rd: R,
     initial: Vec<u8>,
     tx: mpsc::Sender<Command>,
+    tls: bool,
 ) {
+    let mut rd = Source { rd, tls };
     let mut shutdown = shared.shutdown();
     let mut buf = initial;
     let mut assembler = Assembler::default();
@@ -272,11 +288,11 @@ pub async fn read_loop(
 
 /// After a protocol error: record it, then only drain (and discard) bytes to
 /// notice when the client goes away. The socket stays open.
-async fn desynchronised(
+async fn desynchronised<R: AsyncRead + Unpin>(
     shared: &Shared,
     id: u64,
     error: &str,
-    rd: &mut OwnedReadHalf,
+    rd: &mut Source<R>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<String> {
     tracing::warn!(conn = id, "malformed client input: {error}");

@@ -1,37 +1,49 @@
 //! One websocket connection: the writer loop (paced trade feed, replies,
-//! pings) running alongside the client reader.
+//! pings, TLS key updates) running alongside the client reader, over a plain
+//! or a TLS stream alike.
 
+use crate::audit::TLS_ERROR_PREFIX;
 use crate::client_reader::{self, Command};
 use crate::feed::TradeGenerator;
 use crate::frames::{ChunkedWriter, Encoder};
 use crate::state::{signalled, unix_ms, Shared};
+use crate::tls::{self, KeyUpdates};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
+/// What a connection runs over.
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
+    /// TLS: stream errors are told apart as TLS failures (`error: tls: …`).
+    pub tls: bool,
+    /// Where to ask for a KeyUpdate after every `.1`th message (TLS 1.3 with
+    /// `--key-update-every`).
+    pub key_updates: Option<(Arc<KeyUpdates>, u64)>,
+}
+
 /// Serve upgraded connection `id` (already registered in the audit) until it
 /// closes. `initial` holds bytes the client sent right after its upgrade request.
-pub async fn serve(
+pub async fn serve<S>(
     shared: Arc<Shared>,
     id: u64,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     initial: Vec<u8>,
-) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(%peer, "cannot set TCP_NODELAY: {e}");
-    }
-    tracing::info!(conn = id, %peer, "websocket connection open");
-    let (rd, wr) = stream.into_split();
+    transport: Transport,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    tracing::info!(conn = id, %peer, tls = transport.tls, "websocket connection open");
+    let (rd, wr) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel(256);
     tokio::join!(
-        client_reader::read_loop(&shared, id, rd, initial, tx),
-        write_loop(&shared, id, wr, rx),
+        client_reader::read_loop(&shared, id, rd, initial, tx, transport.tls),
+        write_loop(&shared, id, wr, rx, &transport),
     );
     shared.notify_progress();
     tracing::info!(conn = id, "websocket connection done");
@@ -83,12 +95,15 @@ impl Pacer {
     }
 }
 
-fn write_error_reason(e: &io::Error) -> String {
+fn write_error_reason(e: &io::Error, tls: bool) -> String {
     match e.kind() {
         io::ErrorKind::ConnectionReset
         | io::ErrorKind::ConnectionAborted
         | io::ErrorKind::BrokenPipe => "reset".into(),
-        _ => format!("error: write: {e}"),
+        _ => match tls.then(|| tls::failure(e)).flatten() {
+            Some(why) => format!("{TLS_ERROR_PREFIX} write: {why}"),
+            None => format!("error: write: {e}"),
+        },
     }
 }
 
@@ -114,12 +129,20 @@ struct Writer<'a> {
     pacer: Pacer,
     buf: Vec<u8>,
     pings: u64,
+    /// Send a KeyUpdate after every Nth message (0 = never).
+    key_update_every: u64,
+    /// Offsets in `buf` after which a KeyUpdate goes out.
+    key_update_marks: Vec<usize>,
 }
 
 impl Writer<'_> {
     fn push_text(&mut self, text: String) -> io::Result<()> {
         let pushed = self.encoder.push_text(text, &mut self.buf)?;
         self.pings += pushed.pings;
+        let every = self.key_update_every;
+        if every > 0 && self.encoder.messages() % every == 0 {
+            self.key_update_marks.push(self.buf.len());
+        }
         Ok(())
     }
 
@@ -201,9 +224,40 @@ impl Writer<'_> {
     }
 }
 
-async fn write_loop(shared: &Shared, id: u64, wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Command>) {
+/// Write `buf`, asking for a KeyUpdate (and flushing it out) at each of
+/// `marks` (increasing offsets into `buf`).
+async fn write_out<W: AsyncWrite + Unpin>(
+    out: &mut ChunkedWriter<W>,
+    buf: &[u8],
+    marks: &[usize],
+    key_updates: Option<&KeyUpdates>,
+) -> io::Result<()> {
+    let mut start = 0;
+    if let Some(key_updates) = key_updates {
+        for &mark in marks {
+            out.write_all(buf.get(start..mark).unwrap_or_default())
+                .await?;
+            key_updates.request();
+            out.flush().await?;
+            start = mark;
+        }
+    }
+    match buf.get(start..) {
+        Some(rest) if !rest.is_empty() => out.write_all(rest).await,
+        _ => Ok(()),
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    id: u64,
+    wr: W,
+    mut rx: mpsc::Receiver<Command>,
+    transport: &Transport,
+) {
     let cfg = &shared.config;
     let mut out = ChunkedWriter::new(wr, cfg.max_chunk, shaping_seed(cfg.seed, id, 1));
+    let key_updates = transport.key_updates.as_ref().map(|(k, _)| k.as_ref());
     let mut w = Writer {
         shared,
         id,
@@ -212,6 +266,8 @@ async fn write_loop(shared: &Shared, id: u64, wr: OwnedWriteHalf, mut rx: mpsc::
         pacer: Pacer::new(cfg.rate),
         buf: Vec::new(),
         pings: 0,
+        key_update_every: transport.key_updates.as_ref().map_or(0, |(_, n)| *n),
+        key_update_marks: Vec::new(),
     };
     let mut paused_rx = shared.paused();
     let mut paused = *paused_rx.borrow_and_update();
@@ -266,11 +322,15 @@ async fn write_loop(shared: &Shared, id: u64, wr: OwnedWriteHalf, mut rx: mpsc::
             });
         }
         if !w.buf.is_empty() {
-            let result = out.write_all(&w.buf).await;
+            let result = write_out(&mut out, &w.buf, &w.key_update_marks, key_updates).await;
             w.buf.clear();
+            w.key_update_marks.clear();
+            if let Some(sent) = key_updates.map(KeyUpdates::take_sent).filter(|n| *n > 0) {
+                shared.audit(|a| a.key_updates(id, sent));
+            }
             if let Err(e) = result {
                 tracing::info!(conn = id, "write failed: {e}");
-                shared.audit(|a| a.close(id, &write_error_reason(&e)));
+                shared.audit(|a| a.close(id, &write_error_reason(&e, transport.tls)));
                 shared.notify_progress();
                 return;
             }

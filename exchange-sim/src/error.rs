@@ -1,6 +1,7 @@
 //! Error types.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// Errors that stop the simulator as a whole. Per-connection problems never
 /// surface here: they are recorded in the audit instead.
@@ -25,6 +26,19 @@ pub enum SimError {
     /// Installing signal handlers or building the runtime failed.
     #[error("runtime setup failed: {0}")]
     Runtime(#[source] std::io::Error),
+    /// Generating the CA or the server certificate failed (`--tls`).
+    #[error("cannot generate the TLS certificates: {0}")]
+    Certificate(#[source] rcgen::Error),
+    /// rustls refused the server configuration (`--tls`).
+    #[error("cannot configure TLS: {0}")]
+    TlsConfig(#[source] tokio_rustls::rustls::Error),
+    /// The CA certificate could not be written to `--tls-ca-out`.
+    #[error("cannot write the CA certificate to {}: {source}", path.display())]
+    WriteCa {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why the REST order API refused a request. Each variant maps to a

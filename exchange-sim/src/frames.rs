@@ -61,6 +61,11 @@ impl Encoder {
         }
     }
 
+    /// Messages pushed so far (the number of the latest one).
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+
     /// If the next message should carry padding, the size to pad it to.
     pub fn next_pad(&self) -> usize {
         if nth(self.messages + 1, self.shaping.big_every) {
@@ -147,7 +152,8 @@ impl Encoder {
 
 /// Writes bytes either whole or in random chunks of `1..=max_chunk` bytes,
 /// flushing after each chunk so chunks become separate TCP segments (with
-/// `TCP_NODELAY`). Chunk boundaries ignore frame boundaries.
+/// `TCP_NODELAY`) and, over TLS, separate records. Chunk boundaries ignore
+/// frame boundaries.
 #[derive(Debug)]
 pub struct ChunkedWriter<W> {
     inner: W,
@@ -182,7 +188,13 @@ impl<W: AsyncWrite + Unpin> ChunkedWriter<W> {
         Ok(())
     }
 
-    /// Shut down the write direction (sends FIN).
+    /// Flush what the inner writer buffers (over TLS: pending records, and a
+    /// requested KeyUpdate).
+    pub async fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush().await
+    }
+
+    /// Shut down the write direction (over TLS `close_notify`, then FIN).
     pub async fn shutdown(&mut self) -> io::Result<()> {
         self.inner.shutdown().await
     }

@@ -18,9 +18,9 @@
 //! The simulator audits those acks per connection and stream (gaps,
 //! duplicates, reordering, unknown ids, the longest silence between acks) and
 //! records protocol violations (unmasked or malformed frames). The audit is
-//! served as JSON over plain HTTP on the same port (`GET /audit`, optionally
-//! `?wait_acked_ms=N` to wait until everything sent has been acked), next to
-//! `GET /pause`, `GET /resume` and `GET /health`.
+//! served as JSON over HTTP (plain, or TLS with `--tls`) on the same port
+//! (`GET /audit`, optionally `?wait_acked_ms=N` to wait until everything sent
+//! has been acked), next to `GET /pause`, `GET /resume` and `GET /health`.
 //!
 //! # Order API
 //!
@@ -63,8 +63,54 @@
 //! malformed requests not counted) with `-2010 Insufficient balance.`, and a
 //! rejected order's client id stays free.
 //!
+//! # TLS (`--tls`)
+//!
+//! With `--tls` the same port also serves `wss://` and `https://`. At start
+//! the simulator generates (rcgen, ECDSA P-256) a self-signed CA and a server
+//! certificate for `localhost`, `127.0.0.1` and `::1` signed by it; the keys
+//! stay in memory and only the CA certificate is written, as PEM, to
+//! `--tls-ca-out PATH` (through a temporary file and a rename, before
+//! `listening` is printed; stdout then says `tls-ca PATH` on the next line).
+//! In-process, [`SimHandle::tls_ca_pem`] gives the same text.
+//!
+//! Each accepted socket is told apart by its first byte: `0x16` (a TLS
+//! handshake record) is handed to rustls, anything else is served as plain
+//! HTTP exactly as without `--tls`, so `/audit` and the other endpoints keep
+//! working over plain HTTP. After the handshake, a TLS stream gets the very
+//! same HTTP and websocket handling; `--max-chunk` then turns every chunk
+//! into a TLS record of its own (adversarial record boundaries).
+//!
+//! `--tls-versions 1.2,1.3` and `--tls-ciphers aes128gcm,aes256gcm,chacha20`
+//! restrict what the server negotiates (TLS 1.2 uses the ECDHE-ECDSA suite of
+//! each AEAD). `--key-update-every N` makes the server send a TLS 1.3
+//! KeyUpdate requesting the client's own after every Nth websocket message
+//! of a connection (TLS 1.2 connections are left alone).
+//!
+//! The audit shows per connection `tls` (`null`, or `{"version":"1.3",
+//! "cipher":"TLS13_AES_128_GCM_SHA256"}`) and `tls_key_updates`, and in its
+//! totals `tls_handshakes`, `tls_handshake_failures`, `tls_key_updates` and
+//! `tls_errors`. A connection ended by a TLS failure (a record that does not
+//! decrypt, a fatal alert, a TCP FIN without `close_notify` before any
+//! websocket close) is closed by `error: tls: …` and counted in
+//! `tls_errors`; `close_notify` is a clean `eof`. A hostile or garbage
+//! ClientHello is logged and counted as a handshake failure, never a panic.
+//!
 //! Entry points: [`cli_main`] for the binary, [`run`] to run with flags until
 //! SIGINT/SIGTERM, and [`Sim`] / [`bind`] to embed the simulator in tests.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), exchange_sim::SimError> {
+//! use clap::Parser;
+//! let args = exchange_sim::Args::parse_from([
+//!     "exchange-sim", "--tls", "--tls-ca-out", "ca.pem", "--key-update-every", "100",
+//! ]);
+//! let sim = exchange_sim::Sim::bind(args).await?;
+//! println!("wss://localhost:{}/ws", sim.local_addr().port());
+//! let ca_pem = sim.handle().tls_ca_pem(); // also in ca.pem
+//! # let _ = ca_pem;
+//! sim.serve().await
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
 
@@ -86,16 +132,20 @@ mod rest;
 mod rng;
 mod server;
 mod state;
+mod tls;
 
 pub use args::Args;
 pub use error::{ApiError, SimError};
+pub use tls::{TlsCipher, TlsInfo, TlsVersion, SERVER_NAMES as TLS_SERVER_NAMES};
 
 use state::{Config, Shared};
 use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use tls::TlsServer;
 use tokio::net::TcpListener;
 
 /// A bound, not yet serving simulator.
@@ -139,6 +189,12 @@ impl SimHandle {
         self.shared.orders_audit_json()
     }
 
+    /// The CA certificate (PEM) the TLS server certificate chains to, if
+    /// `--tls` is on (the same text `--tls-ca-out` writes).
+    pub fn tls_ca_pem(&self) -> Option<String> {
+        self.shared.tls.as_ref().map(|t| t.ca_pem().to_owned())
+    }
+
     /// Set the reference price of `symbol` (upper case, e.g. `BTCUSDT`) to
     /// `cents` hundredths, as if the feed had just traded there; the next
     /// generated trade of the symbol replaces it. False if the symbol is not
@@ -164,10 +220,34 @@ fn validate(args: &Args) -> Result<(), SimError> {
     Ok(())
 }
 
+/// Write `pem` to `path` through a temporary file in the same directory, so
+/// a reader never sees a partial certificate.
+fn write_ca(path: &Path, pem: &str) -> Result<(), SimError> {
+    let err = |source| SimError::WriteCa {
+        path: path.to_owned(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, pem).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(e)
+    })
+}
+
 impl Sim {
-    /// Validate `args` and bind the listening socket.
+    /// Validate `args`, generate the TLS certificates (`--tls`), bind the
+    /// listening socket, and write the CA certificate to `--tls-ca-out`.
     pub async fn bind(args: Args) -> Result<Self, SimError> {
         validate(&args)?;
+        let tls = if args.tls {
+            let tls = TlsServer::new(&args.tls_versions, &args.tls_ciphers, args.key_update_every)?;
+            Some(tls)
+        } else {
+            None
+        };
         let listener = TcpListener::bind(args.listen)
             .await
             .map_err(|source| SimError::Bind {
@@ -178,7 +258,10 @@ impl Sim {
             addr: args.listen,
             source,
         })?;
-        let shared = Arc::new(Shared::new(Config::from_args(&args)));
+        if let (Some(tls), Some(path)) = (&tls, &args.tls_ca_out) {
+            write_ca(path, tls.ca_pem())?;
+        }
+        let shared = Arc::new(Shared::new(Config::from_args(&args), tls));
         Ok(Self {
             listener,
             addr,
@@ -220,12 +303,17 @@ pub async fn bind(
     Ok((sim.local_addr(), sim.serve()))
 }
 
-/// Bind, print `listening ADDR` on stdout, and serve until SIGINT or SIGTERM.
+/// Bind, print `listening ADDR` on stdout (then, with `--tls-ca-out`,
+/// `tls-ca PATH`), and serve until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> Result<(), SimError> {
+    let ca_out = args.tls_ca_out.clone().filter(|_| args.tls);
     let sim = Sim::bind(args).await?;
     {
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "listening {}", sim.local_addr()).map_err(SimError::Stdout)?;
+        if let Some(path) = ca_out {
+            writeln!(stdout, "tls-ca {}", path.display()).map_err(SimError::Stdout)?;
+        }
         stdout.flush().map_err(SimError::Stdout)?;
     }
     let handle = sim.handle();

@@ -6,6 +6,7 @@ use crate::audit::Audit;
 use crate::frames::Shaping;
 use crate::orders::Book;
 use crate::prices::ReferencePrices;
+use crate::tls::TlsServer;
 use crate::Args;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -68,6 +69,8 @@ pub struct Shared {
     orders: Mutex<Book>,
     /// Latest generated trade price per symbol.
     pub prices: ReferencePrices,
+    /// The TLS side (`--tls`), if on.
+    pub tls: Option<TlsServer>,
     progress: watch::Sender<u64>,
     paused: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
@@ -81,8 +84,8 @@ pub fn unix_ms() -> u64 {
 }
 
 impl Shared {
-    /// Fresh state for `config`.
-    pub fn new(config: Config) -> Self {
+    /// Fresh state for `config`, serving TLS too if `tls` is given.
+    pub fn new(config: Config, tls: Option<TlsServer>) -> Self {
         let prices = ReferencePrices::new(&config.streams);
         let book = Book::new(prices.symbols(), config.order_reject_every);
         Self {
@@ -90,6 +93,7 @@ impl Shared {
             audit: Mutex::new(Audit::new(Instant::now())),
             orders: Mutex::new(book),
             prices,
+            tls,
             progress: watch::Sender::new(0),
             paused: watch::Sender::new(false),
             shutdown: watch::Sender::new(false),

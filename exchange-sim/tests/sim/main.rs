@@ -9,3 +9,4 @@ mod orders;
 mod protocol;
 mod raw;
 mod support;
+mod tls;

@@ -7,6 +7,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
@@ -87,12 +88,12 @@ pub async fn subscribe(addr: SocketAddr, path: &str, streams: &[&str]) -> (Ws, V
 }
 
 /// The next text message as JSON (control frames are handled by tungstenite).
-pub async fn next_json(ws: &mut Ws) -> Value {
+pub async fn next_json<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> Value {
     let text = next_text(ws).await;
     serde_json::from_str(&text).expect("message is JSON")
 }
 
-pub async fn next_text(ws: &mut Ws) -> String {
+pub async fn next_text<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> String {
     loop {
         let msg = tokio::time::timeout(PATIENCE, ws.next())
             .await
@@ -128,7 +129,11 @@ pub fn tick(msg: &Value) -> Tick {
     }
 }
 
-pub async fn ack(ws: &mut Ws, stream: &str, t: u64) {
+pub async fn ack<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    stream: &str,
+    t: u64,
+) {
     let msg = format!(r#"{{"method":"ack","stream":"{stream}","t":{t}}}"#);
     ws.send(Message::text(msg)).await.expect("send ack");
 }

@@ -3,9 +3,13 @@
 //! Pure bookkeeping (no I/O, no locking); the simulator wraps it in a
 //! mutex. Serialises to the `GET /audit` JSON.
 
+use crate::tls::TlsInfo;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+/// How the close reason of a connection ended by a TLS failure starts.
+pub const TLS_ERROR_PREFIX: &str = "error: tls:";
 
 /// At most this many error strings are kept per connection.
 const MAX_ERRORS: usize = 16;
@@ -142,8 +146,14 @@ pub struct ConnAudit {
     pub peer: String,
     /// Request path of the upgrade (`/ws`, `/stream`, …).
     pub path: String,
-    /// `null` while open; `close_frame`, `eof`, `reset`, `shutdown` or `error: …`.
+    /// `null` while open; `close_frame`, `eof`, `reset`, `shutdown` or `error: …`
+    /// (`error: tls: …` for a TLS failure: a bad record, an alert, the peer
+    /// closing without `close_notify` before a websocket close).
     pub closed_by: Option<String>,
+    /// `null` for a plain connection, else the negotiated version and suite.
+    pub tls: Option<TlsInfo>,
+    /// KeyUpdates the server sent on this connection (`--key-update-every`).
+    pub tls_key_updates: u64,
     /// Streams subscribed, in subscription order.
     pub subscribed: Vec<String>,
     /// Complete client frames parsed (data and control).
@@ -219,6 +229,24 @@ pub struct Totals {
     pub malformed: u64,
     pub unmasked: u64,
     pub closed: u64,
+    /// Completed TLS handshakes (websocket and plain HTTP alike).
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed (garbage, alerts, timeouts, hang-ups).
+    pub tls_handshake_failures: u64,
+    /// KeyUpdates sent.
+    pub tls_key_updates: u64,
+    /// Websocket connections closed by a TLS failure (`error: tls: …`), plus
+    /// HTTP requests cut short by one.
+    pub tls_errors: u64,
+}
+
+/// TLS events that are not tied to a websocket connection.
+#[derive(Debug, Default, Clone, Copy)]
+struct TlsCounters {
+    handshakes: u64,
+    handshake_failures: u64,
+    key_updates: u64,
+    errors: u64,
 }
 
 #[derive(Serialize)]
@@ -236,6 +264,7 @@ pub struct Audit {
     connections: BTreeMap<u64, ConnAudit>,
     next_id: u64,
     clock: ActiveClock,
+    tls: TlsCounters,
 }
 
 impl Default for Audit {
@@ -255,6 +284,7 @@ impl Audit {
                 paused_since: None,
                 paused_total: Duration::ZERO,
             },
+            tls: TlsCounters::default(),
         }
     }
 
@@ -269,6 +299,8 @@ impl Audit {
                 peer,
                 path,
                 closed_by: None,
+                tls: None,
+                tls_key_updates: 0,
                 subscribed: Vec::new(),
                 frames_received: 0,
                 malformed: 0,
@@ -298,13 +330,48 @@ impl Audit {
         self.connections.get(&id)
     }
 
-    /// Mark a connection closed (the first reason wins).
+    /// Mark a connection closed (the first reason wins; one starting with
+    /// [`TLS_ERROR_PREFIX`] counts as a TLS error).
     pub fn close(&mut self, id: u64, reason: &str) {
-        if let Some(c) = self.conn(id) {
-            if c.closed_by.is_none() {
-                c.closed_by = Some(reason.to_owned());
+        let Some(c) = self.connections.get_mut(&id) else {
+            return;
+        };
+        if c.closed_by.is_none() {
+            c.closed_by = Some(reason.to_owned());
+            if reason.starts_with(TLS_ERROR_PREFIX) {
+                self.tls.errors += 1;
             }
         }
+    }
+
+    /// Count a TLS handshake, completed or failed.
+    pub fn tls_handshake(&mut self, completed: bool) {
+        if completed {
+            self.tls.handshakes += 1;
+        } else {
+            self.tls.handshake_failures += 1;
+        }
+    }
+
+    /// Record what connection `id` negotiated.
+    pub fn set_tls(&mut self, id: u64, info: TlsInfo) {
+        if let Some(c) = self.conn(id) {
+            c.tls = Some(info);
+        }
+    }
+
+    /// Record `count` KeyUpdates sent on connection `id`.
+    pub fn key_updates(&mut self, id: u64, count: u64) {
+        self.tls.key_updates += count;
+        if let Some(c) = self.conn(id) {
+            c.tls_key_updates += count;
+        }
+    }
+
+    /// Count a TLS failure outside any websocket connection (an HTTP request
+    /// cut short by it).
+    pub fn tls_error(&mut self) {
+        self.tls.errors += 1;
     }
 
     /// Record a malformed frame: the connection's reader stops parsing.
@@ -387,7 +454,13 @@ impl Audit {
 
     /// Sums over all connections.
     pub fn totals(&self) -> Totals {
-        let mut t = Totals::default();
+        let mut t = Totals {
+            tls_handshakes: self.tls.handshakes,
+            tls_handshake_failures: self.tls.handshake_failures,
+            tls_key_updates: self.tls.key_updates,
+            tls_errors: self.tls.errors,
+            ..Totals::default()
+        };
         for c in self.connections.values() {
             t.malformed += c.malformed;
             t.unmasked += c.unmasked;
@@ -424,116 +497,4 @@ impl Audit {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn stream_with_sent(n: u64) -> StreamAudit {
-        let mut s = StreamAudit::new();
-        s.sent = n;
-        s.last_sent = n;
-        s
-    }
-
-    #[test]
-    fn in_order_acks_are_clean() {
-        let mut s = stream_with_sent(3);
-        for t in 1..=3 {
-            assert_eq!(s.ack(t), AckOutcome::InOrder);
-        }
-        assert_eq!((s.acked, s.last_acked, s.unacked()), (3, 3, 0));
-    }
-
-    #[test]
-    fn gaps_reorders_duplicates_unknowns() {
-        let mut s = stream_with_sent(10);
-        assert_eq!(s.ack(1), AckOutcome::InOrder);
-        assert_eq!(s.ack(4), AckOutcome::Gap);
-        assert_eq!(s.gaps, 2);
-        assert_eq!(s.ack(3), AckOutcome::Reordered);
-        assert_eq!(s.ack(3), AckOutcome::Duplicate);
-        assert_eq!(s.ack(2), AckOutcome::Reordered);
-        assert_eq!(s.ack(4), AckOutcome::Duplicate);
-        assert_eq!(s.ack(11), AckOutcome::Unknown);
-        assert_eq!(s.ack(0), AckOutcome::Unknown);
-        assert_eq!(s.ack(5), AckOutcome::InOrder);
-        assert_eq!(
-            (s.acked, s.gaps, s.reordered, s.duplicates, s.unknown_acks),
-            (3, 2, 2, 2, 2)
-        );
-        assert_eq!(s.unacked(), 5);
-    }
-
-    #[test]
-    fn missing_ranges_split_and_stay_bounded() {
-        let mut m = MissingIds::default();
-        m.insert(10, 20);
-        assert!(m.remove(15));
-        assert!(!m.remove(15));
-        assert!(m.remove(10) && m.remove(20) && m.remove(14) && m.remove(16));
-        assert!(!m.remove(21) && !m.remove(9));
-        for i in 0..(MAX_MISSING_RANGES as u64 + 10) {
-            m.insert(100 + 2 * i, 100 + 2 * i);
-        }
-        assert_eq!(m.ranges.len(), MAX_MISSING_RANGES);
-    }
-
-    #[test]
-    fn ack_gap_excludes_paused_time_and_json_has_contract_fields() {
-        let t0 = Instant::now();
-        let mut a = Audit::new(t0);
-        let id = a.open("127.0.0.1:1".into(), "/ws".into());
-        a.subscribe(id, &["btcusdt@trade".into()]);
-        a.sent(id, "btcusdt@trade", 2, 2);
-        a.ack(id, "btcusdt@trade", 1, t0 + Duration::from_millis(10), 1);
-        a.pause(t0 + Duration::from_millis(20));
-        a.resume(t0 + Duration::from_millis(1020));
-        assert!(!a.all_acked());
-        a.ack(id, "btcusdt@trade", 2, t0 + Duration::from_millis(1030), 2);
-        assert!(a.all_acked());
-        let c = a.conn_ref(id).expect("registered");
-        assert_eq!(c.max_ack_gap_us, 20_000);
-        let v: serde_json::Value = serde_json::from_str(&a.to_json()).expect("json");
-        assert_eq!(v["connections_total"], 1);
-        assert_eq!(v["connections_open"], 1);
-        let c = &v["connections"][0];
-        for key in [
-            "id",
-            "peer",
-            "closed_by",
-            "subscribed",
-            "frames_received",
-            "malformed",
-            "unmasked",
-            "pings_sent",
-            "pongs_received",
-            "max_ack_gap_us",
-            "errors",
-        ] {
-            assert!(c.get(key).is_some(), "missing {key}");
-        }
-        assert!(c["closed_by"].is_null());
-        let s = &c["streams"]["btcusdt@trade"];
-        assert_eq!(s["sent"], 2);
-        assert_eq!(s["last_acked"], 2);
-        for key in [
-            "sent",
-            "acked",
-            "unacked",
-            "gaps",
-            "duplicates",
-            "reordered",
-            "unknown_acks",
-            "malformed",
-            "unmasked",
-            "closed",
-        ] {
-            assert!(v["totals"].get(key).is_some(), "missing totals.{key}");
-        }
-        a.close(id, "eof");
-        a.close(id, "reset");
-        assert_eq!(
-            a.conn_ref(id).and_then(|c| c.closed_by.clone()),
-            Some("eof".into())
-        );
-    }
-}
+mod tests;
