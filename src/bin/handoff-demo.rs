@@ -26,6 +26,8 @@ struct Opts {
     rate: u32,
     trades: u64,
     interval: Duration,
+    /// Feeds over wss:// (the simulator's TLS, KeyUpdates included).
+    tls: bool,
 }
 
 fn parse() -> anyhow::Result<Opts> {
@@ -35,6 +37,7 @@ fn parse() -> anyhow::Result<Opts> {
         rate: 1000,
         trades: 8000,
         interval: Duration::from_millis(700),
+        tls: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -45,8 +48,9 @@ fn parse() -> anyhow::Result<Opts> {
             "--rate" => o.rate = val()?.parse()?,
             "--trades" => o.trades = val()?.parse()?,
             "--interval-ms" => o.interval = Duration::from_millis(val()?.parse()?),
+            "--tls" => o.tls = true,
             "-h" | "--help" => {
-                println!("handoff-demo [--upgrades N] [--connections N] [--rate TRADES_PER_S] [--trades PER_STREAM] [--interval-ms MS]");
+                println!("handoff-demo [--upgrades N] [--connections N] [--rate TRADES_PER_S] [--trades PER_STREAM] [--interval-ms MS] [--tls]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -112,6 +116,9 @@ fn run() -> anyhow::Result<bool> {
         let mut b = ClusterBuilder::new(bins.clone())
             .connections(o.connections)
             .sim_args(feed(finite));
+        if o.tls {
+            b = b.tls().sim_args(["--key-update-every", "500"]);
+        }
         if rest {
             b = b
                 .rest()

@@ -70,6 +70,8 @@ pub struct ClusterBuilder {
     copy_worker: bool,
     /// Trade over the simulator's REST API instead of on paper.
     rest: bool,
+    /// Feeds over `wss://` (the simulator's own CA passed to the worker).
+    tls: bool,
     /// Extra environment for the supervisor (and so its workers).
     env: Vec<(String, String)>,
     quiet: bool,
@@ -86,6 +88,7 @@ impl ClusterBuilder {
             worker_args: Vec::new(),
             copy_worker: false,
             rest: false,
+            tls: false,
             env: Vec::new(),
             quiet: true,
         }
@@ -133,6 +136,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Feeds over `wss://`: the simulator serves TLS with a CA it makes at
+    /// start (`--tls --tls-ca-out`), which the worker trusts (`--ca-file`).
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     pub fn copy_worker(mut self) -> Self {
         self.copy_worker = true;
         self
@@ -154,7 +164,21 @@ impl ClusterBuilder {
                 path: std::env::temp_dir(),
                 source: e,
             })?;
-        let sim = Sim::start(&self.bins.sim, &self.sim_args)?;
+        let ca_file = dir.path().join("sim-ca.pem");
+        let mut sim_args = self.sim_args.clone();
+        if self.tls {
+            sim_args.extend([
+                "--tls".to_string(),
+                "--tls-ca-out".to_string(),
+                ca_file.display().to_string(),
+            ]);
+        }
+        let sim = Sim::start(&self.bins.sim, &sim_args)?;
+        let feed_url = if self.tls {
+            sim.wss_url()
+        } else {
+            sim.ws_url()
+        };
         let worker_path = if self.copy_worker {
             let p = dir.path().join("trading-worker");
             copy_exec(&self.bins.worker, &p)?;
@@ -175,7 +199,7 @@ impl ClusterBuilder {
         args.push("--".into());
         for _ in 0..self.connections {
             args.push("--feed".into());
-            args.push(sim.ws_url().into());
+            args.push(feed_url.clone().into());
         }
         args.extend([
             "--symbols".into(),
@@ -183,6 +207,10 @@ impl ClusterBuilder {
             "--ack".into(),
         ]);
         args.extend(self.worker_args.iter().map(Into::into));
+        if self.tls {
+            args.push("--ca-file".into());
+            args.push(ca_file.into());
+        }
         if self.rest {
             args.push("--rest".into());
             args.push(format!("http://{}", sim.addr).into());

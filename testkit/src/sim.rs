@@ -36,6 +36,8 @@ impl Sim {
             .take()
             .ok_or(TestkitError::Protocol("sim has no stdout".into()))?;
         let mut reader = BufReader::new(stdout);
+        // `listening ADDR` comes first; later lines (the CA file of --tls)
+        // are not needed here.
         let mut line = String::new();
         reader
             .read_line(&mut line)
@@ -57,6 +59,13 @@ impl Sim {
     /// The websocket URL of the feed.
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
+    }
+
+    /// The `wss://` URL of the feed (the simulator's certificate names
+    /// `localhost`); needs `--tls`.
+    pub fn wss_url(&self) -> String {
+        let port = self.addr.rsplit(':').next().unwrap_or_default();
+        format!("wss://localhost:{port}/ws")
     }
 
     /// `GET path` on the simulator, parsed as JSON.

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::cluster;
 
 /// Wait for a worker other than `dead` to serve, and return the status.
-fn wait_replaced(c: &Cluster, dead: u32, within: Duration) -> Value {
+pub(crate) fn wait_replaced(c: &Cluster, dead: u32, within: Duration) -> Value {
     wait_for("a new worker to serve", within, || {
         let s = c.status()?;
         let serving =

@@ -8,7 +8,7 @@ use crate::{assert_nothing_lost, cluster, HOSTILE_FEED};
 
 /// Upgrade to `binary`, expect a refusal or rollback naming `why`, and check
 /// that the same worker still serves.
-fn expect_failed_upgrade(c: &handoff_testkit::Cluster, binary: &Path, why: &str) {
+pub(crate) fn expect_failed_upgrade(c: &handoff_testkit::Cluster, binary: &Path, why: &str) {
     let pid = c.worker_pid().unwrap();
     let before = c.status().unwrap()["handoffs"]["failed"].as_u64().unwrap();
     let out = c.upgrade(Some(binary)).unwrap();

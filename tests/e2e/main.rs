@@ -11,6 +11,7 @@ mod fault_matrix;
 mod operator;
 mod orders;
 mod probation;
+mod tls;
 mod upgrades;
 
 use std::time::Duration;
@@ -79,16 +80,22 @@ pub fn assert_nothing_lost(sim: &handoff_testkit::Sim, connections: usize) -> Va
     audit
 }
 
+/// Wait until the exchange has received acks beyond those it has now.
+pub fn wait_for_more_acks(sim: &handoff_testkit::Sim, what: &str) {
+    let acked = |a: &Value| a["totals"]["acked"].as_u64().unwrap_or(0);
+    let before = acked(&sim.audit().unwrap());
+    wait_for(what, Duration::from_secs(10), || {
+        Ok((acked(&sim.audit()?) > before).then_some(()))
+    })
+    .unwrap();
+}
+
 /// After a crash: the exchange saw no close, no malformed frame (the new
 /// worker parsed the stream from a frame boundary), no duplicate or
 /// reordered ack, and acks went on. Trades the dead worker had taken from the
 /// kernel but not acked are the loss recovery reports (ack gaps).
 pub fn assert_connections_survived(c: &handoff_testkit::Cluster, connections: usize) -> Value {
-    let before = c.sim.audit().unwrap()["totals"]["acked"].as_u64().unwrap();
-    wait_for("acks to resume", Duration::from_secs(10), || {
-        Ok((c.sim.audit()?["totals"]["acked"].as_u64().unwrap_or(0) > before).then_some(()))
-    })
-    .unwrap();
+    wait_for_more_acks(&c.sim, "acks to resume");
     c.sim.pause().unwrap();
     let audit = c.sim.audit_when_acked(Duration::from_secs(10)).unwrap();
     let t = &audit["totals"];

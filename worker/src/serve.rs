@@ -63,6 +63,9 @@ pub(crate) struct Worker<A: App> {
     lost: Vec<crate::conn::Feed>,
     /// Schema of checkpoints, when the supervisor asked for another one.
     checkpoint_schema: Option<u32>,
+    /// Lowest id a new connection may take: ids are never reused by a
+    /// worker, so a re-opened feed is told apart from the one it replaces.
+    pub(crate) id_floor: u32,
 }
 
 impl<A: App> Worker<A> {
@@ -77,6 +80,7 @@ impl<A: App> Worker<A> {
             deferred: Vec::new(),
             gate: EffectGate::Open,
             lost: Vec::new(),
+            id_floor: 0,
             checkpoint_schema: None,
         }
     }

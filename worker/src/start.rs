@@ -234,6 +234,7 @@ impl<A: App> Worker<A> {
     /// their feeds count as missing and are opened fresh.
     pub(crate) async fn drop_stale(&mut self, stale: Vec<Stale>) -> Result<(), WorkerError> {
         for s in stale {
+            self.id_floor = self.id_floor.max(s.id.0 + 1);
             warn!(conn = %s.id, name = %s.name, "TLS session not continued after a crash: connecting again");
             if let Some(link) = self.link.as_mut() {
                 link.send(&FromWorker::Unregister {
@@ -246,13 +247,15 @@ impl<A: App> Worker<A> {
         Ok(())
     }
 
-    fn next_conn_id(&self) -> ConnId {
-        ConnId(
-            self.conns()
-                .iter()
-                .map(|c| c.info.id.0 + 1)
-                .max()
-                .unwrap_or(0),
-        )
+    fn next_conn_id(&mut self) -> ConnId {
+        let id = self
+            .conns()
+            .iter()
+            .map(|c| c.info.id.0 + 1)
+            .max()
+            .unwrap_or(0)
+            .max(self.id_floor);
+        self.id_floor = id + 1;
+        ConnId(id)
     }
 }

@@ -67,6 +67,8 @@ pub(crate) struct TlsIo {
     reading: Reading,
     /// KeyUpdates received so far (for logs and tests).
     pub(crate) key_updates: u64,
+    /// NewSessionTickets received (and dropped) so far.
+    pub(crate) tickets: u64,
 }
 
 impl TlsIo {
@@ -81,6 +83,7 @@ impl TlsIo {
             writer: Writer::Live,
             reading: Reading::Open,
             key_updates: 0,
+            tickets: 0,
         }
     }
 
@@ -212,7 +215,7 @@ impl TlsIo {
             let msg: Vec<u8> = self.hs.drain(..4 + len).collect();
             match msg[0] {
                 // Session resumption is off: tickets are not kept.
-                HS_NEW_SESSION_TICKET => {}
+                HS_NEW_SESSION_TICKET => self.tickets += 1,
                 // No renegotiation (RFC 5746 lets a client ignore it).
                 HS_HELLO_REQUEST => {}
                 HS_KEY_UPDATE => self.key_update(&msg[4..])?,

@@ -82,6 +82,18 @@ fn server_config(pki: &Pki, version: TlsVersion, cipher: TlsCipher) -> Arc<Serve
     Arc::new(config)
 }
 
+/// A rustls server on a loopback port, offering only `version` and `cipher`.
+async fn listen(
+    pki: &Pki,
+    version: TlsVersion,
+    cipher: TlsCipher,
+) -> (TcpListener, std::net::SocketAddr, tokio_rustls::TlsAcceptor) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(pki, version, cipher));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr, acceptor)
+}
+
 /// Read through `io` until `plain` holds `want` bytes; Ok(false) at end of
 /// stream.
 async fn read_until(
@@ -138,9 +150,7 @@ enum HandOver {
 
 async fn exchange(version: TlsVersion, cipher: TlsCipher, at: HandOver) {
     let pki = pki();
-    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(&pki, version, cipher));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr, acceptor) = listen(&pki, version, cipher).await;
     let big = vec![b'x'; 40_000];
     let big2 = big.clone();
     let server = tokio::spawn(async move {
@@ -182,9 +192,18 @@ async fn exchange(version: TlsVersion, cipher: TlsCipher, at: HandOver) {
     assert_eq!(&plain[14..first], &big[..]);
     if version == TlsVersion::Tls13 {
         assert_eq!(io.key_updates, 1, "the server's KeyUpdate was seen");
+        assert_eq!(
+            io.tickets, 2,
+            "rustls sends two tickets after the handshake"
+        );
     }
     // Our KeyUpdate answer (sealed while reading) goes out before client-1.
     send(&mut tcp, &mut io, b"client-1").await;
+    if version == TlsVersion::Tls13 {
+        // Our KeyUpdate went out under the old key; client-1 is record 0
+        // of the new one.
+        assert_eq!(io.seqs().0, 1, "the KeyUpdate was answered");
+    }
     if at == HandOver::AfterKeyUpdate {
         io = hand_over(io);
     }
@@ -236,13 +255,7 @@ async fn a_session_handed_over_after_a_key_update_continues() {
 #[tokio::test]
 async fn a_handed_over_session_is_fenced_and_corruption_is_caught() {
     let pki = pki();
-    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(
-        &pki,
-        TlsVersion::Tls13,
-        TlsCipher::Aes128Gcm,
-    ));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr, acceptor) = listen(&pki, TlsVersion::Tls13, TlsCipher::Aes128Gcm).await;
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let mut tls = acceptor.accept(tcp).await.unwrap();
@@ -284,13 +297,7 @@ async fn a_handed_over_session_is_fenced_and_corruption_is_caught() {
 async fn an_unknown_ca_is_refused_at_connect() {
     let pki = pki();
     let other = pki_other_ca();
-    let acceptor = tokio_rustls::TlsAcceptor::from(server_config(
-        &pki,
-        TlsVersion::Tls13,
-        TlsCipher::Aes128Gcm,
-    ));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr, acceptor) = listen(&pki, TlsVersion::Tls13, TlsCipher::Aes128Gcm).await;
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         assert!(acceptor.accept(tcp).await.is_err());
