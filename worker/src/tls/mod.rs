@@ -109,8 +109,30 @@ pub const AVAILABLE_ULP: &str = "/proc/sys/net/ipv4/tcp_available_ulp";
 /// Read [`AVAILABLE_ULP`].
 pub fn kernel_tls() -> KernelTls {
     match std::fs::read_to_string(AVAILABLE_ULP) {
-        Ok(ulps) if ulps.split_whitespace().any(|u| u == "tls") => KernelTls::Available,
-        Ok(ulps) => KernelTls::Absent(format!("{AVAILABLE_ULP}: {:?}", ulps.trim())),
+        Ok(ulps) => kernel_tls_in(&ulps),
         Err(e) => KernelTls::Absent(format!("{AVAILABLE_ULP}: {e}")),
+    }
+}
+
+/// What the content of [`AVAILABLE_ULP`] says.
+fn kernel_tls_in(ulps: &str) -> KernelTls {
+    if ulps.split_whitespace().any(|u| u == "tls") {
+        KernelTls::Available
+    } else {
+        KernelTls::Absent(format!("{AVAILABLE_ULP}: {:?}", ulps.trim()))
+    }
+}
+
+#[cfg(test)]
+mod detection_tests {
+    use super::*;
+
+    #[test]
+    fn tls_must_be_listed_as_a_whole_word() {
+        assert_eq!(kernel_tls_in("mptcp tls\n"), KernelTls::Available);
+        assert!(matches!(kernel_tls_in("mptcp\n"), KernelTls::Absent(_)));
+        assert!(matches!(kernel_tls_in("espintcp tlsx"), KernelTls::Absent(_)));
+        // This machine: say which path it takes.
+        eprintln!("kernel TLS here: {:?}; records are protected in user space", kernel_tls());
     }
 }
