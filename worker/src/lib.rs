@@ -22,7 +22,11 @@
 //!   to exit (without touching the connections);
 //! - **the stream** ([`stream::HandoffStream`]) sits below tungstenite and only
 //!   ever takes whole websocket frames out of the kernel, so tungstenite's
-//!   buffer is empty between messages and the leftovers are known exactly.
+//!   buffer is empty between messages and the leftovers are known exactly;
+//! - **TLS** ([`tls`]): a `wss://` feed's session moves with its socket. rustls
+//!   does the handshake; the record layer is this crate's own, in every owner
+//!   of the connection, so its keys and sequence numbers are handed over at a
+//!   freeze beside the leftovers, and exactly one process ever seals records.
 //!
 //! ```no_run
 //! use handoff_worker::{App, AppError, Feed, Outbox, Settings};

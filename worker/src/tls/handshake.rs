@@ -1,5 +1,5 @@
 //! The TLS handshake of a new `wss://` connection, by rustls, fed whole
-//! records only, then the move of its keys into our [`RecordLayer`].
+//! records only, then the move of its keys into our `RecordLayer`.
 //!
 //! rustls buffers whatever it is given and offers no way to take ciphertext
 //! back out. So during the handshake only whole records are taken from the

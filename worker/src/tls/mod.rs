@@ -12,11 +12,11 @@
 //!    connection, the first worker included, protects records itself: AES-128-GCM,
 //!    AES-256-GCM and ChaCha20-Poly1305 over `ring`, TLS 1.3's KeyUpdate in both
 //!    directions, NewSessionTicket (ignored: no resumption), alerts and
-//!    `close_notify` ([`io::TlsIo`], under [`crate::stream::HandoffStream`]).
+//!    `close_notify` (`io::TlsIo`, under [`crate::stream::HandoffStream`]).
 //! 3. **Handoff**: at a freeze, after every sealed record has reached the
 //!    kernel, the session ([`handoff_protocol::tls::TlsSession`]) goes to
 //!    the supervisor with the connection's leftovers, and this process stops
-//!    writing ([`io::Writer::HandedOver`]); a thaw gives the right back. The
+//!    writing (`Writer::HandedOver`); a thaw gives the right back. The
 //!    successor continues the same session: no new handshake, the server
 //!    sees nothing.
 //! 4. **Crash**: a dead worker may have sealed records past any sequence
@@ -131,8 +131,14 @@ mod detection_tests {
     fn tls_must_be_listed_as_a_whole_word() {
         assert_eq!(kernel_tls_in("mptcp tls\n"), KernelTls::Available);
         assert!(matches!(kernel_tls_in("mptcp\n"), KernelTls::Absent(_)));
-        assert!(matches!(kernel_tls_in("espintcp tlsx"), KernelTls::Absent(_)));
+        assert!(matches!(
+            kernel_tls_in("espintcp tlsx"),
+            KernelTls::Absent(_)
+        ));
         // This machine: say which path it takes.
-        eprintln!("kernel TLS here: {:?}; records are protected in user space", kernel_tls());
+        eprintln!(
+            "kernel TLS here: {:?}; records are protected in user space",
+            kernel_tls()
+        );
     }
 }

@@ -8,7 +8,7 @@
 //! handoff is only a copy of that state.
 //!
 //! Nonces are never reused: a direction's sequence number only grows, a
-//! record is sealed only while [`RecordLayer`] is the connection's writer
+//! record is sealed only while `RecordLayer` is the connection's writer
 //! (the stream fences it once the session is handed over), and sealing
 //! refuses to wrap the counter.
 
