@@ -213,7 +213,15 @@ impl ClusterBuilder {
         }
         if self.rest {
             args.push("--rest".into());
-            args.push(format!("http://{}", sim.addr).into());
+            args.push(
+                if self.tls {
+                    // Same port: the simulator tells TLS from plain by the first byte.
+                    sim.https_url()
+                } else {
+                    format!("http://{}", sim.addr)
+                }
+                .into(),
+            );
         }
         let supervisor = spawn_supervisor(&self.bins.supervisor, &args, &self.env, self.quiet)?;
         let cluster = Cluster {

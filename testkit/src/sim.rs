@@ -64,8 +64,18 @@ impl Sim {
     /// The `wss://` URL of the feed (the simulator's certificate names
     /// `localhost`); needs `--tls`.
     pub fn wss_url(&self) -> String {
+        format!("wss://{}/ws", self.tls_authority())
+    }
+
+    /// The `https://` base URL of the REST API (same port); needs `--tls`.
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.tls_authority())
+    }
+
+    /// `localhost:PORT`: the name the simulator's certificate carries.
+    fn tls_authority(&self) -> String {
         let port = self.addr.rsplit(':').next().unwrap_or_default();
-        format!("wss://localhost:{port}/ws")
+        format!("localhost:{port}")
     }
 
     /// `GET path` on the simulator, parsed as JSON.

@@ -9,7 +9,18 @@ use crate::cluster;
 
 #[test]
 fn hundred_upgrades_with_orders_in_flight_lose_and_duplicate_no_order() {
-    let c = cluster()
+    orders_across_upgrades(cluster(), 100);
+}
+
+#[test]
+fn over_tls_feeds_and_https_orders_neither_lose_nor_duplicate_an_order() {
+    // wss:// feeds and the REST API over https://, both trusting the
+    // exchange's CA through --ca-file.
+    orders_across_upgrades(cluster().tls(), 30);
+}
+
+fn orders_across_upgrades(builder: handoff_testkit::ClusterBuilder, upgrades: usize) {
+    let c = builder
         .connections(2)
         .rest()
         // Orders take 15 ms to answer, so upgrades regularly find one in flight.
@@ -17,11 +28,11 @@ fn hundred_upgrades_with_orders_in_flight_lose_and_duplicate_no_order() {
         .worker_args(["--cooldown-trades", "3"])
         .start()
         .expect("cluster");
-    for i in 0..100 {
+    for i in 0..upgrades {
         let out = c.upgrade(None).unwrap();
         assert!(out.success(), "upgrade {i}: {}", out.stderr);
     }
-    assert_eq!(c.status().unwrap()["handoffs"]["completed"], 100);
+    assert_eq!(c.status().unwrap()["handoffs"]["completed"], upgrades);
     c.sim.pause().unwrap();
     // Let every order settle: nothing open, nothing in flight.
     let summary = wait_for("orders to settle", Duration::from_secs(30), || {

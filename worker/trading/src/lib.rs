@@ -34,9 +34,9 @@ pub struct Args {
     /// A websocket feed (ws://… or wss://…); one connection per flag.
     #[arg(long = "feed", required = true)]
     pub feeds: Vec<String>,
-    /// PEM file of CA certificates trusted for wss:// feeds, besides the
-    /// public roots (a private CA, or the exchange simulator's
-    /// `--tls-ca-out`).
+    /// PEM file of CA certificates trusted for wss:// feeds and an https://
+    /// --rest API, besides the public roots (a private CA, or the exchange
+    /// simulator's `--tls-ca-out`).
     #[arg(long)]
     pub ca_file: Option<std::path::PathBuf>,
     /// Symbols to subscribe to, comma-separated.
@@ -128,7 +128,7 @@ fn main_with<const S: u32>() -> ExitCode {
     let rest = match args
         .rest
         .as_deref()
-        .map(|url| rest::RestClient::new(url, args.order_timeout_ms))
+        .map(|url| rest::RestClient::new(url, args.order_timeout_ms, args.ca_file.as_deref()))
     {
         None => None,
         Some(Ok(client)) => Some(client),

@@ -37,6 +37,15 @@ pub enum OrderEvent {
     },
 }
 
+/// Why the REST client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RestSetupError {
+    #[error("CA file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("HTTP client: {0}")]
+    Client(reqwest::Error),
+}
+
 /// A REST client for one exchange.
 #[derive(Clone)]
 pub struct RestClient {
@@ -62,8 +71,25 @@ const UNKNOWN_ORDER: i64 = -2013;
 impl RestClient {
     /// `base` like `http://127.0.0.1:9443`; `timeout` bounds every call (past
     /// it the order's status is unknown and it is reconciled by a query).
-    pub fn new(base: &str, timeout: Duration) -> Result<RestClient, reqwest::Error> {
-        let http = reqwest::Client::builder().timeout(timeout).build()?;
+    pub fn new(
+        base: &str,
+        timeout: Duration,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<RestClient, RestSetupError> {
+        let mut builder = reqwest::Client::builder().timeout(timeout);
+        if let Some(path) = ca_file {
+            let bad = |reason: String| RestSetupError::CaFile {
+                path: path.display().to_string(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+            for cert in
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(RestSetupError::Client)?;
         Ok(RestClient {
             http,
             base: base.trim_end_matches('/').to_string(),
