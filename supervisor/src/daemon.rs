@@ -11,7 +11,7 @@ use handoff_protocol::ctl::{CtlRequest, CtlResponse, HandoffReport, Outcome, Upg
 use handoff_protocol::worker::{
     ConnRestore, FromWorker, Frozen, Hello, Restore, RestoreMode, ToWorker,
 };
-use handoff_protocol::{monotonic_ns, Snapshot};
+use handoff_protocol::Snapshot;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
@@ -21,7 +21,9 @@ use crate::binary;
 use crate::builds::{Build, BuildStore};
 use crate::config::Config;
 use crate::control::{self, CtlCommand};
-use crate::handoff::{compatibility, Phase, Trigger, Upgrade, EXIT_STATUS_GRACE};
+use crate::handoff::{
+    compatibility, Phase, Trigger, Upgrade, EXIT_STATUS_GRACE, FIRST_MESSAGE_GRACE,
+};
 use crate::held::HeldSockets;
 use crate::history::History;
 use crate::metrics::{MetricsError, MetricsView};
@@ -515,6 +517,7 @@ impl Daemon {
             go_at_ns: None,
             first_consumed_ns: None,
             successor_lost: None,
+            held: None,
             events: Vec::new(),
             span: tracing::info_span!(
                 "upgrade",
@@ -740,8 +743,12 @@ impl Daemon {
         }
         let blackout = at_ns.saturating_sub(frozen_at) / 1000;
         self.stats.blackout_pending = None;
-        if let Phase::Committing { up, .. } = &mut self.phase {
+        if let Phase::Committing { up, old } = &mut self.phase {
             up.first_consumed_ns = Some(at_ns);
+            up.release_progress();
+            if matches!(old.life, Lifecycle::Exited { .. }) {
+                self.complete_commit();
+            }
         } else if let Some(last) = self.stats.last.as_mut() {
             last.blackout_us = Some(blackout);
             self.metrics.blackout.observe_us(blackout);
@@ -910,7 +917,9 @@ impl Daemon {
         succ.send(ToWorker::Go, Vec::new());
         self.begin_probation(&old.build, old_hello, &succ);
         up.to_pid = Some(succ.pid);
-        up.go_at_ns = Some(monotonic_ns());
+        // Until B's first message the waiters are told nothing (see
+        // `handoff`); the pause ends when Go is written, not queued.
+        up.held = Some(Vec::new());
         up.mark("live", Some(format!("pid {}", succ.pid)));
         if let Some(frozen) = up.frozen_at_ns {
             self.stats.blackout_pending = Some((succ.generation, frozen));
@@ -929,18 +938,39 @@ impl Daemon {
     fn on_retiring_event(&mut self, event: WorkerEvent) {
         match event {
             WorkerEvent::Exited(status) => {
-                let phase = std::mem::take(&mut self.phase);
-                let Phase::Committing { mut up, .. } = phase else {
-                    self.phase = phase;
+                let Phase::Committing { up, old } = &mut self.phase else {
                     return;
                 };
+                old.life = Lifecycle::Exited {
+                    status: status.to_string(),
+                };
                 up.mark("old_stopped", Some(status.to_string()));
-                let to_pid = up.to_pid;
-                self.finish(up, Outcome::Completed, None, to_pid);
+                if up.first_consumed_ns.is_some() {
+                    self.complete_commit();
+                } else {
+                    up.deadline = tokio::time::Instant::now() + FIRST_MESSAGE_GRACE;
+                }
             }
             WorkerEvent::Message(_, fds) => drop(fds),
             WorkerEvent::ChannelClosed { .. } => {}
         }
+    }
+
+    /// Step 6 done: A reaped, B consuming (or given its grace).
+    fn complete_commit(&mut self) {
+        let phase = std::mem::take(&mut self.phase);
+        let Phase::Committing { mut up, .. } = phase else {
+            self.phase = phase;
+            return;
+        };
+        up.release_progress();
+        up.go_at_ns = self
+            .active
+            .as_ref()
+            .filter(|a| Some(a.pid) == up.to_pid)
+            .and_then(WorkerProc::go_sent_ns);
+        let to_pid = up.to_pid;
+        self.finish(up, Outcome::Completed, None, to_pid);
     }
 
     fn on_phase_deadline(&mut self) {
@@ -966,6 +996,10 @@ impl Daemon {
             Phase::Restoring { .. } => {
                 let reason = format!("the new worker was not ready within {:?}", t.restore);
                 self.abort(Outcome::RolledBack, reason);
+            }
+            Phase::Committing { old, .. } if matches!(old.life, Lifecycle::Exited { .. }) => {
+                // A quiet feed: B has had nothing to consume yet.
+                self.complete_commit();
             }
             Phase::Committing { up, old, .. } => {
                 warn!(
