@@ -429,9 +429,13 @@ impl App for Bench {
     fn snapshot_as(&self, schema: u32) -> Result<Vec<u8>, AppError> {
         use bincode::Options;
         let start = monotonic_ns();
-        // One pass into a growing buffer (`serialize` would size it first,
-        // walking the state twice).
-        let mut bytes = Vec::with_capacity(64 * 1024);
+        // One pass into a buffer sized from an estimate (`serialize` would
+        // size it exactly first, walking the state twice).
+        let estimate = 4096
+            + self.state.ballast.len()
+            + 64 * self.state.counters.len()
+            + 24 * self.state.positions.len();
+        let mut bytes = Vec::with_capacity(estimate);
         match schema {
             1 => v1::codec().serialize_into(&mut bytes, &v1::State::from(&self.state)),
             2 => codec().serialize_into(&mut bytes, &self.state),

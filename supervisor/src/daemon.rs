@@ -117,6 +117,8 @@ pub struct Daemon {
     pub(crate) notice: Option<String>,
     /// Writes each checkpoint to the state directory.
     persister: Option<Persister>,
+    /// The stored checkpoint is newer than the file (see `store_checkpoint`).
+    persist_pending: bool,
     /// systemd's notify socket.
     pub(crate) systemd: Notifier,
     /// Whether systemd has been told READY=1 yet.
@@ -187,6 +189,7 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
         probation: None,
         notice: None,
         persister: None,
+        persist_pending: false,
         systemd: Notifier::from_env(),
         ready_sent: false,
         metrics: MetricsView::default(),
@@ -250,6 +253,11 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
         }
     }
     ctl_task.abort();
+    if d.persist_pending {
+        if let Some(c) = d.checkpoint.take() {
+            d.persist(&c.snapshot, &c.summary);
+        }
+    }
     if let Some(p) = d.persister.take() {
         p.finish().await;
     }
@@ -691,7 +699,7 @@ impl Daemon {
                 info!(conn = %id, %reason, "connection released");
                 self.held.remove(id);
             }
-            FromWorker::Checkpoint(c) => self.store_checkpoint(c.snapshot, c.summary),
+            FromWorker::Checkpoint(c) => self.store_checkpoint(c.snapshot, c.summary, false),
             FromWorker::Frozen(f) => self.on_frozen(f),
             FromWorker::FreezeFailed { reason } => {
                 if matches!(self.phase, Phase::Freezing { .. }) {
@@ -713,14 +721,23 @@ impl Daemon {
         }
     }
 
-    fn store_checkpoint(&mut self, snapshot: Snapshot, summary: Option<String>) {
+    fn store_checkpoint(
+        &mut self,
+        snapshot: Snapshot,
+        summary: Option<String>,
+        handing_over: bool,
+    ) {
         let bytes = snapshot.bytes.len() as u64;
         let schema = snapshot.schema;
-        if let Some(p) = &self.persister {
-            p.save(OnDisk {
-                snapshot: snapshot.clone(),
-                summary: summary.clone(),
-            });
+        // Mid-handoff (a Frozen snapshot) the file waits for the upgrade to
+        // end: writing and syncing it would compete with the successor for
+        // the CPU and the disk during the blackout. Until then the file
+        // holds the previous checkpoint, which is what a restarted
+        // supervisor would recover from anyway.
+        if !handing_over && matches!(self.phase, Phase::Idle) {
+            self.persist(&snapshot, &summary);
+        } else {
+            self.persist_pending = true;
         }
         self.checkpoint = Some(Stored {
             snapshot,
@@ -729,6 +746,16 @@ impl Daemon {
         });
         for w in self.checkpoint_waiters.drain(..) {
             let _ = w.try_send(CtlResponse::CheckpointStored { bytes, schema });
+        }
+    }
+
+    fn persist(&mut self, snapshot: &Snapshot, summary: &Option<String>) {
+        self.persist_pending = false;
+        if let Some(p) = &self.persister {
+            p.save(OnDisk {
+                snapshot: snapshot.clone(),
+                summary: summary.clone(),
+            });
         }
     }
 
@@ -765,7 +792,7 @@ impl Daemon {
         let Phase::Freezing { mut up, succ } = phase else {
             // A late answer to an abandoned freeze: still a valid checkpoint.
             self.phase = phase;
-            self.store_checkpoint(f.snapshot, f.summary);
+            self.store_checkpoint(f.snapshot, f.summary, false);
             return;
         };
         up.frozen_at_ns = Some(f.frozen_at_ns);
@@ -811,7 +838,7 @@ impl Daemon {
         };
         self.handed_leftovers = Some(HandedLeftovers::without_secrets(succ.generation, &f.conns));
         succ.send(ToWorker::Restore(restore), fds);
-        self.store_checkpoint(f.snapshot, f.summary);
+        self.store_checkpoint(f.snapshot, f.summary, true);
         up.deadline = tokio::time::Instant::now() + self.cfg.timeouts.restore;
         self.phase = Phase::Restoring { up, succ };
     }
@@ -1160,5 +1187,11 @@ impl Daemon {
             .prune(&keep.iter().map(String::as_str).collect::<Vec<_>>());
         self.stats.last = Some(report);
         self.serving(&status);
+        if self.persist_pending {
+            if let Some(c) = self.checkpoint.take() {
+                self.persist(&c.snapshot, &c.summary);
+                self.checkpoint = Some(c);
+            }
+        }
     }
 }
