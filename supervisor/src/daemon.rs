@@ -921,6 +921,9 @@ impl Daemon {
             }
             a.send(ToWorker::Freeze { schema }, Vec::new());
         }
+        // The blackout starts: the waiters hear of its phases once the new
+        // worker has consumed its first message (see `handoff`).
+        up.held = Some(Vec::new());
         up.deadline = tokio::time::Instant::now() + self.cfg.timeouts.freeze;
         self.phase = Phase::Freezing { up, succ };
     }
@@ -944,9 +947,7 @@ impl Daemon {
         succ.send(ToWorker::Go, Vec::new());
         self.begin_probation(&old.build, old_hello, &succ);
         up.to_pid = Some(succ.pid);
-        // Until B's first message the waiters are told nothing (see
-        // `handoff`); the pause ends when Go is written, not queued.
-        up.held = Some(Vec::new());
+        // The pause ends when Go is written, not queued.
         up.mark("live", Some(format!("pid {}", succ.pid)));
         if let Some(frozen) = up.frozen_at_ns {
             self.stats.blackout_pending = Some((succ.generation, frozen));
@@ -1098,6 +1099,7 @@ impl Daemon {
         error: Option<String>,
         to_pid: Option<u32>,
     ) {
+        up.release_progress();
         match outcome {
             Outcome::Completed => {
                 self.stats.completed += 1;

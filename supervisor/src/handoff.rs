@@ -19,9 +19,10 @@
 //!    that order: should the supervisor die in between, nobody serves rather
 //!    than two). The handoff completes when A is reaped (killed if it lingers)
 //!    and B has consumed its first message (or [`FIRST_MESSAGE_GRACE`] after
-//!    the reap, on a quiet feed). Until then `upgrade --wait` clients hear
-//!    nothing: waking them (and whatever they start) would compete with B for
-//!    the CPU in the last stretch of the blackout.
+//!    the reap, on a quiet feed). From the freeze until then `upgrade --wait`
+//!    clients hear nothing (the phase events are held, with their times):
+//!    waking them, and whatever they start, would compete with A, B and the
+//!    supervisor for the CPU during the blackout.
 
 use std::path::PathBuf;
 use std::time::Instant;
