@@ -214,7 +214,18 @@ mod positions_bin {
     const MAX_POSITION: usize = 10 + 3 * (19 + 1);
 
     /// Append `v` as LEB128 at `buf[at..]`; returns the new end.
-    fn put(buf: &mut [u8; MAX_POSITION], mut at: usize, mut v: u128) -> usize {
+    fn put(buf: &mut [u8; MAX_POSITION], mut at: usize, v: u128) -> usize {
+        // Nearly every value fits 64 bits, where the arithmetic is cheaper.
+        if let Ok(mut v) = u64::try_from(v) {
+            while v >= 0x80 {
+                buf[at] = v as u8 | 0x80;
+                v >>= 7;
+                at += 1;
+            }
+            buf[at] = v as u8;
+            return at + 1;
+        }
+        let mut v = v;
         while v >= 0x80 {
             buf[at] = v as u8 | 0x80;
             v >>= 7;
@@ -247,41 +258,80 @@ mod positions_bin {
         out
     }
 
-    struct Reader<'a>(&'a [u8]);
+    /// Why packed positions do not decode.
+    #[derive(Debug)]
+    struct Bad(&'static str);
+
+    impl std::fmt::Display for Bad {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    struct Reader<'a> {
+        buf: &'a [u8],
+        at: usize,
+    }
 
     impl Reader<'_> {
-        fn varint(&mut self) -> Result<u128, String> {
-            let mut v = 0u128;
-            for (i, &b) in self.0.iter().take(19).enumerate() {
-                v |= u128::from(b & 0x7f) << (7 * i);
+        #[inline]
+        fn byte(&mut self) -> Result<u8, Bad> {
+            let b = *self.buf.get(self.at).ok_or(Bad("truncated position"))?;
+            self.at += 1;
+            Ok(b)
+        }
+
+        #[inline]
+        fn varint(&mut self) -> Result<u128, Bad> {
+            // Up to 9 bytes (63 bits) in u64 arithmetic, the rest in u128.
+            let mut v = 0u64;
+            for shift in (0..63).step_by(7) {
+                let b = self.byte()?;
+                v |= u64::from(b & 0x7f) << shift;
                 if b < 0x80 {
-                    self.0 = &self.0[i + 1..];
+                    return Ok(u128::from(v));
+                }
+            }
+            let mut v = u128::from(v);
+            for shift in (63..133).step_by(7) {
+                let b = self.byte()?;
+                v |= u128::from(b & 0x7f) << shift;
+                if b < 0x80 {
                     return Ok(v);
                 }
             }
-            Err(if self.0.len() < 19 {
-                "truncated position".into()
-            } else {
-                "varint longer than 128 bits".into()
-            })
+            Err(Bad("varint longer than 128 bits"))
         }
 
-        fn decimal(&mut self) -> Result<Decimal, String> {
+        #[inline]
+        fn decimal(&mut self) -> Result<Decimal, Bad> {
             let z = self.varint()?;
-            let m = (z >> 1) as i128 ^ -((z & 1) as i128);
-            let (&scale, rest) = self.0.split_first().ok_or("truncated decimal")?;
-            self.0 = rest;
-            Decimal::try_from_i128_with_scale(m, u32::from(scale)).map_err(|e| e.to_string())
+            let scale = u32::from(self.byte()?);
+            let bad = |_| Bad("a decimal out of range");
+            match u64::try_from(z) {
+                Ok(z) => {
+                    let m = (z >> 1) as i64 ^ -((z & 1) as i64);
+                    Decimal::try_new(m, scale).map_err(bad)
+                }
+                Err(_) => {
+                    let m = (z >> 1) as i128 ^ -((z & 1) as i128);
+                    Decimal::try_from_i128_with_scale(m, scale).map_err(bad)
+                }
+            }
         }
     }
 
     /// Decode what [`pack`] wrote.
     pub fn unpack(bytes: &[u8]) -> Result<BTreeMap<u64, Position>, String> {
-        let mut r = Reader(bytes);
+        unpack_inner(bytes).map_err(|e| e.to_string())
+    }
+
+    fn unpack_inner(bytes: &[u8]) -> Result<BTreeMap<u64, Position>, Bad> {
+        let mut r = Reader { buf: bytes, at: 0 };
         // At least 7 bytes a position: a bounded reservation, whatever the input.
         let mut v = Vec::with_capacity(bytes.len() / 7);
         let mut key = 0u64;
-        while !r.0.is_empty() {
+        while r.at < bytes.len() {
             key = key.wrapping_add(r.varint()? as u64);
             let p = Position {
                 qty: r.decimal()?,
