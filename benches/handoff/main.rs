@@ -1275,7 +1275,7 @@ fn snapshot_scale(bins: &AllBins, o: &Opts, positions: usize) -> Result<Scale> {
 
 fn snapshot_table(rows: &[Scale]) -> String {
     let mut s = String::from(
-        "### 5. Snapshot scale (1 connection; bincode, decimals as strings; p50 over the upgrades)\n\n\
+        "### 5. Snapshot scale (1 connection; bincode, positions packed as binary decimals in varints; p50 over the upgrades)\n\n\
          | positions | snapshot | serialize (old worker) | transfer (envelope, 2 socket hops, supervisor) | restore (decode, new worker) | pause (freeze → go) | blackout | dominant | target < 150 ms |\n\
          |---:|---:|---:|---:|---:|---:|---:|---|---|\n",
     );

@@ -25,7 +25,22 @@ pub struct AllBins {
 }
 
 impl AllBins {
+    /// The binaries cargo built for this bench, or, with
+    /// `HANDOFF_BENCH_BINS=DIR`, the ones in `DIR` (a copy of another
+    /// build's `target/release`, to compare two builds in the same
+    /// conditions without rebuilding).
     pub fn from_cargo() -> AllBins {
+        if let Some(dir) = std::env::var_os("HANDOFF_BENCH_BINS").map(PathBuf::from) {
+            return AllBins {
+                testkit: Bins {
+                    supervisor: dir.join("supervisor"),
+                    supervisorctl: dir.join("supervisorctl"),
+                    worker: dir.join("bench-worker"),
+                    sim: dir.join("exchange-sim"),
+                },
+                floor: dir.join("bench-floor"),
+            };
+        }
         AllBins {
             testkit: Bins {
                 supervisor: env!("CARGO_BIN_EXE_supervisor").into(),

@@ -14,6 +14,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use bytes::{BufMut, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
 use thiserror::Error;
 use tokio::io::Interest;
@@ -38,16 +39,32 @@ pub enum ChannelError {
     UnexpectedFds { count: usize },
 }
 
-/// Read size when no frame is in progress (large enough for small messages in
-/// one call, small enough not to matter per idle connection).
+/// Size of the buffer that takes headers and small frames (large enough for
+/// small messages in one call, small enough not to matter per idle
+/// connection). A frame that does not fit gets a buffer of its own, sized
+/// from its validated header and never zero-filled.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Send buffer asked of the kernel for every channel socket (it caps the
+/// request at `net.core.wmem_max`): a snapshot of a few MiB then goes out
+/// in one call instead of waiting for the reader chunk by chunk. It costs
+/// memory only while data is queued.
+const SEND_BUFFER: usize = 4 << 20;
+
+/// A frame too large for the small buffer, being read into its own.
+struct Large {
+    header: Header,
+    payload: BytesMut,
+}
 
 /// One end of a framed, typed Unix-socket conversation. See the module docs.
 pub struct Channel<Tx, Rx> {
     sock: UnixStream,
     max_frame: usize,
+    /// Headers and small frames (`READ_CHUNK` bytes once allocated).
     buf: Vec<u8>,
     filled: usize,
+    large: Option<Large>,
     fds: VecDeque<OwnedFd>,
     _dir: PhantomData<fn(Tx) -> Rx>,
 }
@@ -56,11 +73,16 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
     /// Wrap a connected socket; frames larger than `max_frame` are refused in
     /// both directions.
     pub fn new(sock: UnixStream, max_frame: usize) -> Self {
+        // Best effort: with the default buffer everything still works, in
+        // more round trips.
+        let _ =
+            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::SndBuf, &SEND_BUFFER);
         Channel {
             sock,
             max_frame,
             buf: Vec::new(),
             filled: 0,
+            large: None,
             fds: VecDeque::new(),
             _dir: PhantomData,
         }
@@ -79,22 +101,27 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
         &self.sock
     }
 
-    /// Send one message, with `fds` attached.
+    /// Send one message, with `fds` attached to its first bytes. Large byte
+    /// strings (snapshots) are written from their own memory, not copied
+    /// into a frame buffer first ([`frame::encode_parts`]).
     pub async fn send(&mut self, msg: &Tx, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
-        let bytes = frame::encode(msg, fds.len(), self.max_frame)?;
-        let mut off = 0;
-        while off < bytes.len() {
-            let attach: &[BorrowedFd<'_>] = if off == 0 { fds } else { &[] };
-            let n = self
-                .sock
-                .async_io(Interest::WRITABLE, || {
-                    send_with_fds(self.sock.as_fd(), &bytes[off..], attach)
-                })
-                .await?;
-            if n == 0 {
-                return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+        let frame = frame::encode_parts(msg, fds.len(), self.max_frame)?;
+        let mut attach = fds;
+        for part in frame.parts() {
+            let mut off = 0;
+            while off < part.len() {
+                let n = self
+                    .sock
+                    .async_io(Interest::WRITABLE, || {
+                        send_with_fds(self.sock.as_fd(), &part[off..], attach)
+                    })
+                    .await?;
+                if n == 0 {
+                    return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+                }
+                attach = &[];
+                off += n;
             }
-            off += n;
         }
         Ok(())
     }
@@ -106,12 +133,36 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
             if let Some(done) = self.try_take_frame()? {
                 return Ok(Some(done));
             }
-            let want = self.bytes_wanted()?;
-            if self.buf.len() < self.filled + want {
-                self.buf.resize(self.filled + want, 0);
+            if let Some(large) = self.large.as_mut() {
+                // The rest of a large payload, straight into its own buffer.
+                // Only the frame's first bytes carry descriptors (they came
+                // with the header), so a plain read is enough here; it never
+                // reads past the frame.
+                let rest = large.header.len - large.payload.len();
+                let n = loop {
+                    self.sock.readable().await?;
+                    match self
+                        .sock
+                        .try_read_buf(&mut (&mut large.payload).limit(rest))
+                    {
+                        Ok(n) => break n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                if n == 0 {
+                    return Err(ChannelError::TornFrame {
+                        have: HEADER_LEN + large.payload.len(),
+                        need: HEADER_LEN + large.header.len,
+                    });
+                }
+                continue;
+            }
+            if self.buf.is_empty() {
+                self.buf = vec![0; READ_CHUNK];
             }
             let (filled, sock) = (self.filled, &self.sock);
-            let buf = &mut self.buf[filled..filled + want];
+            let buf = &mut self.buf[filled..];
             let got = sock
                 .async_io(Interest::READABLE, || recv_with_fds(sock.as_fd(), buf))
                 .await?;
@@ -128,31 +179,13 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
         }
     }
 
-    /// How many bytes to ask the kernel for: the rest of the current frame
-    /// (validated header) or a chunk when between frames.
-    fn bytes_wanted(&self) -> Result<usize, ChannelError> {
-        if self.filled < HEADER_LEN {
-            return Ok(READ_CHUNK);
-        }
-        let header = self.header()?;
-        Ok((HEADER_LEN + header.len).saturating_sub(self.filled).max(1))
-    }
-
     fn header(&self) -> Result<Header, ChannelError> {
         let mut head = [0u8; HEADER_LEN];
         head.copy_from_slice(&self.buf[..HEADER_LEN]);
         Ok(Header::parse(&head, self.max_frame)?)
     }
 
-    fn try_take_frame(&mut self) -> Result<Option<(Rx, Vec<OwnedFd>)>, ChannelError> {
-        if self.filled < HEADER_LEN {
-            return Ok(None);
-        }
-        let header = self.header()?;
-        let end = HEADER_LEN + header.len;
-        if self.filled < end {
-            return Ok(None);
-        }
+    fn take_fds(&mut self, header: &Header) -> Result<Vec<OwnedFd>, ChannelError> {
         if self.fds.len() < header.n_fds {
             let received = self.fds.len();
             self.fds.clear();
@@ -161,21 +194,59 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
                 received,
             });
         }
-        let fds: Vec<OwnedFd> = self.fds.drain(..header.n_fds).collect();
+        Ok(self.fds.drain(..header.n_fds).collect())
+    }
+
+    /// Nothing of a later frame has arrived, so descriptors still queued
+    /// came with this frame's bytes without being declared.
+    fn check_no_stray_fds(&mut self) -> Result<(), ChannelError> {
+        if self.filled == 0 && !self.fds.is_empty() {
+            let count = self.fds.len();
+            self.fds.clear();
+            return Err(ChannelError::UnexpectedFds { count });
+        }
+        Ok(())
+    }
+
+    fn try_take_frame(&mut self) -> Result<Option<(Rx, Vec<OwnedFd>)>, ChannelError> {
+        if let Some(large) = &self.large {
+            if large.payload.len() < large.header.len {
+                return Ok(None);
+            }
+            let header = large.header;
+            let fds = self.take_fds(&header)?;
+            let payload = self
+                .large
+                .take()
+                .map(|l| l.payload.freeze())
+                .unwrap_or_default();
+            self.check_no_stray_fds()?;
+            // The message's snapshot (if any) stays in this buffer: no copy.
+            return Ok(Some((frame::decode_shared::<Rx>(&payload)?, fds)));
+        }
+        if self.filled < HEADER_LEN {
+            return Ok(None);
+        }
+        let header = self.header()?;
+        let end = HEADER_LEN + header.len;
+        if end > self.buf.len() {
+            // Too large for the small buffer (which holds nothing but the
+            // start of this frame): continue in a buffer of its own, sized
+            // from the validated header.
+            let mut payload = BytesMut::with_capacity(header.len);
+            payload.extend_from_slice(&self.buf[HEADER_LEN..self.filled]);
+            self.filled = 0;
+            self.large = Some(Large { header, payload });
+            return self.try_take_frame();
+        }
+        if self.filled < end {
+            return Ok(None);
+        }
+        let fds = self.take_fds(&header)?;
         let decoded = frame::decode::<Rx>(&self.buf[HEADER_LEN..end]);
         self.buf.copy_within(end..self.filled, 0);
         self.filled -= end;
-        if self.filled == 0 {
-            self.buf.truncate(READ_CHUNK.max(HEADER_LEN));
-            self.buf.shrink_to(READ_CHUNK);
-            if !self.fds.is_empty() {
-                // Nothing of a later frame has arrived, so these came with this
-                // frame's bytes without being declared.
-                let count = self.fds.len();
-                self.fds.clear();
-                return Err(ChannelError::UnexpectedFds { count });
-            }
-        }
+        self.check_no_stray_fds()?;
         Ok(Some((decoded?, fds)))
     }
 
@@ -202,11 +273,12 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     fn pair() -> (Channel<ToWorker, FromWorker>, Channel<FromWorker, ToWorker>) {
+        pair_of(frame::MAX_CTL_FRAME)
+    }
+
+    fn pair_of(max: usize) -> (Channel<ToWorker, FromWorker>, Channel<FromWorker, ToWorker>) {
         let (a, b) = UnixStream::pair().unwrap();
-        (
-            Channel::new(a, frame::MAX_CTL_FRAME),
-            Channel::new(b, frame::MAX_CTL_FRAME),
-        )
+        (Channel::new(a, max), Channel::new(b, max))
     }
 
     #[tokio::test]
@@ -227,6 +299,65 @@ mod tests {
         assert_eq!(f2.len(), 2);
         drop(sup);
         assert!(wrk.recv().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn large_frames_cross_with_their_fds_between_small_ones() {
+        use crate::worker::{ConnId, ConnInfo, ConnKind, ConnRestore, Restore, RestoreMode};
+        let (mut sup, mut wrk) = pair_of(frame::MAX_WORKER_FRAME);
+        let (x, _y) = std::os::unix::net::UnixStream::pair().unwrap();
+        let state: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let restore = ToWorker::Restore(Restore {
+            mode: RestoreMode::Handoff,
+            snapshot: Some(crate::Snapshot::seal("bot", 1, state)),
+            conns: vec![ConnRestore {
+                info: ConnInfo {
+                    id: ConnId(0),
+                    name: "feed-0".into(),
+                    kind: ConnKind::WebSocket,
+                    url: "ws://x".into(),
+                    peer: "x".into(),
+                },
+                leftovers: vec![1; 20_000],
+                tls: None,
+            }],
+        });
+        let sent = restore.clone();
+        let writer = tokio::spawn(async move {
+            sup.send(&ToWorker::Thaw, &[]).await.unwrap();
+            sup.send(&sent, &[x.as_fd()]).await.unwrap();
+            sup.send(&ToWorker::Go, &[x.as_fd()]).await.unwrap();
+            sup
+        });
+        let (m1, f1) = wrk.recv().await.unwrap().unwrap();
+        assert!(matches!(m1, ToWorker::Thaw) && f1.is_empty());
+        let (m2, f2) = wrk.recv().await.unwrap().unwrap();
+        assert_eq!(m2, restore);
+        assert_eq!(f2.len(), 1);
+        let (m3, f3) = wrk.recv().await.unwrap().unwrap();
+        assert!(matches!(m3, ToWorker::Go));
+        assert_eq!(f3.len(), 1);
+        drop(writer.await.unwrap());
+        assert!(wrk.recv().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn torn_large_frame_is_an_error() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut rx: Channel<ToWorker, FromWorker> = Channel::new(b, frame::MAX_WORKER_FRAME);
+        let msg = FromWorker::Checkpoint(crate::worker::Checkpoint {
+            snapshot: crate::Snapshot::seal("bot", 1, vec![5; 200_000]),
+            summary: None,
+            taken_at_ns: 1,
+        });
+        let bytes = frame::encode(&msg, 0, frame::MAX_WORKER_FRAME).unwrap();
+        let mut a = a;
+        let writer = tokio::spawn(async move {
+            a.write_all(&bytes[..bytes.len() - 10]).await.unwrap();
+        });
+        let r = rx.recv().await;
+        writer.await.unwrap();
+        assert!(matches!(r, Err(ChannelError::TornFrame { .. })), "{r:?}");
     }
 
     #[tokio::test]

@@ -11,6 +11,9 @@
 //! are in: a wrong magic, too many descriptors or a length over the channel's
 //! limit is refused before the payload is read or any buffer is sized for it.
 
+use std::cell::RefCell;
+
+use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 use thiserror::Error;
 
@@ -106,6 +109,216 @@ pub fn encode<T: Serialize>(msg: &T, n_fds: usize, max_len: usize) -> Result<Vec
     Ok(out)
 }
 
+/// A frame encoded in parts: `head` is the frame without the contents of its
+/// large byte strings (their length prefixes are in place), and each splice
+/// says where in `head` one string's bytes belong. Writing the parts in
+/// order ([`Encoded::parts`]) puts the same bytes on the wire as
+/// [`encode`], without copying a snapshot into a frame buffer first.
+#[derive(Debug)]
+pub struct Encoded {
+    head: Vec<u8>,
+    splices: Vec<(usize, Bytes)>,
+}
+
+impl Encoded {
+    /// The frame's bytes, in order (empty parts left out).
+    pub fn parts(&self) -> Vec<&[u8]> {
+        let mut out = Vec::with_capacity(2 * self.splices.len() + 1);
+        let mut at = 0;
+        for (off, b) in &self.splices {
+            out.push(&self.head[at..*off]);
+            out.push(&b[..]);
+            at = *off;
+        }
+        out.push(&self.head[at..]);
+        out.retain(|p| !p.is_empty());
+        out
+    }
+
+    /// Total bytes on the wire.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.splices.iter().map(|(_, b)| b.len()).sum::<usize>()
+    }
+
+    /// Whether the frame is empty (it never is: the header is there).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Byte strings at least this long are spliced into a frame rather than
+/// copied (below it a copy is cheaper than another system call).
+pub const SPLICE_MIN: usize = 16 * 1024;
+
+thread_local! {
+    /// Set while [`encode_parts`] serializes: large [`Bytes`] fields are
+    /// recorded here instead of being copied into the frame.
+    static SPLICES: RefCell<Option<Splicer>> = const { RefCell::new(None) };
+    /// Set while [`decode_shared`] deserializes: [`Bytes`] fields become
+    /// slices of this buffer instead of copies.
+    static SOURCE: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+}
+
+#[derive(Debug, Default)]
+struct Splicer {
+    /// Payload bytes written so far (spliced ones included).
+    written: usize,
+    splices: Vec<(usize, Bytes)>,
+}
+
+/// A `Write` that appends to a `Vec` and counts what the splicer must know.
+struct CountingWriter<'a>(&'a mut Vec<u8>);
+
+impl std::io::Write for CountingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        SPLICES.with(|s| {
+            if let Some(s) = s.borrow_mut().as_mut() {
+                s.written += buf.len();
+            }
+        });
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Like [`encode`], but large [`Bytes`] fields (those serialized through
+/// [`shared_bytes`]) are not copied into the frame: see [`Encoded`].
+pub fn encode_parts<T: Serialize>(
+    msg: &T,
+    n_fds: usize,
+    max_len: usize,
+) -> Result<Encoded, FrameError> {
+    use bincode::Options;
+    if n_fds > MAX_FDS {
+        return Err(FrameError::TooManyFds {
+            n_fds,
+            max: MAX_FDS,
+        });
+    }
+    let opts = options(max_len);
+    let len = opts.serialized_size(msg).map_err(FrameError::Encode)? as usize;
+    if len > max_len || len > u32::MAX as usize {
+        return Err(FrameError::TooLarge { len, max: max_len });
+    }
+    let mut head = Vec::with_capacity(HEADER_LEN + len.min(SPLICE_MIN));
+    head.extend_from_slice(&MAGIC);
+    head.extend_from_slice(&(n_fds as u16).to_be_bytes());
+    head.extend_from_slice(&(len as u32).to_be_bytes());
+    SPLICES.with(|s| *s.borrow_mut() = Some(Splicer::default()));
+    // Without a limit: with one, bincode would size the message again
+    // first, running the splicing serializer on a pass that writes nothing
+    // (the size was checked above).
+    let result = bincode::DefaultOptions::new()
+        .reject_trailing_bytes()
+        .serialize_into(CountingWriter(&mut head), msg);
+    let splicer = SPLICES.with(|s| s.borrow_mut().take()).unwrap_or_default();
+    result.map_err(FrameError::Encode)?;
+    // Offsets in the payload become offsets in `head`: the spliced bytes
+    // before each one are not in `head`.
+    let mut skipped = 0;
+    let splices = splicer
+        .splices
+        .into_iter()
+        .map(|(at, b)| {
+            let off = HEADER_LEN + at - skipped;
+            skipped += b.len();
+            (off, b)
+        })
+        .collect();
+    Ok(Encoded { head, splices })
+}
+
+/// Decode a payload held in `payload` as a `T`; its [`Bytes`] fields (those
+/// deserialized through [`shared_bytes`]) share `payload`'s memory instead
+/// of being copied out of it.
+pub fn decode_shared<T: DeserializeOwned>(payload: &Bytes) -> Result<T, FrameError> {
+    SOURCE.with(|s| *s.borrow_mut() = Some(payload.clone()));
+    let decoded = decode(payload);
+    SOURCE.with(|s| *s.borrow_mut() = None);
+    decoded
+}
+
+/// `#[serde(with = "shared_bytes")]` for a [`Bytes`] field: the same encoding
+/// as `Bytes`' own (a length and the bytes), but inside [`encode_parts`] a
+/// large value is spliced into the frame instead of copied, and inside
+/// [`decode_shared`] the value is a slice of the received frame.
+pub mod shared_bytes {
+    use super::{Bytes, SOURCE, SPLICES, SPLICE_MIN};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        let spliced = b.len() >= SPLICE_MIN
+            && SPLICES.with(|sp| {
+                sp.borrow_mut().as_mut().is_some_and(|sp| {
+                    // The length prefix goes out first: the bytes follow it.
+                    sp.splices.push((usize::MAX, b.clone()));
+                    true
+                })
+            });
+        if !spliced {
+            return s.serialize_bytes(b);
+        }
+        // bincode writes a byte string's length exactly as it writes a u64
+        // (fixint or varint alike), then the bytes.
+        let ok = s.serialize_u64(b.len() as u64)?;
+        SPLICES.with(|sp| {
+            if let Some(sp) = sp.borrow_mut().as_mut() {
+                let at = sp.written;
+                if let Some(last) = sp.splices.last_mut() {
+                    last.0 = at;
+                }
+                sp.written += b.len();
+            }
+        });
+        Ok(ok)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        d.deserialize_bytes(Visitor)
+    }
+
+    struct Visitor;
+
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Bytes;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Bytes, E> {
+            let shared = SOURCE.with(|s| {
+                s.borrow().as_ref().and_then(|src| {
+                    let range = src.as_ptr_range();
+                    let inside = range.start <= v.as_ptr() && v.as_ptr_range().end <= range.end;
+                    inside.then(|| src.slice_ref(v))
+                })
+            });
+            Ok(shared.unwrap_or_else(|| Bytes::copy_from_slice(v)))
+        }
+
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+            Ok(Bytes::copy_from_slice(v))
+        }
+
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+            Ok(Bytes::from(v))
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(b) = seq.next_element::<u8>()? {
+                v.push(b);
+            }
+            Ok(Bytes::from(v))
+        }
+    }
+}
+
 /// Decode a payload (the bytes after the header) as a `T`.
 pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
     use bincode::Options;
@@ -161,6 +374,40 @@ mod tests {
         let r: Result<FromWorker, _> = decode(&[0xff, 0xff, 0xff, 0x0f]);
         assert!(r.is_err());
         let _ = bytes;
+    }
+
+    fn frozen_with(state: usize) -> FromWorker {
+        use crate::worker::{ConnId, ConnLeftovers, Frozen};
+        FromWorker::Frozen(Frozen {
+            snapshot: crate::Snapshot::seal("bot", 1, (0..state).map(|i| (i * 7) as u8).collect()),
+            conns: vec![ConnLeftovers {
+                id: ConnId(3),
+                leftovers: vec![9; 40_000],
+                tls: None,
+            }],
+            frozen_at_ns: 42,
+            summary: Some("{}".into()),
+        })
+    }
+
+    #[test]
+    fn spliced_frames_carry_the_same_bytes() {
+        for state in [0, 10, SPLICE_MIN - 1, SPLICE_MIN, 300_000] {
+            let msg = frozen_with(state);
+            let whole = encode(&msg, 2, MAX_WORKER_FRAME).unwrap();
+            let parts = encode_parts(&msg, 2, MAX_WORKER_FRAME).unwrap();
+            assert_eq!(parts.len(), whole.len());
+            assert_eq!(parts.parts().concat(), whole, "state of {state} bytes");
+            let payload = Bytes::copy_from_slice(&whole[HEADER_LEN..]);
+            let back: FromWorker = decode_shared(&payload).unwrap();
+            assert_eq!(back, msg);
+            if let FromWorker::Frozen(f) = back {
+                if state > 0 {
+                    let inside = payload.as_ptr_range().contains(&f.snapshot.bytes.as_ptr());
+                    assert!(inside, "the snapshot was copied out of the frame");
+                }
+            }
+        }
     }
 
     proptest::proptest! {

@@ -20,7 +20,10 @@ pub struct Snapshot {
     pub checksum: u32,
     /// The app's serialized state. Reference-counted: the supervisor hands
     /// the same bytes to the successor, the stored checkpoint and the
-    /// checkpoint file without copying them.
+    /// checkpoint file without copying them; on a [`crate::Channel`] they
+    /// are written from (and read into) their own buffer, never copied into
+    /// a frame ([`crate::frame::shared_bytes`]). Encoded as `Bytes` encodes.
+    #[serde(with = "crate::frame::shared_bytes")]
     pub bytes: Bytes,
 }
 

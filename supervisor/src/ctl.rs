@@ -16,6 +16,28 @@ use handoff_protocol::frame::MAX_CTL_FRAME;
 use handoff_protocol::Channel;
 use serde_json::Value;
 
+/// `println!` for the command's output, except that a reader who stopped
+/// reading (`supervisorctl status | head -1`: EPIPE) ends the process
+/// quietly, as a closed pipe is the reader's choice and not an error.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            stdout_failed(e)
+        }
+    }};
+}
+
+/// Stdout cannot be written: exit 0 without a word if the reader went away
+/// (broken pipe), else say why and exit 3.
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("supervisorctl: cannot write the output: {e}");
+    std::process::exit(3);
+}
+
 /// Control a running handoff supervisor.
 #[derive(Debug, Parser)]
 #[command(
@@ -188,7 +210,7 @@ async fn answers(args: &Args, ch: &mut Channel<CtlRequest, CtlResponse>) -> Resu
         match resp {
             CtlResponse::Progress(p) => {
                 let detail = p.detail.map(|d| format!("  {d}")).unwrap_or_default();
-                println!(
+                out!(
                     "{:<12} +{:>9.3} ms{detail}",
                     p.phase,
                     p.at_us as f64 / 1000.0
@@ -200,12 +222,12 @@ async fn answers(args: &Args, ch: &mut Channel<CtlRequest, CtlResponse>) -> Resu
             }
             CtlResponse::Upgrade(report) => return upgrade_result(&report),
             CtlResponse::CheckpointStored { bytes, schema } => {
-                println!("checkpoint stored: {bytes} bytes, schema {schema}");
+                out!("checkpoint stored: {bytes} bytes, schema {schema}");
                 return Ok(());
             }
             CtlResponse::Log(lines) => {
                 for l in lines {
-                    println!("{} {}", fmt_unix_ms(l.unix_ms), l.line);
+                    out!("{} {}", fmt_unix_ms(l.unix_ms), l.line);
                 }
                 return Ok(());
             }
@@ -226,7 +248,7 @@ async fn connect(path: &std::path::Path) -> anyhow::Result<Channel<CtlRequest, C
 fn upgrade_result(r: &HandoffReport) -> Result<(), Failure> {
     match r.outcome {
         Outcome::InProgress => {
-            println!(
+            out!(
                 "upgrade #{} started (new worker pid {})",
                 r.id,
                 fmt_opt(r.to_pid)
@@ -234,7 +256,7 @@ fn upgrade_result(r: &HandoffReport) -> Result<(), Failure> {
             Ok(())
         }
         Outcome::Completed => {
-            println!(
+            out!(
                 "upgrade #{} completed: pid {} -> {}, pause {} us, blackout {} us",
                 r.id,
                 fmt_opt(r.from_pid),
@@ -279,16 +301,16 @@ pub fn status_json(report: &StatusReport) -> anyhow::Result<Value> {
 
 fn print_status(report: &StatusReport, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(&status_json(report)?)?);
+        out!("{}", serde_json::to_string(&status_json(report)?)?);
         return Ok(());
     }
     let w = &report.worker;
-    println!(
+    out!(
         "supervisor  pid {}  up {}",
         report.supervisor_pid,
         fmt_ms(report.uptime_ms)
     );
-    println!(
+    out!(
         "worker      pid {}  {}  generation {}  up {}  build {}",
         fmt_opt(w.pid),
         w.state,
@@ -297,29 +319,29 @@ fn print_status(report: &StatusReport, json: bool) -> anyhow::Result<()> {
         w.build_id.as_deref().unwrap_or("-")
     );
     if let Some(ms) = w.probation_ms_left {
-        println!("            on probation for {} more", fmt_ms(ms));
+        out!("            on probation for {} more", fmt_ms(ms));
     }
     if let Some(n) = &w.notice {
-        println!("            NOTE: {n}");
+        out!("            NOTE: {n}");
     }
     let sha = w
         .sha256
         .as_deref()
         .map(|s| format!(" (sha256 {})", &s[..s.len().min(16)]))
         .unwrap_or_default();
-    println!("            binary {}{sha}", w.binary);
-    println!("connections {}", report.connections.len());
+    out!("            binary {}{sha}", w.binary);
+    out!("connections {}", report.connections.len());
     for c in &report.connections {
-        println!("  #{:<3} {:<10} {:<22} {}", c.id, c.name, c.peer, c.url);
+        out!("  #{:<3} {:<10} {:<22} {}", c.id, c.name, c.peer, c.url);
     }
     match &report.checkpoint {
-        Some(c) => println!(
+        Some(c) => out!(
             "checkpoint  {} bytes, schema {}, {} old",
             c.bytes,
             c.schema,
             fmt_ms(c.age_ms)
         ),
-        None => println!("checkpoint  none yet"),
+        None => out!("checkpoint  none yet"),
     }
     if let Some(summary) = report
         .checkpoint
@@ -329,7 +351,7 @@ fn print_status(report: &StatusReport, json: bool) -> anyhow::Result<()> {
         print_positions(summary);
     }
     let h = &report.handoffs;
-    println!(
+    out!(
         "handoffs    {} completed, {} failed{}",
         h.completed,
         h.failed,
@@ -339,7 +361,7 @@ fn print_status(report: &StatusReport, json: bool) -> anyhow::Result<()> {
             .unwrap_or_default()
     );
     if let Some(l) = &h.last {
-        println!(
+        out!(
             "  last #{} {} via {}: pause {} us, blackout {} us{}",
             l.id,
             l.outcome.as_str(),
@@ -354,7 +376,7 @@ fn print_status(report: &StatusReport, json: bool) -> anyhow::Result<()> {
         let p = &l.phases;
         let ms =
             |v: Option<u64>| v.map_or("-".to_string(), |us| format!("{:.3}", us as f64 / 1000.0));
-        println!(
+        out!(
             "  phases (ms from trigger): spawned {}, prepared {}, frozen {}, restored {}, live {}, old stopped {}",
             ms(p.spawned_us),
             ms(p.prepared_us),
@@ -385,12 +407,15 @@ fn print_positions(summary: &str) {
         return;
     };
     let text = |p: &Value, k: &str| p.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
-    println!(
+    out!(
         "positions   {:<10} {:>16} {:>16} {:>16}",
-        "SYMBOL", "QTY", "AVG PRICE", "REALIZED PNL"
+        "SYMBOL",
+        "QTY",
+        "AVG PRICE",
+        "REALIZED PNL"
     );
     for (symbol, p) in positions {
-        println!(
+        out!(
             "            {:<10} {:>16} {:>16} {:>16}",
             symbol,
             text(p, "qty"),

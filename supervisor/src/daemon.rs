@@ -11,7 +11,7 @@ use handoff_protocol::ctl::{CtlRequest, CtlResponse, HandoffReport, Outcome, Upg
 use handoff_protocol::worker::{
     ConnRestore, FromWorker, Frozen, Hello, Restore, RestoreMode, ToWorker,
 };
-use handoff_protocol::{monotonic_ns, Snapshot};
+use handoff_protocol::Snapshot;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
@@ -21,7 +21,9 @@ use crate::binary;
 use crate::builds::{Build, BuildStore};
 use crate::config::Config;
 use crate::control::{self, CtlCommand};
-use crate::handoff::{compatibility, Phase, Trigger, Upgrade, EXIT_STATUS_GRACE};
+use crate::handoff::{
+    compatibility, Phase, Trigger, Upgrade, EXIT_STATUS_GRACE, FIRST_MESSAGE_GRACE,
+};
 use crate::held::HeldSockets;
 use crate::history::History;
 use crate::metrics::{MetricsError, MetricsView};
@@ -115,6 +117,8 @@ pub struct Daemon {
     pub(crate) notice: Option<String>,
     /// Writes each checkpoint to the state directory.
     persister: Option<Persister>,
+    /// The stored checkpoint is newer than the file (see `store_checkpoint`).
+    persist_pending: bool,
     /// systemd's notify socket.
     pub(crate) systemd: Notifier,
     /// Whether systemd has been told READY=1 yet.
@@ -185,6 +189,7 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
         probation: None,
         notice: None,
         persister: None,
+        persist_pending: false,
         systemd: Notifier::from_env(),
         ready_sent: false,
         metrics: MetricsView::default(),
@@ -248,6 +253,11 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
         }
     }
     ctl_task.abort();
+    if d.persist_pending {
+        if let Some(c) = d.checkpoint.take() {
+            d.persist(&c.snapshot, &c.summary);
+        }
+    }
     if let Some(p) = d.persister.take() {
         p.finish().await;
     }
@@ -515,6 +525,7 @@ impl Daemon {
             go_at_ns: None,
             first_consumed_ns: None,
             successor_lost: None,
+            held: None,
             events: Vec::new(),
             span: tracing::info_span!(
                 "upgrade",
@@ -688,7 +699,7 @@ impl Daemon {
                 info!(conn = %id, %reason, "connection released");
                 self.held.remove(id);
             }
-            FromWorker::Checkpoint(c) => self.store_checkpoint(c.snapshot, c.summary),
+            FromWorker::Checkpoint(c) => self.store_checkpoint(c.snapshot, c.summary, false),
             FromWorker::Frozen(f) => self.on_frozen(f),
             FromWorker::FreezeFailed { reason } => {
                 if matches!(self.phase, Phase::Freezing { .. }) {
@@ -710,14 +721,23 @@ impl Daemon {
         }
     }
 
-    fn store_checkpoint(&mut self, snapshot: Snapshot, summary: Option<String>) {
+    fn store_checkpoint(
+        &mut self,
+        snapshot: Snapshot,
+        summary: Option<String>,
+        handing_over: bool,
+    ) {
         let bytes = snapshot.bytes.len() as u64;
         let schema = snapshot.schema;
-        if let Some(p) = &self.persister {
-            p.save(OnDisk {
-                snapshot: snapshot.clone(),
-                summary: summary.clone(),
-            });
+        // Mid-handoff (a Frozen snapshot) the file waits for the upgrade to
+        // end: writing and syncing it would compete with the successor for
+        // the CPU and the disk during the blackout. Until then the file
+        // holds the previous checkpoint, which is what a restarted
+        // supervisor would recover from anyway.
+        if !handing_over && matches!(self.phase, Phase::Idle) {
+            self.persist(&snapshot, &summary);
+        } else {
+            self.persist_pending = true;
         }
         self.checkpoint = Some(Stored {
             snapshot,
@@ -726,6 +746,16 @@ impl Daemon {
         });
         for w in self.checkpoint_waiters.drain(..) {
             let _ = w.try_send(CtlResponse::CheckpointStored { bytes, schema });
+        }
+    }
+
+    fn persist(&mut self, snapshot: &Snapshot, summary: &Option<String>) {
+        self.persist_pending = false;
+        if let Some(p) = &self.persister {
+            p.save(OnDisk {
+                snapshot: snapshot.clone(),
+                summary: summary.clone(),
+            });
         }
     }
 
@@ -740,8 +770,12 @@ impl Daemon {
         }
         let blackout = at_ns.saturating_sub(frozen_at) / 1000;
         self.stats.blackout_pending = None;
-        if let Phase::Committing { up, .. } = &mut self.phase {
+        if let Phase::Committing { up, old } = &mut self.phase {
             up.first_consumed_ns = Some(at_ns);
+            up.release_progress();
+            if matches!(old.life, Lifecycle::Exited { .. }) {
+                self.complete_commit();
+            }
         } else if let Some(last) = self.stats.last.as_mut() {
             last.blackout_us = Some(blackout);
             self.metrics.blackout.observe_us(blackout);
@@ -758,7 +792,7 @@ impl Daemon {
         let Phase::Freezing { mut up, succ } = phase else {
             // A late answer to an abandoned freeze: still a valid checkpoint.
             self.phase = phase;
-            self.store_checkpoint(f.snapshot, f.summary);
+            self.store_checkpoint(f.snapshot, f.summary, false);
             return;
         };
         up.frozen_at_ns = Some(f.frozen_at_ns);
@@ -804,7 +838,7 @@ impl Daemon {
         };
         self.handed_leftovers = Some(HandedLeftovers::without_secrets(succ.generation, &f.conns));
         succ.send(ToWorker::Restore(restore), fds);
-        self.store_checkpoint(f.snapshot, f.summary);
+        self.store_checkpoint(f.snapshot, f.summary, true);
         up.deadline = tokio::time::Instant::now() + self.cfg.timeouts.restore;
         self.phase = Phase::Restoring { up, succ };
     }
@@ -887,6 +921,9 @@ impl Daemon {
             }
             a.send(ToWorker::Freeze { schema }, Vec::new());
         }
+        // The blackout starts: the waiters hear of its phases once the new
+        // worker has consumed its first message (see `handoff`).
+        up.held = Some(Vec::new());
         up.deadline = tokio::time::Instant::now() + self.cfg.timeouts.freeze;
         self.phase = Phase::Freezing { up, succ };
     }
@@ -910,7 +947,7 @@ impl Daemon {
         succ.send(ToWorker::Go, Vec::new());
         self.begin_probation(&old.build, old_hello, &succ);
         up.to_pid = Some(succ.pid);
-        up.go_at_ns = Some(monotonic_ns());
+        // The pause ends when Go is written, not queued.
         up.mark("live", Some(format!("pid {}", succ.pid)));
         if let Some(frozen) = up.frozen_at_ns {
             self.stats.blackout_pending = Some((succ.generation, frozen));
@@ -929,18 +966,39 @@ impl Daemon {
     fn on_retiring_event(&mut self, event: WorkerEvent) {
         match event {
             WorkerEvent::Exited(status) => {
-                let phase = std::mem::take(&mut self.phase);
-                let Phase::Committing { mut up, .. } = phase else {
-                    self.phase = phase;
+                let Phase::Committing { up, old } = &mut self.phase else {
                     return;
                 };
+                old.life = Lifecycle::Exited {
+                    status: status.to_string(),
+                };
                 up.mark("old_stopped", Some(status.to_string()));
-                let to_pid = up.to_pid;
-                self.finish(up, Outcome::Completed, None, to_pid);
+                if up.first_consumed_ns.is_some() {
+                    self.complete_commit();
+                } else {
+                    up.deadline = tokio::time::Instant::now() + FIRST_MESSAGE_GRACE;
+                }
             }
             WorkerEvent::Message(_, fds) => drop(fds),
             WorkerEvent::ChannelClosed { .. } => {}
         }
+    }
+
+    /// Step 6 done: A reaped, B consuming (or given its grace).
+    fn complete_commit(&mut self) {
+        let phase = std::mem::take(&mut self.phase);
+        let Phase::Committing { mut up, .. } = phase else {
+            self.phase = phase;
+            return;
+        };
+        up.release_progress();
+        up.go_at_ns = self
+            .active
+            .as_ref()
+            .filter(|a| Some(a.pid) == up.to_pid)
+            .and_then(WorkerProc::go_sent_ns);
+        let to_pid = up.to_pid;
+        self.finish(up, Outcome::Completed, None, to_pid);
     }
 
     fn on_phase_deadline(&mut self) {
@@ -966,6 +1024,10 @@ impl Daemon {
             Phase::Restoring { .. } => {
                 let reason = format!("the new worker was not ready within {:?}", t.restore);
                 self.abort(Outcome::RolledBack, reason);
+            }
+            Phase::Committing { old, .. } if matches!(old.life, Lifecycle::Exited { .. }) => {
+                // A quiet feed: B has had nothing to consume yet.
+                self.complete_commit();
             }
             Phase::Committing { up, old, .. } => {
                 warn!(
@@ -1037,6 +1099,7 @@ impl Daemon {
         error: Option<String>,
         to_pid: Option<u32>,
     ) {
+        up.release_progress();
         match outcome {
             Outcome::Completed => {
                 self.stats.completed += 1;
@@ -1126,5 +1189,11 @@ impl Daemon {
             .prune(&keep.iter().map(String::as_str).collect::<Vec<_>>());
         self.stats.last = Some(report);
         self.serving(&status);
+        if self.persist_pending {
+            if let Some(c) = self.checkpoint.take() {
+                self.persist(&c.snapshot, &c.summary);
+                self.checkpoint = Some(c);
+            }
+        }
     }
 }

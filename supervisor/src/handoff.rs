@@ -17,7 +17,12 @@
 //!    rejection, crash or timeout here thaws A and kills B.
 //! 6. **Commit** ([`Phase::Committing`]): A is told to exit, then B to go (in
 //!    that order: should the supervisor die in between, nobody serves rather
-//!    than two). The handoff completes when A is reaped (killed if it lingers).
+//!    than two). The handoff completes when A is reaped (killed if it lingers)
+//!    and B has consumed its first message (or [`FIRST_MESSAGE_GRACE`] after
+//!    the reap, on a quiet feed). From the freeze until then `upgrade --wait`
+//!    clients hear nothing (the phase events are held, with their times):
+//!    waking them, and whatever they start, would compete with A, B and the
+//!    supervisor for the CPU during the blackout.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -78,7 +83,16 @@ pub struct Upgrade {
     /// The successor's channel closed; the reason to give if its exit status
     /// does not arrive within [`EXIT_STATUS_GRACE`].
     pub successor_lost: Option<String>,
+    /// Phase events not yet told to the waiters (held while committing, see
+    /// the module docs); `None`: told as they happen.
+    pub held: Option<Vec<PhaseEvent>>,
 }
+
+/// After the old worker is reaped, how long a committed upgrade waits for
+/// the new worker's first message before it is reported complete anyway (a
+/// quiet feed). It bounds how much later `upgrade --wait` returns; nothing
+/// else waits on it.
+pub const FIRST_MESSAGE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// After a successor's channel closes, how long to wait for its exit status
 /// before giving up the upgrade without it: the status ("exit status: 1",
@@ -114,10 +128,25 @@ impl Upgrade {
         };
         tracing::info!(parent: &self.span, phase, at_us = at, detail = event.detail.as_deref().unwrap_or(""), "upgrade phase");
         self.events.push(event.clone());
+        match self.held.as_mut() {
+            Some(held) => held.push(event),
+            None => self.tell_waiters(event),
+        }
+    }
+
+    fn tell_waiters(&mut self, event: PhaseEvent) {
         self.waiters.retain(|w| {
             w.try_send(handoff_protocol::ctl::CtlResponse::Progress(event.clone()))
                 .is_ok()
         });
+    }
+
+    /// Tell the waiters the phase events held back so far, and the next ones
+    /// as they happen.
+    pub fn release_progress(&mut self) {
+        for event in self.held.take().unwrap_or_default() {
+            self.tell_waiters(event);
+        }
     }
 
     /// The report of this upgrade with `outcome`.
@@ -158,7 +187,8 @@ pub enum Phase {
     Freezing { up: Upgrade, succ: WorkerProc },
     /// Step 5: B restoring, waiting for Ready.
     Restoring { up: Upgrade, succ: WorkerProc },
-    /// Step 6: B live, A told to exit, waiting to reap A.
+    /// Step 6: B live, A told to exit, waiting to reap A and for B's first
+    /// message.
     Committing { up: Upgrade, old: WorkerProc },
 }
 

@@ -43,14 +43,35 @@ pub struct OnDisk {
     pub summary: Option<String>,
 }
 
-fn encode(c: &OnDisk) -> Result<Vec<u8>, String> {
-    let body = bincode::serialize(c).map_err(|e| e.to_string())?;
-    let mut out = Vec::with_capacity(MAGIC.len() + body.len() + 4);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&body);
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    Ok(out)
+/// Write `c` to `out` as a checkpoint file: the magic, the bincode body and
+/// a CRC-32 of both, computed as the bytes go out (the snapshot is written
+/// from its own memory, never copied into a file image first).
+fn encode_into(c: &OnDisk, out: &mut impl Write) -> std::io::Result<()> {
+    struct Hashing<'a, W: Write> {
+        out: &'a mut W,
+        crc: crc32fast::Hasher,
+    }
+    impl<W: Write> Write for Hashing<'_, W> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = self.out.write(buf)?;
+            self.crc.update(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.out.flush()
+        }
+    }
+    let mut w = Hashing {
+        out,
+        crc: crc32fast::Hasher::new(),
+    };
+    w.write_all(MAGIC)?;
+    bincode::serialize_into(&mut w, c).map_err(|e| match *e {
+        bincode::ErrorKind::Io(e) => e,
+        other => std::io::Error::other(other.to_string()),
+    })?;
+    let crc = w.crc.finalize();
+    out.write_all(&crc.to_le_bytes())
 }
 
 fn decode(bytes: &[u8]) -> Result<OnDisk, String> {
@@ -78,12 +99,10 @@ pub fn write(dir: &Path, c: &OnDisk) -> Result<(), PersistError> {
         path: path.clone(),
         source,
     };
-    let bytes = encode(c).map_err(|why| PersistError::Corrupt {
-        path: path.clone(),
-        why,
-    })?;
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(&bytes).map_err(io)?;
+    let f = std::fs::File::create(&tmp).map_err(io)?;
+    let mut w = std::io::BufWriter::new(f);
+    encode_into(c, &mut w).map_err(io)?;
+    let f = w.into_inner().map_err(|e| io(e.into_error()))?;
     f.sync_all().map_err(io)?;
     drop(f);
     std::fs::rename(&tmp, &path).map_err(io)?;

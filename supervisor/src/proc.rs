@@ -88,6 +88,9 @@ pub struct WorkerProc {
     /// channel's reader task: a daemon busy with a backlog must not mistake
     /// queued heartbeats for silence.
     activity: Arc<AtomicU64>,
+    /// When `Go` was written to its socket (monotonic ns; 0 until then),
+    /// stamped by the channel's task: the end of a handoff's pause.
+    go_sent: Arc<AtomicU64>,
     outbox: mpsc::UnboundedSender<(ToWorker, Vec<OwnedFd>)>,
 }
 
@@ -118,6 +121,7 @@ impl WorkerProc {
         let sock = tokio::net::UnixStream::from_std(ours).map_err(SpawnError::Socketpair)?;
         let channel = Channel::<ToWorker, FromWorker>::new(sock, MAX_WORKER_FRAME);
         let activity = Arc::new(AtomicU64::new(handoff_protocol::monotonic_ns()));
+        let go_sent = Arc::new(AtomicU64::new(0));
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(pump(
             generation,
@@ -125,6 +129,7 @@ impl WorkerProc {
             rx,
             events.clone(),
             activity.clone(),
+            go_sent.clone(),
         ));
         tokio::spawn(async move {
             let event = match child.wait().await {
@@ -144,6 +149,7 @@ impl WorkerProc {
             life: Lifecycle::Starting,
             plan,
             activity,
+            go_sent,
             outbox: tx,
         })
     }
@@ -165,6 +171,11 @@ impl WorkerProc {
         if !matches!(self.life, Lifecycle::Exited { .. }) {
             self.life = Lifecycle::Exiting;
         }
+    }
+
+    /// When `Go` was written to the worker's socket, if it was.
+    pub fn go_sent_ns(&self) -> Option<u64> {
+        Some(self.go_sent.load(Ordering::Relaxed)).filter(|&t| t != 0)
     }
 
     /// How long since a frame from this worker last arrived.
@@ -208,6 +219,7 @@ async fn pump(
     mut outbox: mpsc::UnboundedReceiver<(ToWorker, Vec<OwnedFd>)>,
     events: mpsc::UnboundedSender<Tagged>,
     activity: Arc<AtomicU64>,
+    go_sent: Arc<AtomicU64>,
 ) {
     let report = |event| {
         let _ = events.send(Tagged { generation, event });
@@ -220,6 +232,9 @@ async fn pump(
                 if let Err(e) = channel.send(&msg, &borrowed).await {
                     report(WorkerEvent::ChannelClosed { error: Some(format!("send failed: {e}")) });
                     return;
+                }
+                if matches!(msg, ToWorker::Go) {
+                    go_sent.store(handoff_protocol::monotonic_ns(), Ordering::Relaxed);
                 }
             }
             inc = channel.recv() => match inc.inspect(|_| activity.store(handoff_protocol::monotonic_ns(), Ordering::Relaxed)) {

@@ -11,6 +11,7 @@ mod fault_matrix;
 mod operator;
 mod orders;
 mod probation;
+mod starvation;
 mod tls;
 mod upgrades;
 

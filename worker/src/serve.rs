@@ -109,6 +109,9 @@ impl<A: App> Worker<A> {
     pub(crate) async fn serve(&mut self, mut awaiting: Awaiting) -> Result<Ended, WorkerError> {
         let mut heartbeat = interval(self.settings.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Not at once: a successor just said Ready, and its first job after
+        // Go is the first message (the end of the blackout).
+        heartbeat.reset();
         let mut checkpoint = interval(self.settings.checkpoint_interval);
         checkpoint.set_missed_tick_behavior(MissedTickBehavior::Delay);
         checkpoint.reset();
