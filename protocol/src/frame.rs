@@ -86,8 +86,8 @@ fn options(limit: usize) -> impl bincode::Options + Copy {
         .reject_trailing_bytes()
 }
 
-/// Encode `msg` as one whole frame (header and payload) declaring `n_fds`.
-pub fn encode<T: Serialize>(msg: &T, n_fds: usize, max_len: usize) -> Result<Vec<u8>, FrameError> {
+/// The payload length of `msg`, refused when it or `n_fds` exceeds the limits.
+fn checked_len<T: Serialize>(msg: &T, n_fds: usize, max_len: usize) -> Result<usize, FrameError> {
     use bincode::Options;
     if n_fds > MAX_FDS {
         return Err(FrameError::TooManyFds {
@@ -95,11 +95,20 @@ pub fn encode<T: Serialize>(msg: &T, n_fds: usize, max_len: usize) -> Result<Vec
             max: MAX_FDS,
         });
     }
-    let opts = options(max_len);
-    let len = opts.serialized_size(msg).map_err(FrameError::Encode)? as usize;
+    let len = options(max_len)
+        .serialized_size(msg)
+        .map_err(FrameError::Encode)? as usize;
     if len > max_len || len > u32::MAX as usize {
         return Err(FrameError::TooLarge { len, max: max_len });
     }
+    Ok(len)
+}
+
+/// Encode `msg` as one whole frame (header and payload) declaring `n_fds`.
+pub fn encode<T: Serialize>(msg: &T, n_fds: usize, max_len: usize) -> Result<Vec<u8>, FrameError> {
+    use bincode::Options;
+    let len = checked_len(msg, n_fds, max_len)?;
+    let opts = options(max_len);
     let mut out = Vec::with_capacity(HEADER_LEN + len);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&(n_fds as u16).to_be_bytes());
@@ -193,17 +202,7 @@ pub fn encode_parts<T: Serialize>(
     max_len: usize,
 ) -> Result<Encoded, FrameError> {
     use bincode::Options;
-    if n_fds > MAX_FDS {
-        return Err(FrameError::TooManyFds {
-            n_fds,
-            max: MAX_FDS,
-        });
-    }
-    let opts = options(max_len);
-    let len = opts.serialized_size(msg).map_err(FrameError::Encode)? as usize;
-    if len > max_len || len > u32::MAX as usize {
-        return Err(FrameError::TooLarge { len, max: max_len });
-    }
+    let len = checked_len(msg, n_fds, max_len)?;
     let mut head = Vec::with_capacity(HEADER_LEN + len.min(SPLICE_MIN));
     head.extend_from_slice(&MAGIC);
     head.extend_from_slice(&(n_fds as u16).to_be_bytes());

@@ -79,12 +79,20 @@ pub async fn subscribe(addr: SocketAddr, path: &str, streams: &[&str]) -> (Ws, V
     let (mut ws, _) = connect_async(format!("ws://{addr}{path}"))
         .await
         .expect("websocket connect");
+    let answer = send_subscribe(&mut ws, streams).await;
+    (ws, answer)
+}
+
+/// Subscribe on an open websocket; returns the subscription answer.
+pub async fn send_subscribe<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    streams: &[&str],
+) -> Value {
     let req = serde_json::json!({"method": "SUBSCRIBE", "params": streams, "id": 1});
     ws.send(Message::text(req.to_string()))
         .await
         .expect("send subscribe");
-    let answer = next_json(&mut ws).await;
-    (ws, answer)
+    next_json(ws).await
 }
 
 /// The next text message as JSON (control frames are handled by tungstenite).

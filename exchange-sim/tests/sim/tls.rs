@@ -2,7 +2,9 @@
 //! AEAD, server-side restrictions, KeyUpdates under load, TLS failures, and
 //! plain clients next to TLS ones.
 
-use crate::support::{ack, audit, audit_until, conn, next_json, start, subscribe, tick, PATIENCE};
+use crate::support::{
+    ack, audit, audit_until, conn, next_json, send_subscribe, start, subscribe, tick, PATIENCE,
+};
 use exchange_sim::SimHandle;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -106,11 +108,7 @@ where
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
         .await
         .expect("websocket upgrade over TLS");
-    let req = serde_json::json!({"method": "SUBSCRIBE", "params": streams, "id": 1});
-    ws.send(Message::text(req.to_string()))
-        .await
-        .expect("send subscribe");
-    let answer = next_json(&mut ws).await;
+    let answer = send_subscribe(&mut ws, streams).await;
     (ws, answer)
 }
 
