@@ -8,32 +8,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
 use tokio_tungstenite::tungstenite::Message;
-
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow)]
-    stream: Option<&'a str>,
-    data: Option<TradeData<'a>>,
-}
-
-#[derive(Deserialize)]
-struct TradeData<'a> {
-    #[serde(rename = "e", borrow)]
-    event: Option<&'a str>,
-    #[serde(rename = "t")]
-    id: Option<u64>,
-}
-
-fn parse_trade(text: &str) -> Option<(&str, u64)> {
-    let env: Envelope<'_> = serde_json::from_str(text).ok()?;
-    let data = env.data?;
-    if data.event != Some("trade") {
-        return None;
-    }
-    Some((env.stream?, data.id?))
-}
 
 /// What the bare client did.
 #[derive(Debug, Clone, Copy)]
@@ -104,7 +79,7 @@ async fn one_connection(i: usize, url: &str, symbols: &[String], last_id: u64) -
             anyhow::bail!("feed closed early");
         };
         let Message::Text(text) = msg? else { continue };
-        let Some((stream, id)) = parse_trade(text.as_str()) else {
+        let Some((stream, id)) = trading_worker::market::trade_id(text.as_str()) else {
             continue;
         };
         messages += 1;

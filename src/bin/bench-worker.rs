@@ -423,31 +423,6 @@ impl Timings {
     }
 }
 
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow)]
-    stream: Option<&'a str>,
-    data: Option<TradeData<'a>>,
-}
-
-#[derive(Deserialize)]
-struct TradeData<'a> {
-    #[serde(rename = "e", borrow)]
-    event: Option<&'a str>,
-    #[serde(rename = "t")]
-    id: Option<u64>,
-}
-
-/// `(stream, trade id)` if `text` is a trade.
-fn parse_trade(text: &str) -> Option<(&str, u64)> {
-    let env: Envelope<'_> = serde_json::from_str(text).ok()?;
-    let data = env.data?;
-    if data.event != Some("trade") {
-        return None;
-    }
-    Some((env.stream?, data.id?))
-}
-
 struct Bench {
     state: State,
     symbols: Vec<String>,
@@ -544,7 +519,7 @@ impl App for Bench {
             self.timings.line("first", &[monotonic_ns()]);
         }
         let Message::Text(text) = msg else { return };
-        let Some((stream, id)) = parse_trade(text.as_str()) else {
+        let Some((stream, id)) = trading_worker::market::trade_id(text.as_str()) else {
             return;
         };
         let key = format!("{}/{stream}", conn.name);
@@ -669,12 +644,5 @@ mod tests {
         // A decimal whose scale (200) no decimal has.
         assert!(positions_bin::unpack(&[1, 2, 200, 2, 0, 2, 0]).is_err());
         assert!(positions_bin::unpack(&[0xff; 40]).is_err());
-    }
-
-    #[test]
-    fn parses_trades_only() {
-        let t = r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":42,"p":"1.0","q":"2.0","T":1,"m":true}}"#;
-        assert_eq!(parse_trade(t), Some(("btcusdt@trade", 42)));
-        assert_eq!(parse_trade(r#"{"result":null,"id":1}"#), None);
     }
 }

@@ -56,6 +56,17 @@ pub fn parse_trade(text: &str) -> Option<Trade> {
     })
 }
 
+/// Only `(stream, trade id)` if `text` is a trade: what a client that counts
+/// and acks trades needs (the benchmark's worker and its bare client).
+pub fn trade_id(text: &str) -> Option<(&str, u64)> {
+    let env: Envelope<'_> = serde_json::from_str(text).ok()?;
+    let data = env.data?;
+    if data.event != Some("trade") {
+        return None;
+    }
+    Some((env.stream?, data.id?))
+}
+
 /// `{"method":"SUBSCRIBE","params":["btcusdt@trade",..],"id":1}`.
 pub fn subscribe(symbols: &[String]) -> String {
     let params: Vec<String> = symbols
@@ -73,6 +84,14 @@ pub fn ack(stream: &str, id: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trade_id_takes_trades_only() {
+        let t = r#"{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":42,"p":"1.0","q":"2.0","T":1,"m":true}}"#;
+        assert_eq!(trade_id(t), Some(("btcusdt@trade", 42)));
+        assert_eq!(trade_id(r#"{"result":null,"id":1}"#), None);
+        assert_eq!(trade_id("not json"), None);
+    }
 
     #[test]
     fn parses_the_contract_example_and_tolerates_the_rest() {
