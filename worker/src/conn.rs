@@ -224,8 +224,8 @@ impl Conn {
 
     /// Give up or take back the right to write TLS records (see
     /// [`HandoffStream::set_tls_writer`]).
-    pub fn set_tls_writer(&mut self, live: bool) {
-        self.ws.get_mut().set_tls_writer(live);
+    pub fn set_tls_writer(&mut self, writer: tls::Writer) {
+        self.ws.get_mut().set_tls_writer(writer);
     }
 
     /// Bytes taken from the kernel and not yet consumed as messages.

@@ -19,6 +19,7 @@ use crate::error::WorkerError;
 use crate::link::{recv_opt, Link};
 use crate::settings::Settings;
 use crate::start::Ended;
+use crate::tls::Writer;
 
 /// Most messages consumed in a row without looking at the supervisor, the
 /// timers or the signals: bounds how much later than otherwise a Freeze is
@@ -422,12 +423,12 @@ impl<A: App> Worker<A> {
         // The TLS sessions leave with the Frozen message: from here on only
         // the successor may seal records, until a Thaw gives the right back.
         for c in &mut self.conns {
-            c.set_tls_writer(false);
+            c.set_tls_writer(Writer::HandedOver);
         }
         let after = self.frozen(snapshot, conns, frozen_at_ns, summary).await;
         if matches!(after, Ok(AfterFreeze::Thawed)) {
             for c in &mut self.conns {
-                c.set_tls_writer(true);
+                c.set_tls_writer(Writer::Live);
             }
         }
         after

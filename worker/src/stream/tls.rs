@@ -60,17 +60,14 @@ impl HandoffStream {
         self.st.tls.as_ref().map(|t| t.export()).transpose()
     }
 
-    /// Give up (`false`) or take back (`true`) the right to write records.
-    /// Given up when the session is handed over, so that this process can
-    /// never seal a record under a sequence number its successor uses; taken
-    /// back when the handoff is abandoned (the successor never wrote).
-    pub fn set_tls_writer(&mut self, live: bool) {
+    /// Give up ([`Writer::HandedOver`]) or take back ([`Writer::Live`]) the
+    /// right to write records. Given up when the session is handed over, so
+    /// that this process can never seal a record under a sequence number
+    /// its successor uses; taken back when the handoff is abandoned (the
+    /// successor never wrote).
+    pub fn set_tls_writer(&mut self, writer: Writer) {
         if let Some(t) = self.st.tls.as_mut() {
-            t.set_writer(if live {
-                Writer::Live
-            } else {
-                Writer::HandedOver
-            });
+            t.set_writer(writer);
         }
     }
 

@@ -37,7 +37,7 @@ const ALERT_LEVEL_WARNING: u8 = 1;
 /// may: the session's state is handed over only together with the right to
 /// write, and comes back only when the handoff is abandoned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Writer {
+pub enum Writer {
     /// This process writes.
     Live,
     /// The session was handed over: nothing more is sealed here.

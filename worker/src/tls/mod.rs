@@ -16,7 +16,7 @@
 //! 3. **Handoff**: at a freeze, after every sealed record has reached the
 //!    kernel, the session ([`handoff_protocol::tls::TlsSession`]) goes to
 //!    the supervisor with the connection's leftovers, and this process stops
-//!    writing (`Writer::HandedOver`); a thaw gives the right back. The
+//!    writing ([`Writer::HandedOver`]); a thaw gives the right back. The
 //!    successor continues the same session: no new handshake, the server
 //!    sees nothing.
 //! 4. **Crash**: a dead worker may have sealed records past any sequence
@@ -40,6 +40,7 @@ use handoff_protocol::tls::TlsSessionError;
 use thiserror::Error;
 
 pub use handshake::Negotiated;
+pub use io::Writer;
 
 /// A TLS failure on one connection.
 #[derive(Debug, Error)]
