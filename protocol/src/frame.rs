@@ -129,6 +129,15 @@ pub struct Encoded {
     splices: Vec<(usize, Bytes)>,
 }
 
+/// The frame's own bytes are wiped once it is sent: they may hold a handed-
+/// over TLS session's keys ([`crate::tls`]). The spliced parts are the
+/// caller's (snapshots), not copies, and are left alone.
+impl Drop for Encoded {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.head);
+    }
+}
+
 impl Encoded {
     /// The frame's bytes, in order (empty parts left out).
     pub fn parts(&self) -> Vec<&[u8]> {
