@@ -27,9 +27,10 @@ use std::time::Duration;
 
 use handoff_worker::protocol::monotonic_ns;
 use handoff_worker::protocol::worker::{ConnInfo, RestoreMode};
-use handoff_worker::{App, AppError, Ended, Feed, Message, Outbox, Settings};
+use handoff_worker::{App, AppError, Message, Outbox, Settings};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use trading_worker::launch;
 
 const USAGE: &str = "bench-worker --feed URL [--feed URL…] [--symbols a,b] [--ack] \
 [--ballast-bytes N] [--positions N] [--checkpoint-ms MS] [--timings FILE]";
@@ -541,38 +542,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Logs like trading-worker's (stderr, RUST_LOG, default info): the
-    // benchmark discards them unless run with --verbose.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-    let feeds: Vec<Feed> = args
-        .feeds
-        .iter()
-        .enumerate()
-        .map(|(i, url)| Feed {
-            name: format!("feed-{i}"),
-            url: url.clone(),
-        })
-        .collect();
+    // Logs, runtime and exit codes like trading-worker's (`launch`); the
+    // benchmark discards the logs unless run with --verbose.
     let settings = Settings {
-        build_id: std::env::var("HANDOFF_BUILD_ID")
-            .unwrap_or_else(|_| format!("bench-worker {}", env!("CARGO_PKG_VERSION"))),
+        build_id: launch::build_id(|| format!("bench-worker {}", env!("CARGO_PKG_VERSION"))),
         checkpoint_interval: Duration::from_millis(args.checkpoint_ms),
         ..Settings::default()
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bench-worker: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
     };
     let fresh = move || Bench {
         state: State::default(),
@@ -583,17 +558,7 @@ fn main() -> ExitCode {
         timings: Timings::open(args.timings.as_ref()),
         restored: false,
     };
-    match rt.block_on(handoff_worker::run(feeds, settings, fresh)) {
-        Ok(Ended::HandedOver | Ended::Stopped | Ended::Abandoned) => ExitCode::SUCCESS,
-        Ok(Ended::Rejected(reason)) => {
-            eprintln!("bench-worker: takeover refused: {reason}");
-            ExitCode::from(4)
-        }
-        Err(e) => {
-            eprintln!("bench-worker: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    launch::run_main("bench-worker", &args.feeds, settings, fresh)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 
 pub mod app;
 pub mod book;
+pub mod launch;
 pub mod market;
 pub mod rest;
 pub mod schema;
@@ -23,7 +24,7 @@ mod fixture_tests;
 use std::process::ExitCode;
 
 use clap::Parser;
-use handoff_worker::{Ended, Feed, Settings};
+use handoff_worker::Settings;
 
 pub use app::Trader;
 
@@ -83,24 +84,8 @@ pub fn main_v2() -> ExitCode {
 
 fn main_with<const S: u32>() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-    let feeds: Vec<Feed> = args
-        .feeds
-        .iter()
-        .enumerate()
-        .map(|(i, url)| Feed {
-            name: format!("feed-{i}"),
-            url: url.clone(),
-        })
-        .collect();
     let settings = Settings {
-        // A deploy pipeline may label the build (shown by `supervisorctl status`).
-        build_id: std::env::var("HANDOFF_BUILD_ID").unwrap_or_else(|_| {
+        build_id: launch::build_id(|| {
             format!(
                 "trading-worker {} (schema {})",
                 env!("CARGO_PKG_VERSION"),
@@ -111,18 +96,6 @@ fn main_with<const S: u32>() -> ExitCode {
         ca_file: args.ca_file.clone(),
         ..Settings::default()
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("trading-worker: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let symbols = args.symbols.clone();
-    let ack = args.ack;
     let mut strategy = state::Strategy::default();
     strategy.signal.cooldown = args.cooldown_trades;
     let rest = match args
@@ -137,17 +110,7 @@ fn main_with<const S: u32>() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let (symbols, ack) = (args.symbols.clone(), args.ack);
     let fresh = move || Trader::<S>::new(symbols, ack, strategy, rest);
-    match rt.block_on(handoff_worker::run(feeds, settings, fresh)) {
-        Ok(Ended::HandedOver | Ended::Stopped | Ended::Abandoned) => ExitCode::SUCCESS,
-        Ok(Ended::Rejected(reason)) => {
-            eprintln!("trading-worker: takeover refused: {reason}");
-            ExitCode::from(4)
-        }
-        Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("trading-worker: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    launch::run_main("trading-worker", &args.feeds, settings, fresh)
 }
