@@ -491,6 +491,29 @@ fn num(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
+/// The phases of one handoff (`handoffs.last.phases`, microseconds since
+/// the trigger) as spans.
+struct Phases {
+    prepare: f64,
+    freeze: f64,
+    restore: f64,
+    retire: f64,
+    latency: f64,
+}
+
+impl Phases {
+    fn of(rep: &Value) -> Phases {
+        let at = |k: &str| num(&rep["phases"][k]);
+        Phases {
+            prepare: at("prepared_us"),
+            freeze: at("frozen_us") - at("prepared_us"),
+            restore: at("restored_us") - at("frozen_us"),
+            retire: at("old_stopped_us") - at("live_us"),
+            latency: at("old_stopped_us"),
+        }
+    }
+}
+
 fn blackout_cell(bins: &AllBins, o: &Opts, conns: usize, size: usize) -> Result<Cell> {
     let mut rig = Rig::feed(
         bins,
@@ -524,20 +547,17 @@ fn blackout_cell(bins: &AllBins, o: &Opts, conns: usize, size: usize) -> Result<
             cell.unplanned += 1;
         }
         prev_to = rep["to_pid"].as_u64();
-        let ph = &rep["phases"];
         let blackout = num(&rep["blackout_us"]);
         let pause = num(&rep["pause_us"]);
         cell.blackout.push(blackout);
         cell.pause.push(pause);
         cell.go_to_first.push(blackout - pause);
-        cell.upgrade_latency.push(num(&ph["old_stopped_us"]));
-        cell.phase_prepare.push(num(&ph["prepared_us"]));
-        cell.phase_freeze
-            .push(num(&ph["frozen_us"]) - num(&ph["prepared_us"]));
-        cell.phase_restore
-            .push(num(&ph["restored_us"]) - num(&ph["frozen_us"]));
-        cell.phase_retire
-            .push(num(&ph["old_stopped_us"]) - num(&ph["live_us"]));
+        let p = Phases::of(&rep);
+        cell.upgrade_latency.push(p.latency);
+        cell.phase_prepare.push(p.prepare);
+        cell.phase_freeze.push(p.freeze);
+        cell.phase_restore.push(p.restore);
+        cell.phase_retire.push(p.retire);
         let w = worker_times(&rig, &rep)?;
         cell.serialize.push(w.serialize_us);
         cell.decode.push(w.decode_us);
@@ -1258,13 +1278,11 @@ fn snapshot_scale(bins: &AllBins, o: &Opts, positions: usize) -> Result<Scale> {
         caught_up(&rig.sim, o.feed_rate)?;
         std::thread::sleep(jitter.ms(50, 150));
         let rep = rig.upgrade(i)?;
-        let ph = &rep["phases"];
         sc.pause.push(num(&rep["pause_us"]));
         sc.blackout.push(num(&rep["blackout_us"]));
-        sc.freeze_phase
-            .push(num(&ph["frozen_us"]) - num(&ph["prepared_us"]));
-        sc.restore_phase
-            .push(num(&ph["restored_us"]) - num(&ph["frozen_us"]));
+        let p = Phases::of(&rep);
+        sc.freeze_phase.push(p.freeze);
+        sc.restore_phase.push(p.restore);
         let w = worker_times(&rig, &rep)?;
         sc.serialize.push(w.serialize_us);
         sc.restore.push(w.decode_us);
