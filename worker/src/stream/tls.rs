@@ -49,11 +49,6 @@ impl HandoffStream {
         Ok(s)
     }
 
-    /// Whether this is a TLS connection.
-    pub fn is_tls(&self) -> bool {
-        self.st.tls.is_some()
-    }
-
     /// The TLS session to hand over (`None` for plain TCP). Fails while
     /// sealed records still wait to be written: flush first.
     pub fn tls_session(&self) -> Result<Option<TlsSession>, TlsError> {
@@ -69,16 +64,6 @@ impl HandoffStream {
         if let Some(t) = self.st.tls.as_mut() {
             t.set_writer(writer);
         }
-    }
-
-    /// (next record to send, next to receive), for a TLS connection.
-    pub fn tls_sequence(&self) -> Option<(u64, u64)> {
-        self.st.tls.as_ref().map(|t| t.seqs())
-    }
-
-    /// KeyUpdates received on this stream (not counting earlier owners').
-    pub fn tls_key_updates(&self) -> u64 {
-        self.st.tls.as_ref().map_or(0, |t| t.key_updates)
     }
 
     pub(super) fn poll_write_tls(

@@ -126,6 +126,7 @@ impl TlsIo {
     }
 
     /// Sequence numbers of the next record to send and to receive.
+    #[cfg(test)]
     pub(crate) fn seqs(&self) -> (u64, u64) {
         self.layer.seqs()
     }

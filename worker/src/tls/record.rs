@@ -189,6 +189,7 @@ impl RecordLayer {
     }
 
     /// Sequence numbers of the next record to send and to receive.
+    #[cfg(test)]
     pub(crate) fn seqs(&self) -> (u64, u64) {
         (self.tx.seq, self.rx.seq)
     }
