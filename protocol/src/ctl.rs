@@ -156,6 +156,10 @@ pub struct ConnStatus {
     pub name: String,
     pub url: String,
     pub peer: String,
+    /// For `wss://`: who protects the records, as the held descriptor shows
+    /// it: `"kernel"` (kernel TLS installed on the socket) or
+    /// `"user-space"`.
+    pub tls: Option<String>,
 }
 
 /// The newest stored checkpoint.

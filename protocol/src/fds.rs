@@ -1,4 +1,5 @@
-//! Raw descriptor handling: the only module of the workspace with `unsafe`.
+//! Raw descriptor handling: with [`crate::ktls`], the only module of the
+//! workspace with `unsafe`.
 //!
 //! - [`send_with_fds`] / [`recv_with_fds`]: one `sendmsg`/`recvmsg` with
 //!   `SCM_RIGHTS`. Received descriptors are created close-on-exec

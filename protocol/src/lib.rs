@@ -15,7 +15,10 @@
 //! - [`worker`]: every message between supervisor and worker;
 //! - [`ctl`]: every message between `supervisorctl` and the supervisor;
 //! - [`tls`]: the TLS session state (keys, sequence numbers) of a `wss://`
-//!   connection handed over mid-session;
+//!   connection handed over mid-session, or only its TLS 1.3 traffic secrets
+//!   where kernel TLS carries the rest in the descriptor;
+//! - [`ktls`]: the kernel TLS calls `nix` lacks (a record of a given content
+//!   type; which upper-layer protocol a socket has);
 //! - [`snapshot`]: the envelope around a worker's opaque state (app name,
 //!   schema version, CRC-32 checksum, bytes).
 //!
@@ -41,6 +44,7 @@ pub mod channel;
 pub mod ctl;
 pub mod fds;
 pub mod frame;
+pub mod ktls;
 pub mod snapshot;
 pub mod tls;
 pub mod worker;
@@ -50,7 +54,7 @@ pub use snapshot::Snapshot;
 
 /// Version of the supervisor ⇄ worker protocol. A worker whose `Hello` names
 /// another version is refused before anything is frozen.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Name of the environment variable through which a worker learns the number of
 /// its inherited supervisor socket.

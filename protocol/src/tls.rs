@@ -10,6 +10,12 @@
 //! redacted, they are zeroed when dropped, and a CRC-32 over every field
 //! ([`TlsSession::seal`] / [`TlsSession::verify`]) catches a corrupted manifest
 //! before a single record is decrypted with a wrong key.
+//!
+//! Where the kernel protects the records ([`Records::Kernel`]: kernel TLS
+//! installed on the socket), the descriptor itself carries the keys and
+//! sequence numbers, so the session holds no record keys at all: only what
+//! the kernel cannot keep, the TLS 1.3 traffic secrets from which a KeyUpdate
+//! derives the next keys.
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -72,6 +78,18 @@ pub enum TlsHash {
     Sha384,
 }
 
+/// Who protects the session's records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Records {
+    /// The owning process (keys and sequence numbers in [`TlsDirection`]).
+    UserSpace,
+    /// The kernel (`TCP_ULP` "tls" with `TLS_TX`/`TLS_RX` installed on the
+    /// socket): the descriptor carries keys and sequence numbers, and the
+    /// directions hold only the TLS 1.3 traffic secrets (`seq` 0, `key`
+    /// and `iv` empty).
+    Kernel,
+}
+
 /// One direction of the record layer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsDirection {
@@ -92,6 +110,8 @@ pub struct TlsSession {
     pub version: TlsVersion,
     pub cipher: TlsCipher,
     pub hash: TlsHash,
+    /// Who protects the records: this manifest or the socket.
+    pub records: Records,
     /// Client → server.
     pub tx: TlsDirection,
     /// Server → client.
@@ -117,7 +137,12 @@ pub enum TlsSessionError {
 impl TlsSession {
     fn crc(&self) -> u32 {
         let mut h = crc32fast::Hasher::new();
-        h.update(&[self.version as u8, self.cipher as u8, self.hash as u8]);
+        h.update(&[
+            self.version as u8,
+            self.cipher as u8,
+            self.hash as u8,
+            self.records as u8,
+        ]);
         for d in [&self.tx, &self.rx] {
             h.update(&d.seq.to_be_bytes());
             for part in [&d.key, &d.iv, &d.traffic_secret] {
@@ -167,6 +192,7 @@ mod tests {
             version: TlsVersion::Tls13,
             cipher: TlsCipher::Aes128Gcm,
             hash: TlsHash::Sha256,
+            records: Records::UserSpace,
             tx: dir(7, 1),
             rx: dir(9, 5),
             pending: vec![23, 3, 3],
@@ -192,6 +218,9 @@ mod tests {
         assert!(s.verify().is_err());
         let mut s = good.clone();
         s.tx.key = Secret::new(vec![2; 16]);
+        assert!(s.verify().is_err());
+        let mut s = good.clone();
+        s.records = Records::Kernel;
         assert!(s.verify().is_err());
         let mut s = good;
         s.pending.push(0);

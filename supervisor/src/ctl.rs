@@ -332,7 +332,18 @@ fn print_status(report: &StatusReport, json: bool) -> anyhow::Result<()> {
     out!("            binary {}{sha}", w.binary);
     out!("connections {}", report.connections.len());
     for c in &report.connections {
-        out!("  #{:<3} {:<10} {:<22} {}", c.id, c.name, c.peer, c.url);
+        let tls = c
+            .tls
+            .as_deref()
+            .map(|t| format!("  (TLS records: {t})"))
+            .unwrap_or_default();
+        out!(
+            "  #{:<3} {:<10} {:<22} {}{tls}",
+            c.id,
+            c.name,
+            c.peer,
+            c.url
+        );
     }
     match &report.checkpoint {
         Some(c) => out!(

@@ -4,6 +4,10 @@ use handoff_protocol::ctl::{
     CheckpointStatus, ConnStatus, HandoffStats, StatusReport, WorkerStatus,
 };
 
+use std::os::fd::AsFd;
+
+use handoff_protocol::worker::ConnKind;
+
 use crate::daemon::Daemon;
 
 impl Daemon {
@@ -50,6 +54,13 @@ impl Daemon {
                 name: h.info.name.clone(),
                 url: h.info.url.clone(),
                 peer: h.info.peer.clone(),
+                tls: (h.info.kind == ConnKind::WebSocketTls).then(|| {
+                    match handoff_protocol::ktls::tcp_ulp(h.fd.as_fd()) {
+                        Ok(ulp) if ulp == "tls" => "kernel".to_string(),
+                        Ok(_) => "user-space".to_string(),
+                        Err(e) => format!("unknown ({e})"),
+                    }
+                }),
             })
             .collect();
         let checkpoint = self.checkpoint.as_ref().map(|c| CheckpointStatus {

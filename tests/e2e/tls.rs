@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use handoff_testkit::{wait_for, Sim};
+use handoff_testkit::{wait_for, Cluster, Sim};
+use handoff_worker::tls::kernel::Rekey;
+use handoff_worker::tls::KernelTls;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -41,7 +43,18 @@ fn assert_one_handshake_each(audit: &Value, connections: u64) {
     }
 }
 
-fn upgrade_ok(c: &handoff_testkit::Cluster, i: usize) {
+/// Who protects each held connection's records, as the supervisor sees it
+/// on the descriptor it holds.
+fn assert_records(c: &Cluster, connections: usize, layer: &str) {
+    let status = c.status().unwrap();
+    let conns = status["connections"].as_array().unwrap();
+    assert_eq!(conns.len(), connections, "{status}");
+    for conn in conns {
+        assert_eq!(conn["tls"], layer, "{conn}");
+    }
+}
+
+fn upgrade_ok(c: &Cluster, i: usize) {
     let out = c.upgrade(None).unwrap();
     assert!(out.success(), "upgrade {i}: {}{}", out.stdout, out.stderr);
 }
@@ -112,10 +125,17 @@ fn every_tls_version_and_cipher_hands_over() {
             if version == "1.3" {
                 sim.extend(["--key-update-every", "25"]);
             }
-            let c = cluster().tls().sim_args(sim).start().expect("cluster");
+            // The user-space record layer, on every machine.
+            let c = cluster()
+                .tls()
+                .sim_args(sim)
+                .worker_args(["--kernel-tls", "off"])
+                .start()
+                .expect("cluster");
             for i in 0..3 {
                 upgrade_ok(&c, i);
             }
+            assert_records(&c, 1, "user-space");
             let audit = assert_nothing_lost(&c.sim, 1);
             assert_one_handshake_each(&audit, 1);
             let tls = &audit["connections"][0]["tls"];
@@ -248,4 +268,59 @@ fn after_a_crash_tls_connections_are_reestablished_never_continued() {
     .unwrap();
     // The new connections carry the feed: acks go on.
     wait_for_more_acks(&c.sim, "acks on the new connections");
+}
+
+/// Kernel TLS, where this kernel offers it (skipped with a message
+/// elsewhere; `scripts/ktls-vm` runs it on a kernel that does): the kernel
+/// protects the records from the handshake on, the descriptor alone carries
+/// them across every handoff, and the exchange sees one session each. On a
+/// kernel that can rekey, the server's KeyUpdates are followed too.
+#[test]
+fn kernel_tls_sessions_hand_over_with_the_descriptor() {
+    let rekey = match handoff_worker::tls::kernel_tls() {
+        KernelTls::Absent(why) => {
+            eprintln!("SKIPPED: kernel TLS is not offered here: {why}");
+            return;
+        }
+        KernelTls::Available { rekey, .. } => *rekey,
+    };
+    for version in ["1.3", "1.2"] {
+        for cipher in ["aes128gcm", "aes256gcm", "chacha20"] {
+            let mut sim = vec![
+                "--rate",
+                "300",
+                "--fragment-every",
+                "5",
+                "--max-chunk",
+                "300",
+                "--tls-versions",
+                version,
+                "--tls-ciphers",
+                cipher,
+            ];
+            if version == "1.3" && rekey == Rekey::Supported {
+                sim.extend(["--key-update-every", "25"]);
+            }
+            let c = cluster()
+                .tls()
+                .connections(2)
+                .sim_args(sim)
+                .worker_args(["--kernel-tls", "require"])
+                .start()
+                .expect("cluster");
+            assert_records(&c, 2, "kernel");
+            for i in 0..5 {
+                upgrade_ok(&c, i);
+                assert_records(&c, 2, "kernel");
+            }
+            let audit = assert_nothing_lost(&c.sim, 2);
+            assert_one_handshake_each(&audit, 2);
+            for conn in audit["connections"].as_array().unwrap() {
+                assert_eq!(conn["tls"]["version"], version, "{conn}");
+            }
+            if version == "1.3" && rekey == Rekey::Supported {
+                assert!(tls_total(&audit, "tls_key_updates") > 0, "{audit}");
+            }
+        }
+    }
 }

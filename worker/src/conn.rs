@@ -2,8 +2,7 @@
 //! stream over a [`HandoffStream`], plus its registered identity. `ws://`
 //! runs over plain TCP, `wss://` over TLS ([`crate::tls`]).
 
-use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use futures_util::SinkExt;
@@ -16,7 +15,9 @@ use tracing::info;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
+use crate::settings::Settings;
 use crate::stream::HandoffStream;
+use crate::tls::io::TlsIo;
 use crate::tls::{self, TlsError};
 
 /// How much tungstenite reserves (and zero-fills) for each read. Its default,
@@ -88,14 +89,13 @@ pub struct Conn {
 
 impl Conn {
     /// Open `feed` from scratch: TCP connect, TLS handshake for `wss://`
-    /// (trusting the public roots and the certificates in `ca_file`), and
-    /// websocket handshake.
-    pub async fn open(
-        id: ConnId,
-        feed: &Feed,
-        timeout: Duration,
-        ca_file: Option<&Path>,
-    ) -> Result<Conn, ConnError> {
+    /// (trusting the public roots and the certificates in
+    /// `settings.ca_file`; records then protected by the kernel or here, as
+    /// `settings.kernel_tls` and the kernel allow), and websocket handshake,
+    /// all within `settings.connect_timeout`.
+    pub async fn open(id: ConnId, feed: &Feed, settings: &Settings) -> Result<Conn, ConnError> {
+        let timeout = settings.connect_timeout;
+        let ca_file = settings.ca_file.as_deref();
         let name = feed.name.clone();
         let bad = |reason: String| ConnError::BadUrl {
             name: name.clone(),
@@ -138,11 +138,27 @@ impl Conn {
                         source,
                     };
                     let server = host.trim_matches(['[', ']']);
-                    let (io, early, negotiated) =
+                    let (session, early, negotiated) =
                         tls::handshake::handshake(&mut tcp, server, ca_file)
                             .await
                             .map_err(tls_err)?;
-                    info!(feed = %name, ?negotiated, kernel_tls = ?tls::kernel_tls(), "TLS session established; records protected in user space");
+                    let path = tls::kernel::choose(
+                        settings.kernel_tls,
+                        tls::kernel_tls(),
+                        negotiated.version,
+                        negotiated.cipher,
+                    )
+                    .map_err(tls_err)?;
+                    let io = TlsIo::take_over(tcp.as_fd(), &session, &path).map_err(tls_err)?;
+                    drop(session);
+                    match &path {
+                        tls::Path::Kernel => {
+                            info!(feed = %name, ?negotiated, "TLS session established; records protected by the kernel (kernel TLS)")
+                        }
+                        tls::Path::UserSpace(why) => {
+                            info!(feed = %name, ?negotiated, why = %why, "TLS session established; records protected in user space")
+                        }
+                    }
                     HandoffStream::new_client_tls(tcp, io, early)
                         .map_err(|e| tls_err(TlsError::Io(e)))?
                 }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::tls::KernelTlsMode;
+
 /// How the runtime paces itself.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -29,6 +31,9 @@ pub struct Settings {
     /// PEM certificates trusted for `wss://` besides the public roots (a
     /// private CA, or a test exchange's).
     pub ca_file: Option<std::path::PathBuf>,
+    /// Whether `wss://` records are protected by the kernel (kernel TLS) or
+    /// in this process: see [`KernelTlsMode`].
+    pub kernel_tls: KernelTlsMode,
     /// Longest a graceful stop waits for each close handshake.
     pub close_timeout: Duration,
     /// How often a lost connection is re-opened (and re-subscribed): bounds
@@ -47,6 +52,7 @@ impl Default for Settings {
             freeze_settle_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(10),
             ca_file: None,
+            kernel_tls: KernelTlsMode::Auto,
             close_timeout: Duration::from_secs(2),
             reconnect_interval: Duration::from_secs(1),
         }

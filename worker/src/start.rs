@@ -207,13 +207,7 @@ impl<A: App> Worker<A> {
     pub(crate) async fn open_feeds(&mut self, feeds: &[Feed]) -> Result<(), WorkerError> {
         for feed in feeds {
             let id = self.next_conn_id();
-            let conn = Conn::open(
-                id,
-                feed,
-                self.settings.connect_timeout,
-                self.settings.ca_file.as_deref(),
-            )
-            .await?;
+            let conn = Conn::open(id, feed, &self.settings).await?;
             info!(conn = %conn.info.id, name = %conn.info.name, peer = %conn.info.peer, "connected");
             if let Some(link) = self.link.as_mut() {
                 link.send_with_fd(

@@ -351,7 +351,7 @@ impl HandoffStream {
                 Poll::Pending if self.st.take_prefix => false,
                 Poll::Pending => return Poll::Pending,
             };
-            let fd = self.tcp.as_raw_fd();
+            let fd = self.tcp.as_fd();
             let st = &mut self.st;
             // A stalled prefix is taken without readiness: it is known to be
             // there, and readiness is already cleared for whatever comes next.
@@ -448,10 +448,11 @@ impl State {
     /// One non-blocking read step on the socket, run under `try_io`.
     /// Ok(true): bytes were appended to `unfed`; Ok(false): end of stream;
     /// Err(WouldBlock): nothing usable yet (readiness gets cleared).
-    fn step(&mut self, fd: RawFd) -> io::Result<bool> {
+    fn step(&mut self, sock: BorrowedFd<'_>) -> io::Result<bool> {
         if self.tls.is_some() {
-            return self.step_tls(fd);
+            return self.step_tls(sock);
         }
+        let fd = sock.as_raw_fd();
         match self.mode {
             Mode::Handshake => self.step_handshake(fd),
             Mode::Frames if self.unfed.is_empty() => self.step_whole_frames(fd),

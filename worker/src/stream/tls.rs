@@ -5,18 +5,22 @@
 //! incomplete record and the session's keys and sequence numbers travel
 //! beside the leftovers ([`HandoffStream::tls_session`]).
 //!
+//! Under kernel TLS the kernel opens the records and `unfed` is filled
+//! straight from it; writes go to the socket as plaintext, after any
+//! control record (a KeyUpdate answer) the kernel has not taken yet.
+//!
 //! The kernel read position is not kept on a record boundary after the
 //! handshake: a TLS session is never continued after a crash (its sequence
 //! numbers are unknown), only after a planned freeze, which hands the partial
 //! record over.
 
 use std::io;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use handoff_protocol::tls::TlsSession;
-use tokio::io::AsyncWrite;
+use handoff_protocol::tls::{Records, TlsSession};
+use tokio::io::{AsyncWrite, Interest};
 use tokio::net::TcpStream;
 
 use super::frame::{head_match, HEAD_END};
@@ -43,10 +47,15 @@ impl HandoffStream {
         leftovers: Vec<u8>,
         session: &TlsSession,
     ) -> Result<Self, TlsError> {
-        let tls = TlsIo::resume(session)?;
         let mut s = Self::resume_fd(fd, leftovers).map_err(TlsError::Io)?;
+        let tls = TlsIo::resume(s.tcp.as_fd(), session)?;
         s.st.tls = Some(Box::new(tls));
         Ok(s)
+    }
+
+    /// Who protects this connection's records (`None` for plain TCP).
+    pub fn tls_records(&self) -> Option<Records> {
+        self.st.tls.as_ref().map(|t| t.records())
     }
 
     /// The TLS session to hand over (`None` for plain TCP). Fails while
@@ -75,6 +84,12 @@ impl HandoffStream {
         let Some(tls) = self.st.tls.as_mut() else {
             return Poll::Ready(Err(io::ErrorKind::Unsupported.into()));
         };
+        if tls.kernel().is_some() {
+            // The kernel seals; control records went out first (drained
+            // above, whatever the limit).
+            tls.check_writer()?;
+            return Pin::new(&mut self.tcp).poll_write(cx, buf);
+        }
         let n = tls.seal_data(buf)?;
         // Start writing now; what the socket does not take waits for the
         // next write or flush.
@@ -82,7 +97,8 @@ impl HandoffStream {
         Poll::Ready(Ok(n))
     }
 
-    /// Write sealed records until at most `limit` bytes wait.
+    /// Write sealed records until at most `limit` bytes wait (under kernel
+    /// TLS: hand every waiting control record to the kernel).
     pub(super) fn poll_drain_tls(
         &mut self,
         cx: &mut Context<'_>,
@@ -91,6 +107,18 @@ impl HandoffStream {
         let Some(tls) = self.st.tls.as_mut() else {
             return Poll::Ready(Ok(()));
         };
+        if let Some(k) = tls.kernel() {
+            while k.control_pending() {
+                ready!(self.tcp.poll_write_ready(cx))?;
+                let sock = self.tcp.as_fd();
+                match self.tcp.try_io(Interest::WRITABLE, || k.send_control(sock)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            return Poll::Ready(Ok(()));
+        }
         while tls.unwritten().len() > limit {
             let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, tls.unwritten()))?;
             if n == 0 {
@@ -120,7 +148,7 @@ impl HandoffStream {
 
 impl State {
     /// Read and open records; application data lands in `unfed`.
-    pub(super) fn step_tls(&mut self, fd: RawFd) -> io::Result<bool> {
+    pub(super) fn step_tls(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
         let Some(tls) = self.tls.as_mut() else {
             return Err(io::ErrorKind::Unsupported.into());
         };

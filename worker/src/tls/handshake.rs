@@ -12,7 +12,9 @@
 use std::io::{self, Read};
 use std::sync::Arc;
 
-use handoff_protocol::tls::{Secret, TlsCipher, TlsDirection, TlsHash, TlsSession, TlsVersion};
+use handoff_protocol::tls::{
+    Records, Secret, TlsCipher, TlsDirection, TlsHash, TlsSession, TlsVersion,
+};
 use nix::sys::socket::MsgFlags;
 use rustls::pki_types::ServerName;
 use rustls::{CipherSuite, ClientConnection, ConnectionTrafficSecrets, ProtocolVersion};
@@ -20,8 +22,9 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use super::config::{client_config, roots, TrafficSecrets};
+#[cfg(doc)]
 use super::io::TlsIo;
-use super::record::{traffic_keys, RecordLayer, HEADER_LEN, MAX_CIPHERTEXT};
+use super::record::{traffic_keys, HEADER_LEN, MAX_CIPHERTEXT};
 use super::TlsError;
 use crate::stream::sys_recv;
 use std::os::fd::AsRawFd;
@@ -34,13 +37,15 @@ pub struct Negotiated {
 }
 
 /// Run the handshake on `tcp` with `host` (SNI and certificate name).
-/// Returns the record layer state and any application data rustls had
-/// already decrypted (none in practice: feeding stops at `Finished`).
+/// Returns the session (keys, sequence numbers, traffic secrets: for
+/// [`TlsIo::take_over`]) and any application data rustls had already
+/// decrypted (none in practice: feeding stops at `Finished`). The kernel's
+/// read position is then right after the server's `Finished` record.
 pub(crate) async fn handshake(
     tcp: &mut TcpStream,
     host: &str,
     ca_file: Option<&std::path::Path>,
-) -> Result<(TlsIo, Vec<u8>, Negotiated), TlsError> {
+) -> Result<(TlsSession, Vec<u8>, Negotiated), TlsError> {
     let secrets = Arc::new(TrafficSecrets::default());
     let config = client_config(roots(ca_file)?, secrets.clone())?;
     let name = ServerName::try_from(host.to_string())
@@ -110,6 +115,7 @@ pub(crate) async fn handshake(
         version,
         cipher,
         hash,
+        records: Records::UserSpace,
         tx: TlsDirection {
             seq: extracted.tx.0,
             key: tx_key,
@@ -126,8 +132,7 @@ pub(crate) async fn handshake(
         pending_handshake: Vec::new(),
         checksum: 0,
     };
-    let io = TlsIo::new(RecordLayer::new(&session)?);
-    Ok((io, early, Negotiated { version, cipher }))
+    Ok((session, early, Negotiated { version, cipher }))
 }
 
 fn split(s: ConnectionTrafficSecrets) -> Result<(TlsCipher, Secret, Secret), TlsError> {

@@ -1,14 +1,17 @@
 //! A TLS connection's state between the socket and the websocket framing:
-//! ciphertext taken from the kernel, post-handshake messages (KeyUpdate,
-//! NewSessionTicket), alerts, sealed records waiting to be written, and who
-//! may write.
+//! the record layer (in user space: ciphertext taken from the kernel and
+//! sealed records waiting to be written; or in the kernel, see
+//! [`super::kernel_io`]), post-handshake messages (KeyUpdate,
+//! NewSessionTicket), alerts, and who may write.
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
-use handoff_protocol::tls::{TlsSession, TlsVersion};
+use handoff_protocol::tls::{Records, TlsSession, TlsVersion};
 use nix::sys::socket::MsgFlags;
 
+use super::kernel::{self, KernelTls, Path};
+use super::kernel_io::KernelRecords;
 use super::record::{
     Opened, RecordLayer, ALERT, APPLICATION_DATA, HANDSHAKE, HEADER_LEN, MAX_CIPHERTEXT,
     MAX_PLAINTEXT,
@@ -27,15 +30,18 @@ pub(crate) const OUT_HIGH_WATER: usize = 256 * 1024;
 
 const HS_HELLO_REQUEST: u8 = 0;
 const HS_NEW_SESSION_TICKET: u8 = 4;
-const HS_KEY_UPDATE: u8 = 24;
+pub(crate) const HS_KEY_UPDATE: u8 = 24;
 const ALERT_CLOSE_NOTIFY: u8 = 0;
 const ALERT_USER_CANCELED: u8 = 90;
 const ALERT_LEVEL_WARNING: u8 = 1;
+const CLOSE_NOTIFY: [u8; 2] = [ALERT_LEVEL_WARNING, ALERT_CLOSE_NOTIFY];
 
 /// Who may write records on this connection. A record sealed by two
 /// processes under the same sequence number reuses a nonce, so exactly one
 /// may: the session's state is handed over only together with the right to
-/// write, and comes back only when the handoff is abandoned.
+/// write, and comes back only when the handoff is abandoned. (Under kernel
+/// TLS the kernel numbers the records of every holder of the socket, but
+/// the same rule keeps two processes from interleaving their messages.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Writer {
     /// This process writes.
@@ -52,17 +58,27 @@ enum Reading {
     Closed,
 }
 
-pub(crate) struct TlsIo {
+/// Records protected here, with ring.
+struct UserRecords {
     layer: RecordLayer,
     /// `cin[..cin_len]`: ciphertext from the kernel not yet opened (always
     /// less than one record once processed).
     cin: Vec<u8>,
     cin_len: usize,
-    /// A post-handshake message split over records.
-    hs: Vec<u8>,
     /// Sealed records; `out[out_pos..]` not yet written to the socket.
     out: Vec<u8>,
     out_pos: usize,
+}
+
+enum Layer {
+    User(Box<UserRecords>),
+    Kernel(KernelRecords),
+}
+
+pub(crate) struct TlsIo {
+    layer: Layer,
+    /// A post-handshake message split over records.
+    hs: Vec<u8>,
     writer: Writer,
     reading: Reading,
     /// KeyUpdates received so far (for logs and tests).
@@ -72,14 +88,10 @@ pub(crate) struct TlsIo {
 }
 
 impl TlsIo {
-    pub(crate) fn new(layer: RecordLayer) -> Self {
+    fn with(layer: Layer, hs: Vec<u8>) -> Self {
         TlsIo {
             layer,
-            cin: vec![0; READ_CHUNK + HEADER_LEN + MAX_CIPHERTEXT],
-            cin_len: 0,
-            hs: Vec::new(),
-            out: Vec::new(),
-            out_pos: 0,
+            hs,
             writer: Writer::Live,
             reading: Reading::Open,
             key_updates: 0,
@@ -87,8 +99,42 @@ impl TlsIo {
         }
     }
 
-    /// Continue a handed-over session.
-    pub(crate) fn resume(session: &TlsSession) -> Result<Self, TlsError> {
+    /// Records protected in user space, from `session`'s keys.
+    pub(crate) fn user(session: &TlsSession) -> Result<Self, TlsError> {
+        Ok(Self::user_layer(RecordLayer::new(session)?))
+    }
+
+    pub(crate) fn user_layer(layer: RecordLayer) -> Self {
+        Self::with(
+            Layer::User(Box::new(UserRecords {
+                layer,
+                cin: vec![0; READ_CHUNK + HEADER_LEN + MAX_CIPHERTEXT],
+                cin_len: 0,
+                out: Vec::new(),
+                out_pos: 0,
+            })),
+            Vec::new(),
+        )
+    }
+
+    /// A session just negotiated on `sock`: install it into the kernel where
+    /// `path` (from [`kernel::choose`]) says so, else keep it here.
+    pub(crate) fn take_over(
+        sock: BorrowedFd<'_>,
+        session: &TlsSession,
+        path: &Path,
+    ) -> Result<Self, TlsError> {
+        let rekey = match (kernel::kernel_tls(), path) {
+            (KernelTls::Available { rekey, .. }, Path::Kernel) => *rekey,
+            _ => return Self::user(session),
+        };
+        kernel::install(sock, session)?;
+        let records = KernelRecords::new(session, rekey);
+        Ok(Self::with(Layer::Kernel(records), Vec::new()))
+    }
+
+    /// Continue a handed-over session on `sock`.
+    pub(crate) fn resume(sock: BorrowedFd<'_>, session: &TlsSession) -> Result<Self, TlsError> {
         session.verify()?;
         if session.pending.len() > HEADER_LEN + MAX_CIPHERTEXT {
             return Err(TlsError::BadSession(format!(
@@ -96,25 +142,73 @@ impl TlsIo {
                 session.pending.len()
             )));
         }
-        let mut io = TlsIo::new(RecordLayer::new(session)?);
-        io.cin[..session.pending.len()].copy_from_slice(&session.pending);
-        io.cin_len = session.pending.len();
-        io.hs = session.pending_handshake.clone();
-        Ok(io)
+        let installed = kernel::installed(sock).map_err(TlsError::Io)?;
+        let io = match session.records {
+            Records::UserSpace if installed => {
+                return Err(TlsError::BadSession(
+                    "a user-space session on a socket with kernel TLS".into(),
+                ))
+            }
+            Records::UserSpace => {
+                let mut io = Self::user(session)?;
+                if let Layer::User(u) = &mut io.layer {
+                    u.cin[..session.pending.len()].copy_from_slice(&session.pending);
+                    u.cin_len = session.pending.len();
+                }
+                io
+            }
+            // Never trust the manifest alone here: writing to a socket
+            // without kernel TLS would send plaintext.
+            Records::Kernel if !installed => {
+                return Err(TlsError::BadSession(
+                    "the session says kernel TLS but the socket has none".into(),
+                ))
+            }
+            Records::Kernel => {
+                if !session.pending.is_empty() {
+                    return Err(TlsError::BadSession(
+                        "ciphertext handed over beside a kernel TLS socket".into(),
+                    ));
+                }
+                let rekey = match kernel::kernel_tls() {
+                    KernelTls::Available { rekey, .. } => *rekey,
+                    KernelTls::Absent(_) => kernel::Rekey::Unsupported,
+                };
+                Self::with(
+                    Layer::Kernel(KernelRecords::new(session, rekey)),
+                    Vec::new(),
+                )
+            }
+        };
+        Ok(TlsIo {
+            hs: session.pending_handshake.clone(),
+            ..io
+        })
     }
 
     /// The session to hand over. Every sealed record must have reached the
     /// kernel: a record left here would be lost, and re-sealing it later
     /// would reuse its nonce.
     pub(crate) fn export(&self) -> Result<TlsSession, TlsError> {
-        if self.out_pos < self.out.len() {
-            return Err(TlsError::Unflushed {
-                bytes: self.out.len() - self.out_pos,
-            });
+        match &self.layer {
+            Layer::User(u) => {
+                if u.out_pos < u.out.len() {
+                    return Err(TlsError::Unflushed {
+                        bytes: u.out.len() - u.out_pos,
+                    });
+                }
+                Ok(u.layer.export(u.cin[..u.cin_len].to_vec(), self.hs.clone()))
+            }
+            Layer::Kernel(k) => k.export(self.hs.clone()),
         }
-        Ok(self
-            .layer
-            .export(self.cin[..self.cin_len].to_vec(), self.hs.clone()))
+    }
+
+    /// Who protects the records.
+    pub(crate) fn records(&self) -> Records {
+        match self.layer {
+            Layer::User(_) => Records::UserSpace,
+            Layer::Kernel(_) => Records::Kernel,
+        }
     }
 
     pub(crate) fn set_writer(&mut self, writer: Writer) {
@@ -128,26 +222,42 @@ impl TlsIo {
     /// Sequence numbers of the next record to send and to receive.
     #[cfg(test)]
     pub(crate) fn seqs(&self) -> (u64, u64) {
-        self.layer.seqs()
+        match &self.layer {
+            Layer::User(u) => u.layer.seqs(),
+            Layer::Kernel(_) => (0, 0),
+        }
     }
 
-    /// Take what the kernel has, open every complete record and append the
-    /// application data to `plain`. Ok(true): plaintext was appended;
-    /// Ok(false): end of stream (`close_notify`, or TCP end between records);
-    /// `WouldBlock`: nothing new.
-    pub(crate) fn recv(&mut self, fd: RawFd, plain: &mut Vec<u8>) -> io::Result<bool> {
+    fn version(&self) -> TlsVersion {
+        match &self.layer {
+            Layer::User(u) => u.layer.version(),
+            Layer::Kernel(k) => k.version(),
+        }
+    }
+
+    /// Take what the kernel has and append the application data to
+    /// `plain`. Ok(true): plaintext was appended; Ok(false): end of stream
+    /// (`close_notify`, or TCP end between records); `WouldBlock`: nothing
+    /// new.
+    pub(crate) fn recv(&mut self, sock: BorrowedFd<'_>, plain: &mut Vec<u8>) -> io::Result<bool> {
+        if matches!(self.layer, Layer::Kernel(_)) {
+            return self.recv_kernel(sock, plain);
+        }
         loop {
             if self.reading == Reading::Closed {
                 return Ok(false);
             }
-            let n = sys_recv(fd, &mut self.cin[self.cin_len..], MsgFlags::empty())?;
+            let Layer::User(u) = &mut self.layer else {
+                unreachable!("checked above");
+            };
+            let n = sys_recv(sock.as_raw_fd(), &mut u.cin[u.cin_len..], MsgFlags::empty())?;
             if n == 0 {
-                if self.cin_len > 0 {
+                if u.cin_len > 0 {
                     return Err(TlsError::TruncatedRecord.into());
                 }
                 return Ok(false);
             }
-            self.cin_len += n;
+            u.cin_len += n;
             let before = plain.len();
             self.process(plain)?;
             if plain.len() > before {
@@ -156,47 +266,115 @@ impl TlsIo {
         }
     }
 
-    /// Open the complete records in `cin`.
+    /// Kernel TLS: application data is read straight into `plain`; other
+    /// records come one at a time with their content type.
+    fn recv_kernel(&mut self, sock: BorrowedFd<'_>, plain: &mut Vec<u8>) -> io::Result<bool> {
+        loop {
+            if self.reading == Reading::Closed {
+                return Ok(false);
+            }
+            let Layer::Kernel(k) = &mut self.layer else {
+                return Err(io::ErrorKind::Unsupported.into());
+            };
+            let old = plain.len();
+            plain.resize(old + READ_CHUNK, 0);
+            let got = k.recv(sock.as_raw_fd(), &mut plain[old..]);
+            let (n, typ) = match got {
+                Ok(got) => got,
+                Err(e) => {
+                    plain.truncate(old);
+                    return Err(e);
+                }
+            };
+            if n == 0 {
+                plain.truncate(old);
+                if !self.hs.is_empty() {
+                    return Err(TlsError::TruncatedRecord.into());
+                }
+                return Ok(false);
+            }
+            if typ == APPLICATION_DATA {
+                plain.truncate(old + n);
+                if !self.hs.is_empty() {
+                    return Err(TlsError::MalformedHandshake(
+                        "application data inside a fragmented handshake message".into(),
+                    )
+                    .into());
+                }
+                return Ok(true);
+            }
+            let body = plain[old..old + n].to_vec();
+            plain.truncate(old);
+            self.control_record(Some(sock), typ, &body)?;
+        }
+    }
+
+    /// A record that is not application data, opened.
+    fn control_record(
+        &mut self,
+        sock: Option<BorrowedFd<'_>>,
+        typ: u8,
+        body: &[u8],
+    ) -> Result<(), TlsError> {
+        match typ {
+            HANDSHAKE => self.handshake_bytes(sock, body),
+            ALERT => {
+                self.reading = alert(self.version(), body)?;
+                Ok(())
+            }
+            other => Err(TlsError::UnexpectedRecord(other)),
+        }
+    }
+
+    /// Open the complete records in `cin` (user space).
     fn process(&mut self, plain: &mut Vec<u8>) -> Result<(), TlsError> {
         let mut pos = 0;
-        while self.reading == Reading::Open && self.cin_len - pos >= HEADER_LEN {
-            let header: [u8; HEADER_LEN] = self.cin[pos..pos + HEADER_LEN]
+        loop {
+            let Layer::User(u) = &mut self.layer else {
+                return Err(TlsError::BadSession("no user-space record layer".into()));
+            };
+            if self.reading != Reading::Open || u.cin_len - pos < HEADER_LEN {
+                break;
+            }
+            let header: [u8; HEADER_LEN] = u.cin[pos..pos + HEADER_LEN]
                 .try_into()
                 .map_err(|_| TlsError::TruncatedRecord)?;
             let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
             if len > MAX_CIPHERTEXT {
                 return Err(TlsError::RecordOverflow(len));
             }
-            if self.cin_len - pos < HEADER_LEN + len {
+            if u.cin_len - pos < HEADER_LEN + len {
                 break;
             }
             let body = pos + HEADER_LEN..pos + HEADER_LEN + len;
-            let Opened { typ, plaintext } = self.layer.open(header, &mut self.cin[body.clone()])?;
+            let Opened { typ, plaintext } = u.layer.open(header, &mut u.cin[body.clone()])?;
             let data = body.start + plaintext.start..body.start + plaintext.end;
             pos = body.end;
-            match typ {
-                APPLICATION_DATA => {
-                    if !self.hs.is_empty() {
-                        return Err(TlsError::MalformedHandshake(
-                            "application data inside a fragmented handshake message".into(),
-                        ));
-                    }
-                    plain.extend_from_slice(&self.cin[data]);
+            if typ == APPLICATION_DATA {
+                if !self.hs.is_empty() {
+                    return Err(TlsError::MalformedHandshake(
+                        "application data inside a fragmented handshake message".into(),
+                    ));
                 }
-                HANDSHAKE => {
-                    let bytes = self.cin[data].to_vec();
-                    self.handshake_bytes(&bytes)?;
-                }
-                ALERT => self.reading = alert(self.layer.version(), &self.cin[data])?,
-                other => return Err(TlsError::UnexpectedRecord(other)),
+                plain.extend_from_slice(&u.cin[data]);
+            } else {
+                let bytes = u.cin[data].to_vec();
+                // User space needs no descriptor for control records.
+                self.control_record(None, typ, &bytes)?;
             }
         }
-        self.cin.copy_within(pos..self.cin_len, 0);
-        self.cin_len -= pos;
+        if let Layer::User(u) = &mut self.layer {
+            u.cin.copy_within(pos..u.cin_len, 0);
+            u.cin_len -= pos;
+        }
         Ok(())
     }
 
-    fn handshake_bytes(&mut self, bytes: &[u8]) -> Result<(), TlsError> {
+    fn handshake_bytes(
+        &mut self,
+        sock: Option<BorrowedFd<'_>>,
+        bytes: &[u8],
+    ) -> Result<(), TlsError> {
         self.hs.extend_from_slice(bytes);
         loop {
             if self.hs.len() < 4 {
@@ -219,7 +397,7 @@ impl TlsIo {
                 HS_NEW_SESSION_TICKET => self.tickets += 1,
                 // No renegotiation (RFC 5746 lets a client ignore it).
                 HS_HELLO_REQUEST => {}
-                HS_KEY_UPDATE => self.key_update(&msg[4..])?,
+                HS_KEY_UPDATE => self.key_update(sock, &msg[4..])?,
                 other => return Err(TlsError::UnexpectedHandshake(other)),
             }
         }
@@ -227,7 +405,7 @@ impl TlsIo {
 
     /// RFC 8446 §4.6.3: switch the receiving keys; answer a request with our
     /// own KeyUpdate (sealed under the old sending keys), then switch those.
-    fn key_update(&mut self, body: &[u8]) -> Result<(), TlsError> {
+    fn key_update(&mut self, sock: Option<BorrowedFd<'_>>, body: &[u8]) -> Result<(), TlsError> {
         let requested = match body {
             [0] => false,
             [1] => true,
@@ -238,64 +416,104 @@ impl TlsIo {
                 "KeyUpdate not at the end of its record".into(),
             ));
         }
-        self.layer.update_rx()?;
-        self.key_updates += 1;
-        if requested {
-            if self.writer != Writer::Live {
-                return Err(TlsError::HandedOver);
-            }
-            let mut out = std::mem::take(&mut self.out);
-            let sealed = self
-                .layer
-                .seal(HANDSHAKE, &[HS_KEY_UPDATE, 0, 0, 1, 0], &mut out);
-            self.out = out;
-            sealed?;
-            self.layer.update_tx()?;
+        if requested && self.writer != Writer::Live {
+            return Err(TlsError::HandedOver);
         }
+        match (&mut self.layer, sock) {
+            (Layer::User(u), _) => {
+                u.layer.update_rx()?;
+                if requested {
+                    let mut out = std::mem::take(&mut u.out);
+                    let sealed = u
+                        .layer
+                        .seal(HANDSHAKE, &[HS_KEY_UPDATE, 0, 0, 1, 0], &mut out);
+                    u.out = out;
+                    sealed?;
+                    u.layer.update_tx()?;
+                }
+            }
+            (Layer::Kernel(k), Some(sock)) => k.key_update(sock, requested)?,
+            (Layer::Kernel(_), None) => {
+                return Err(TlsError::BadSession("kernel TLS without its socket".into()))
+            }
+        }
+        self.key_updates += 1;
         Ok(())
     }
 
     /// Seal up to one record of application data; returns how much of `data`
-    /// was taken.
+    /// was taken. User space only: under kernel TLS the plaintext is written
+    /// to the socket as it is.
     pub(crate) fn seal_data(&mut self, data: &[u8]) -> Result<usize, TlsError> {
         if self.writer != Writer::Live {
             return Err(TlsError::HandedOver);
         }
+        let Layer::User(u) = &mut self.layer else {
+            return Err(TlsError::BadSession(
+                "kernel TLS seals its own records".into(),
+            ));
+        };
         let n = data.len().min(MAX_PLAINTEXT);
-        self.compact_out();
-        self.layer
-            .seal(APPLICATION_DATA, &data[..n], &mut self.out)?;
+        u.compact_out();
+        u.layer.seal(APPLICATION_DATA, &data[..n], &mut u.out)?;
         Ok(n)
     }
 
-    /// Seal a `close_notify` alert (a clean end of the session).
-    pub(crate) fn seal_close_notify(&mut self) -> Result<(), TlsError> {
-        if self.writer != Writer::Live {
-            return Err(TlsError::HandedOver);
+    /// Whether this process may write application data now (kernel TLS).
+    pub(crate) fn check_writer(&self) -> Result<(), TlsError> {
+        match self.writer {
+            Writer::Live => Ok(()),
+            Writer::HandedOver => Err(TlsError::HandedOver),
         }
-        self.compact_out();
-        self.layer.seal(
-            ALERT,
-            &[ALERT_LEVEL_WARNING, ALERT_CLOSE_NOTIFY],
-            &mut self.out,
-        )
     }
 
+    /// Seal (or, under kernel TLS, queue) a `close_notify` alert: a clean
+    /// end of the session.
+    pub(crate) fn seal_close_notify(&mut self) -> Result<(), TlsError> {
+        self.check_writer()?;
+        match &mut self.layer {
+            Layer::User(u) => {
+                u.compact_out();
+                u.layer.seal(ALERT, &CLOSE_NOTIFY, &mut u.out)
+            }
+            Layer::Kernel(k) => {
+                k.queue_close_notify(CLOSE_NOTIFY);
+                Ok(())
+            }
+        }
+    }
+
+    /// Sealed bytes not yet written (user space; always empty under kernel
+    /// TLS, whose control records wait in [`Self::kernel`]).
+    pub(crate) fn unwritten(&self) -> &[u8] {
+        match &self.layer {
+            Layer::User(u) => &u.out[u.out_pos..],
+            Layer::Kernel(_) => &[],
+        }
+    }
+
+    pub(crate) fn wrote(&mut self, n: usize) {
+        if let Layer::User(u) = &mut self.layer {
+            u.out_pos += n;
+            u.compact_out();
+        }
+    }
+
+    /// The kernel's record layer, if it has this session.
+    pub(crate) fn kernel(&mut self) -> Option<&mut KernelRecords> {
+        match &mut self.layer {
+            Layer::Kernel(k) => Some(k),
+            Layer::User(_) => None,
+        }
+    }
+}
+
+impl UserRecords {
     fn compact_out(&mut self) {
         if self.out_pos == self.out.len() {
             self.out.clear();
             self.out_pos = 0;
         }
-    }
-
-    /// Sealed bytes not yet written.
-    pub(crate) fn unwritten(&self) -> &[u8] {
-        &self.out[self.out_pos..]
-    }
-
-    pub(crate) fn wrote(&mut self, n: usize) {
-        self.out_pos += n;
-        self.compact_out();
     }
 }
 
@@ -322,6 +540,15 @@ mod tests {
     use handoff_protocol::tls::{Secret, TlsCipher, TlsDirection, TlsHash};
     use rand::{Rng, SeedableRng};
 
+    /// Ciphertext as if just read from the kernel.
+    fn fill(io: &mut TlsIo, bytes: &[u8]) {
+        let Layer::User(u) = &mut io.layer else {
+            panic!("user-space layer expected");
+        };
+        u.cin[..bytes.len()].copy_from_slice(bytes);
+        u.cin_len = bytes.len();
+    }
+
     fn layer(version: TlsVersion, cipher: TlsCipher) -> RecordLayer {
         let key_len = if cipher == TlsCipher::Aes128Gcm {
             16
@@ -338,6 +565,7 @@ mod tests {
             version,
             cipher,
             hash: TlsHash::Sha256,
+            records: Records::UserSpace,
             tx: dir(1),
             rx: dir(2),
             pending: Vec::new(),
@@ -360,7 +588,7 @@ mod tests {
                 TlsCipher::Chacha20Poly1305,
             ] {
                 for _ in 0..300 {
-                    let mut io = TlsIo::new(layer(version, cipher));
+                    let mut io = TlsIo::user_layer(layer(version, cipher));
                     let len = rng.gen_range(0..300usize);
                     let mut input: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
                     if rng.gen_bool(0.7) && input.len() >= HEADER_LEN {
@@ -368,8 +596,7 @@ mod tests {
                         input[0] = rng.gen_range(20..25);
                         input[3..5].copy_from_slice(&body.to_be_bytes());
                     }
-                    io.cin[..input.len()].copy_from_slice(&input);
-                    io.cin_len = input.len();
+                    fill(&mut io, &input);
                     let mut plain = Vec::new();
                     let _ = io.process(&mut plain);
                     assert!(plain.is_empty(), "garbage authenticated as data");
@@ -397,15 +624,14 @@ mod tests {
                 for flip in [HEADER_LEN, out.len() - 1] {
                     let mut bad = out.clone();
                     bad[flip] ^= 1;
-                    let mut reader = TlsIo::new(RecordLayer::new(&session.clone().seal()).unwrap());
-                    reader.cin[..bad.len()].copy_from_slice(&bad);
-                    reader.cin_len = bad.len();
+                    let mut reader =
+                        TlsIo::user_layer(RecordLayer::new(&session.clone().seal()).unwrap());
+                    fill(&mut reader, &bad);
                     let err = reader.process(&mut Vec::new()).unwrap_err();
                     assert!(matches!(err, TlsError::BadRecordMac { .. }), "{err}");
                 }
-                let mut reader = TlsIo::new(RecordLayer::new(&session.seal()).unwrap());
-                reader.cin[..out.len()].copy_from_slice(&out);
-                reader.cin_len = out.len();
+                let mut reader = TlsIo::user_layer(RecordLayer::new(&session.seal()).unwrap());
+                fill(&mut reader, &out);
                 let mut plain = Vec::new();
                 reader.process(&mut plain).unwrap();
                 assert_eq!(plain, b"hello", "{version:?} {cipher:?}");

@@ -24,13 +24,18 @@
 //!    recovering worker closes those connections (TCP FIN) and connects
 //!    again, resubscribing. A nonce is never reused.
 //!
-//! Kernel TLS (`TCP_ULP` "tls") would let the descriptor carry the record
-//! state itself. [`kernel_tls`] reports whether this kernel offers it; this
-//! build always uses the user-space record layer above (see the README).
+//! **Kernel TLS** ([`kernel`], [`kernel_io`]): where this kernel offers it
+//! and the operator's [`KernelTlsMode`] allows, step 2 is the kernel's: the
+//! keys and sequence numbers are installed into the socket right after the
+//! handshake, the descriptor then carries them, and a handoff moves only the
+//! TLS 1.3 traffic secrets beside it. Each connection logs which record layer
+//! it got, and why (see the README).
 
 pub mod config;
 pub mod handshake;
 pub(crate) mod io;
+pub mod kernel;
+pub(crate) mod kernel_io;
 pub mod record;
 
 #[cfg(test)]
@@ -41,6 +46,7 @@ use thiserror::Error;
 
 pub use handshake::Negotiated;
 pub use io::Writer;
+pub use kernel::{kernel_tls, KernelTls, KernelTlsMode, Path};
 
 /// A TLS failure on one connection.
 #[derive(Debug, Error)]
@@ -83,6 +89,17 @@ pub enum TlsError {
     HandedOver,
     #[error("{bytes} bytes of sealed TLS records not yet written")]
     Unflushed { bytes: usize },
+    #[error("kernel TLS is required (--kernel-tls require) but {0}")]
+    KernelRequired(String),
+    #[error("kernel TLS: setting {step:?} failed: {errno}")]
+    KernelInstall {
+        step: kernel::Step,
+        errno: nix::errno::Errno,
+    },
+    #[error("the server updated its TLS 1.3 key, and this kernel cannot install the next one (it cannot rekey): the connection is opened again")]
+    KernelCannotRekey,
+    #[error("kernel TLS refused a record: {0}")]
+    KernelRecord(String),
 }
 
 impl From<TlsError> for std::io::Error {
@@ -94,52 +111,51 @@ impl From<TlsError> for std::io::Error {
     }
 }
 
-/// Whether this kernel offers kernel TLS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KernelTls {
-    /// `tls` is among `/proc/sys/net/ipv4/tcp_available_ulp`.
-    Available,
-    /// It is not (the module is not loaded or not built); the file's content
-    /// or the reason it could not be read.
-    Absent(String),
-}
-
-/// Where the kernel says which upper-layer protocols TCP sockets can take.
+/// Where the kernel lists the upper-layer protocols TCP sockets can take
+/// (`tls` once the module is loaded; see [`kernel::kernel_tls`]).
 pub const AVAILABLE_ULP: &str = "/proc/sys/net/ipv4/tcp_available_ulp";
-
-/// Read [`AVAILABLE_ULP`].
-pub fn kernel_tls() -> KernelTls {
-    match std::fs::read_to_string(AVAILABLE_ULP) {
-        Ok(ulps) => kernel_tls_in(&ulps),
-        Err(e) => KernelTls::Absent(format!("{AVAILABLE_ULP}: {e}")),
-    }
-}
-
-/// What the content of [`AVAILABLE_ULP`] says.
-fn kernel_tls_in(ulps: &str) -> KernelTls {
-    if ulps.split_whitespace().any(|u| u == "tls") {
-        KernelTls::Available
-    } else {
-        KernelTls::Absent(format!("{AVAILABLE_ULP}: {:?}", ulps.trim()))
-    }
-}
 
 #[cfg(test)]
 mod detection_tests {
-    use super::*;
+    use super::kernel::{choose, kernel_tls, KernelTls, KernelTlsMode, Path, Rekey};
+    use handoff_protocol::tls::{TlsCipher, TlsVersion};
 
     #[test]
-    fn tls_must_be_listed_as_a_whole_word() {
-        assert_eq!(kernel_tls_in("mptcp tls\n"), KernelTls::Available);
-        assert!(matches!(kernel_tls_in("mptcp\n"), KernelTls::Absent(_)));
-        assert!(matches!(
-            kernel_tls_in("espintcp tlsx"),
-            KernelTls::Absent(_)
-        ));
+    fn the_record_layer_follows_the_mode_and_the_kernel() {
+        let v13 = TlsVersion::Tls13;
+        let v12 = TlsVersion::Tls12;
+        let aes = TlsCipher::Aes128Gcm;
+        let chacha = TlsCipher::Chacha20Poly1305;
+        let suites = vec![(v13, aes), (v12, aes)];
+        let absent = KernelTls::Absent("no tls ULP".into());
+        let old = KernelTls::Available {
+            rekey: Rekey::Unsupported,
+            suites: suites.clone(),
+        };
+        let new = KernelTls::Available {
+            rekey: Rekey::Supported,
+            suites,
+        };
+        let user = |p: Result<Path, _>| matches!(p, Ok(Path::UserSpace(_)));
+        let kernel = |p: Result<Path, _>| matches!(p, Ok(Path::Kernel));
+        assert!(user(choose(KernelTlsMode::Off, &new, v13, aes)));
+        assert!(user(choose(KernelTlsMode::Auto, &absent, v12, aes)));
+        assert!(choose(KernelTlsMode::Require, &absent, v12, aes).is_err());
+        // A cipher the kernel lacks stays here, or is refused.
+        assert!(user(choose(KernelTlsMode::Auto, &new, v13, chacha)));
+        assert!(choose(KernelTlsMode::Require, &new, v13, chacha).is_err());
+        // A kernel that cannot rekey could not follow a TLS 1.3 KeyUpdate.
+        assert!(user(choose(KernelTlsMode::Auto, &old, v13, aes)));
+        assert!(kernel(choose(KernelTlsMode::Auto, &old, v12, aes)));
+        assert!(kernel(choose(KernelTlsMode::Require, &old, v13, aes)));
+        assert!(kernel(choose(KernelTlsMode::Auto, &new, v13, aes)));
+        assert_eq!("require".parse(), Ok(KernelTlsMode::Require));
+        assert!("on".parse::<KernelTlsMode>().is_err());
         // This machine: say which path it takes.
+        let here = kernel_tls();
         eprintln!(
-            "kernel TLS here: {:?}; records are protected in user space",
-            kernel_tls()
+            "kernel TLS here: {here:?}; TLS 1.3 under --kernel-tls auto: {:?}",
+            choose(KernelTlsMode::Auto, here, v13, aes)
         );
     }
 }

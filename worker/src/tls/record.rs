@@ -14,7 +14,9 @@
 
 use std::ops::Range;
 
-use handoff_protocol::tls::{Secret, TlsCipher, TlsDirection, TlsHash, TlsSession, TlsVersion};
+use handoff_protocol::tls::{
+    Records, Secret, TlsCipher, TlsDirection, TlsHash, TlsSession, TlsVersion,
+};
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::hkdf;
 
@@ -175,6 +177,7 @@ impl RecordLayer {
             version: self.version,
             cipher: self.cipher,
             hash: self.hash,
+            records: Records::UserSpace,
             tx: self.tx.export(),
             rx: self.rx.export(),
             pending,
@@ -327,11 +330,7 @@ impl RecordLayer {
         if self.version != TlsVersion::Tls13 {
             return Err(TlsError::UnexpectedRecord(HANDSHAKE));
         }
-        let hash_len = match self.hash {
-            TlsHash::Sha256 => 32,
-            TlsHash::Sha384 => 48,
-        };
-        let secret = expand_label(self.hash, d.secret.expose(), b"traffic upd", hash_len);
+        let secret = next_traffic_secret(self.hash, d.secret.expose());
         let (key, iv) = traffic_keys(self.cipher, self.hash, &secret);
         Direction::new(
             self.cipher,
@@ -346,6 +345,15 @@ impl RecordLayer {
 }
 
 /// The record key and IV of a TLS 1.3 traffic secret (RFC 8446 §7.3).
+/// RFC 8446 §7.2: the application traffic secret after a KeyUpdate.
+pub(crate) fn next_traffic_secret(hash: TlsHash, secret: &[u8]) -> Vec<u8> {
+    let hash_len = match hash {
+        TlsHash::Sha256 => 32,
+        TlsHash::Sha384 => 48,
+    };
+    expand_label(hash, secret, b"traffic upd", hash_len)
+}
+
 pub(crate) fn traffic_keys(cipher: TlsCipher, hash: TlsHash, secret: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let key = expand_label(hash, secret, b"key", algorithm(cipher).key_len());
     let iv = expand_label(hash, secret, b"iv", aead::NONCE_LEN);

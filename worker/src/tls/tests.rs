@@ -4,12 +4,16 @@
 //! and resumed (a handoff) at each of those points. rustls on the server
 //! side authenticates every record we seal, so a wrong key, nonce or
 //! sequence number fails the test.
+//!
+//! The same exchanges run with the kernel protecting the records (kernel
+//! TLS) where this kernel offers it, and are skipped with a message where
+//! it does not (`scripts/ktls-vm` runs them on a kernel that does).
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use handoff_protocol::tls::{TlsCipher, TlsSession, TlsVersion};
+use handoff_protocol::tls::{Records, TlsCipher, TlsSession, TlsVersion};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{CipherSuite, ServerConfig, SupportedProtocolVersion};
@@ -18,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::handshake::handshake;
 use super::io::{TlsIo, Writer};
+use super::kernel::{kernel_tls, KernelTls, Path, Rekey};
 use super::TlsError;
 
 struct Pki {
@@ -104,7 +109,7 @@ async fn read_until(
 ) -> io::Result<bool> {
     while plain.len() < want {
         tcp.readable().await?;
-        match tcp.try_io(Interest::READABLE, || io.recv(tcp.as_raw_fd(), plain)) {
+        match tcp.try_io(Interest::READABLE, || io.recv(tcp.as_fd(), plain)) {
             Ok(true) => {}
             Ok(false) => return Ok(false),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -115,6 +120,13 @@ async fn read_until(
 }
 
 async fn send(tcp: &mut TcpStream, io: &mut TlsIo, data: &[u8]) {
+    if io.kernel().is_some() {
+        // Control records first, then the plaintext: the kernel seals it.
+        flush(tcp, io).await;
+        io.check_writer().unwrap();
+        tcp.write_all(data).await.unwrap();
+        return;
+    }
     let mut rest = data;
     while !rest.is_empty() {
         let n = io.seal_data(rest).unwrap();
@@ -124,19 +136,61 @@ async fn send(tcp: &mut TcpStream, io: &mut TlsIo, data: &[u8]) {
 }
 
 async fn flush(tcp: &mut TcpStream, io: &mut TlsIo) {
+    if let Some(k) = io.kernel() {
+        while k.control_pending() {
+            tcp.writable().await.unwrap();
+            let sock = tcp.as_fd();
+            match tcp.try_io(Interest::WRITABLE, || k.send_control(sock)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("control record: {e}"),
+            }
+        }
+        return;
+    }
     let out = io.unwritten().to_vec();
     tcp.write_all(&out).await.unwrap();
     io.wrote(out.len());
 }
 
 /// A handoff in miniature: the session leaves as bytes, the old state is
-/// dropped, a new record layer continues from the bytes.
-fn hand_over(io: TlsIo) -> TlsIo {
+/// dropped, a new record layer continues from the bytes. A kernel TLS
+/// session carries no record keys: the socket has them.
+fn hand_over(io: TlsIo, tcp: &TcpStream) -> TlsIo {
     let session = io.export().unwrap();
+    if session.records == Records::Kernel {
+        assert!(session.tx.key.is_empty() && session.rx.key.is_empty());
+        assert!(session.tx.iv.is_empty() && session.rx.iv.is_empty());
+    }
     let wire = bincode::serialize(&session).unwrap();
     drop(io);
     let session: TlsSession = bincode::deserialize(&wire).unwrap();
-    TlsIo::resume(&session).unwrap()
+    TlsIo::resume(tcp.as_fd(), &session).unwrap()
+}
+
+/// The record layer for a session just negotiated: user space, or the
+/// kernel (`None`, with a message, where this kernel has no TLS).
+fn take_over(tcp: &TcpStream, session: &TlsSession, records: Records) -> Option<TlsIo> {
+    let path = match records {
+        Records::UserSpace => Path::UserSpace("test".into()),
+        Records::Kernel => match kernel_tls() {
+            KernelTls::Available { suites, .. }
+                if suites.contains(&(session.version, session.cipher)) =>
+            {
+                Path::Kernel
+            }
+            other => {
+                eprintln!(
+                    "SKIPPED: the kernel TLS record layer for {:?} {:?}: {other:?}",
+                    session.version, session.cipher
+                );
+                return None;
+            }
+        },
+    };
+    let io = TlsIo::take_over(tcp.as_fd(), session, &path).unwrap();
+    assert_eq!(io.records(), records);
+    Some(io)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -148,7 +202,7 @@ enum HandOver {
     AfterKeyUpdate,
 }
 
-async fn exchange(version: TlsVersion, cipher: TlsCipher, at: HandOver) {
+async fn exchange(version: TlsVersion, cipher: TlsCipher, at: HandOver, records: Records) {
     let pki = pki();
     let (listener, addr, acceptor) = listen(&pki, version, cipher).await;
     let big = vec![b'x'; 40_000];
@@ -177,16 +231,38 @@ async fn exchange(version: TlsVersion, cipher: TlsCipher, at: HandOver) {
     });
 
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut io, early, negotiated) = handshake(&mut tcp, "localhost", Some(&pki.ca_file))
+    let (session, early, negotiated) = handshake(&mut tcp, "localhost", Some(&pki.ca_file))
         .await
         .unwrap();
     assert!(early.is_empty());
     assert_eq!((negotiated.version, negotiated.cipher), (version, cipher));
+    let Some(mut io) = take_over(&tcp, &session, records) else {
+        server.abort();
+        return;
+    };
     if at == HandOver::AfterHandshake {
-        io = hand_over(io);
+        io = hand_over(io, &tcp);
     }
     let mut plain = Vec::new();
     let first = 14 + big.len();
+    let cannot_rekey = matches!(
+        kernel_tls(),
+        KernelTls::Available {
+            rekey: Rekey::Unsupported,
+            ..
+        }
+    );
+    if records == Records::Kernel && version == TlsVersion::Tls13 && cannot_rekey {
+        // The server's KeyUpdate cannot be followed by this kernel: the
+        // connection ends with that reason, never with misread records.
+        let err = read_until(&tcp, &mut io, &mut plain, first)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot rekey"), "{err}");
+        assert_eq!(plain, b"hello-1", "everything before the KeyUpdate");
+        server.abort();
+        return;
+    }
     assert!(read_until(&tcp, &mut io, &mut plain, first).await.unwrap());
     assert_eq!(&plain[..14], b"hello-1hello-2");
     assert_eq!(&plain[14..first], &big[..]);
@@ -199,13 +275,13 @@ async fn exchange(version: TlsVersion, cipher: TlsCipher, at: HandOver) {
     }
     // Our KeyUpdate answer (sealed while reading) goes out before client-1.
     send(&mut tcp, &mut io, b"client-1").await;
-    if version == TlsVersion::Tls13 {
+    if version == TlsVersion::Tls13 && records == Records::UserSpace {
         // Our KeyUpdate went out under the old key; client-1 is record 0
         // of the new one.
         assert_eq!(io.seqs().0, 1, "the KeyUpdate was answered");
     }
     if at == HandOver::AfterKeyUpdate {
-        io = hand_over(io);
+        io = hand_over(io, &tcp);
     }
     assert!(read_until(&tcp, &mut io, &mut plain, first + 7)
         .await
@@ -234,21 +310,42 @@ const ALL: [(TlsVersion, TlsCipher); 6] = [
 #[tokio::test]
 async fn every_version_and_cipher_talks_to_rustls() {
     for (v, c) in ALL {
-        exchange(v, c, HandOver::Never).await;
+        exchange(v, c, HandOver::Never, Records::UserSpace).await;
     }
 }
 
 #[tokio::test]
 async fn a_session_handed_over_right_after_the_handshake_continues() {
     for (v, c) in ALL {
-        exchange(v, c, HandOver::AfterHandshake).await;
+        exchange(v, c, HandOver::AfterHandshake, Records::UserSpace).await;
     }
 }
 
 #[tokio::test]
 async fn a_session_handed_over_after_a_key_update_continues() {
     for (v, c) in ALL {
-        exchange(v, c, HandOver::AfterKeyUpdate).await;
+        exchange(v, c, HandOver::AfterKeyUpdate, Records::UserSpace).await;
+    }
+}
+
+#[tokio::test]
+async fn kernel_tls_every_version_and_cipher_talks_to_rustls() {
+    for (v, c) in ALL {
+        exchange(v, c, HandOver::Never, Records::Kernel).await;
+    }
+}
+
+#[tokio::test]
+async fn kernel_tls_session_handed_over_right_after_the_handshake_continues() {
+    for (v, c) in ALL {
+        exchange(v, c, HandOver::AfterHandshake, Records::Kernel).await;
+    }
+}
+
+#[tokio::test]
+async fn kernel_tls_session_handed_over_after_a_key_update_continues() {
+    for (v, c) in ALL {
+        exchange(v, c, HandOver::AfterKeyUpdate, Records::Kernel).await;
     }
 }
 
@@ -266,9 +363,10 @@ async fn a_handed_over_session_is_fenced_and_corruption_is_caught() {
         let _ = tls.read_to_end(&mut rest).await;
     });
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut io, _, _) = handshake(&mut tcp, "localhost", Some(&pki.ca_file))
+    let (session, _, _) = handshake(&mut tcp, "localhost", Some(&pki.ca_file))
         .await
         .unwrap();
+    let mut io = take_over(&tcp, &session, Records::UserSpace).unwrap();
     io.set_writer(Writer::HandedOver);
     assert!(matches!(io.seal_data(b"x"), Err(TlsError::HandedOver)));
     assert!(matches!(io.seal_close_notify(), Err(TlsError::HandedOver)));
@@ -280,10 +378,19 @@ async fn a_handed_over_session_is_fenced_and_corruption_is_caught() {
     flush(&mut tcp, &mut io).await;
     let mut session = io.export().unwrap();
     session.rx.seq += 1;
-    assert!(matches!(TlsIo::resume(&session), Err(TlsError::Corrupt(_))));
+    assert!(matches!(
+        TlsIo::resume(tcp.as_fd(), &session),
+        Err(TlsError::Corrupt(_))
+    ));
+    // A manifest claiming kernel TLS for a socket without it is refused:
+    // writing to it would send plaintext.
+    let mut kernel = session.clone();
+    kernel.records = Records::Kernel;
+    let err = TlsIo::resume(tcp.as_fd(), &kernel.seal()).err().unwrap();
+    assert!(err.to_string().contains("has none"), "{err}");
 
     // A record opened with the wrong sequence number fails authentication.
-    let mut wrong = TlsIo::resume(&session.seal()).unwrap();
+    let mut wrong = TlsIo::resume(tcp.as_fd(), &session.seal()).unwrap();
     let mut plain = Vec::new();
     let err = read_until(&tcp, &mut wrong, &mut plain, 2)
         .await
@@ -305,8 +412,7 @@ async fn an_unknown_ca_is_refused_at_connect() {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let err = handshake(&mut tcp, "localhost", Some(&other.ca_file))
         .await
-        .err()
-        .expect("an untrusted certificate must be refused");
+        .expect_err("an untrusted certificate must be refused");
     assert!(err.to_string().contains("certificate"), "{err}");
     drop(tcp);
     server.await.unwrap();

@@ -40,6 +40,12 @@ pub struct Args {
     /// simulator's `--tls-ca-out`).
     #[arg(long)]
     pub ca_file: Option<std::path::PathBuf>,
+    /// Who protects wss:// records: `auto` (the kernel where it can carry
+    /// the whole session: TLS 1.2, or TLS 1.3 on a kernel that can rekey;
+    /// this process otherwise), `off` (always this process) or `require`
+    /// (the kernel, or the connection fails). Each connection logs which.
+    #[arg(long, value_name = "auto|off|require", default_value = "auto")]
+    pub kernel_tls: handoff_worker::tls::KernelTlsMode,
     /// Symbols to subscribe to, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "btcusdt,ethusdt")]
     pub symbols: Vec<String>,
@@ -94,6 +100,7 @@ fn main_with<const S: u32>() -> ExitCode {
         }),
         checkpoint_interval: args.checkpoint_ms,
         ca_file: args.ca_file.clone(),
+        kernel_tls: args.kernel_tls,
         ..Settings::default()
     };
     let mut strategy = state::Strategy::default();
