@@ -90,7 +90,8 @@ impl ClusterBuilder {
             rest: false,
             tls: false,
             env: Vec::new(),
-            quiet: true,
+            // HANDOFF_TEST_VERBOSE=1: every cluster logs (debugging a run).
+            quiet: std::env::var_os("HANDOFF_TEST_VERBOSE").is_none(),
         }
     }
 

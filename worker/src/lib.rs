@@ -24,9 +24,12 @@
 //!   ever takes whole websocket frames out of the kernel, so tungstenite's
 //!   buffer is empty between messages and the leftovers are known exactly;
 //! - **TLS** ([`tls`]): a `wss://` feed's session moves with its socket. rustls
-//!   does the handshake; the record layer is this crate's own, in every owner
-//!   of the connection, so its keys and sequence numbers are handed over at a
-//!   freeze beside the leftovers, and exactly one process ever seals records.
+//!   does the handshake; then either the kernel protects the records (kernel
+//!   TLS: the descriptor carries keys and sequence numbers, and only the TLS
+//!   1.3 traffic secrets travel beside it) or this crate's own record layer
+//!   does, in every owner of the connection, and its keys and sequence
+//!   numbers are handed over at a freeze beside the leftovers. Either way
+//!   exactly one process ever writes records.
 //!
 //! ```no_run
 //! use handoff_worker::{App, AppError, Feed, Outbox, Settings};

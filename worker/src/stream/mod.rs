@@ -228,6 +228,9 @@ struct State {
     /// For a `wss://` connection: the TLS record layer between the socket
     /// and `unfed`, which then holds plaintext (see [`tls`]).
     tls: Option<Box<TlsIo>>,
+    /// Read before waiting for readiness: kernel TLS, just adopted or after
+    /// a read that returned data (see [`tls`]).
+    read_first: bool,
 }
 
 impl fmt::Debug for HandoffStream {
@@ -266,6 +269,7 @@ impl HandoffStream {
                 frame_max: DEFAULT_FRAME_MAX,
                 peek_buf: Vec::new(),
                 tls: None,
+                read_first: false,
             },
         }
     }
@@ -348,7 +352,7 @@ impl HandoffStream {
             let ready = match self.tcp.poll_read_ready(cx) {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) => true,
-                Poll::Pending if self.st.take_prefix => false,
+                Poll::Pending if self.st.take_prefix || self.st.read_first => false,
                 Poll::Pending => return Poll::Pending,
             };
             let fd = self.tcp.as_fd();
@@ -360,6 +364,11 @@ impl HandoffStream {
             } else {
                 st.step(fd)
             };
+            // Kernel TLS: a read that returned data may have opened a
+            // KeyUpdate ahead, which makes the socket unreadable to epoll
+            // until it is read: read on until the kernel says WouldBlock
+            // before waiting for readiness again (see `tls`).
+            self.st.read_first = matches!(stepped, Ok(true)) && self.st.kernel_tls();
             match stepped {
                 Ok(got_bytes) => {
                     self.stall_timer = None;

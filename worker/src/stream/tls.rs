@@ -9,6 +9,15 @@
 //! straight from it; writes go to the socket as plaintext, after any
 //! control record (a KeyUpdate answer) the kernel has not taken yet.
 //!
+//! Kernel TLS and readiness: a `recvmsg` returns records of one content
+//! type only, and the kernel may already have opened the next record when
+//! it stops. If that record is a KeyUpdate, the kernel reports the socket
+//! unreadable until the KeyUpdate has been read and the new key installed,
+//! and new data does not change that. So after a read that returned data,
+//! and on a socket just adopted from another process, the stream reads
+//! again before it waits for readiness: only a `WouldBlock` means there is
+//! nothing to read (`State::read_first`).
+//!
 //! The kernel read position is not kept on a record boundary after the
 //! handshake: a TLS session is never continued after a crash (its sequence
 //! numbers are unknown), only after a planned freeze, which hands the partial
@@ -49,6 +58,9 @@ impl HandoffStream {
     ) -> Result<Self, TlsError> {
         let mut s = Self::resume_fd(fd, leftovers).map_err(TlsError::Io)?;
         let tls = TlsIo::resume(s.tcp.as_fd(), session)?;
+        // Kernel TLS: the previous owner's last read may have opened a
+        // KeyUpdate ahead (see the module docs): read before waiting.
+        s.st.read_first = tls.records() == Records::Kernel;
         s.st.tls = Some(Box::new(tls));
         Ok(s)
     }
@@ -147,6 +159,13 @@ impl HandoffStream {
 }
 
 impl State {
+    /// Whether the kernel protects this connection's records.
+    pub(super) fn kernel_tls(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.records() == Records::Kernel)
+    }
+
     /// Read and open records; application data lands in `unfed`.
     pub(super) fn step_tls(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
         let Some(tls) = self.tls.as_mut() else {

@@ -279,6 +279,7 @@ impl TlsIo {
             let old = plain.len();
             plain.resize(old + READ_CHUNK, 0);
             let got = k.recv(sock.as_raw_fd(), &mut plain[old..]);
+            tracing::trace!(?got, "kernel TLS: recvmsg");
             let (n, typ) = match got {
                 Ok(got) => got,
                 Err(e) => {
@@ -305,6 +306,7 @@ impl TlsIo {
             }
             let body = plain[old..old + n].to_vec();
             plain.truncate(old);
+            tracing::debug!(typ, len = n, "kernel TLS: control record");
             self.control_record(Some(sock), typ, &body)?;
         }
     }

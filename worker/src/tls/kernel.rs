@@ -435,3 +435,71 @@ pub(crate) fn send_control(sock: BorrowedFd<'_>, typ: u8, body: &[u8]) -> io::Re
 pub(crate) fn installed(sock: impl AsFd) -> io::Result<bool> {
     Ok(handoff_protocol::ktls::tcp_ulp(sock.as_fd())? == "tls")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use handoff_protocol::tls::{Records, TlsHash};
+
+    fn keys(seq: u64) -> TlsDirection {
+        TlsDirection {
+            seq,
+            key: Secret::new(vec![7; 16]),
+            iv: Secret::new((0..12).collect()),
+            traffic_secret: Secret::default(),
+        }
+    }
+
+    /// TLS 1.2 AES-GCM: rustls sealed its Finished under explicit nonce
+    /// `base`; the kernel counts up from `base + 1`, so it never repeats it.
+    /// TLS 1.3 and ChaCha20: the IV as it is (the kernel XORs the sequence
+    /// number in, as rustls does).
+    #[test]
+    fn kernel_nonces_start_past_the_ones_rustls_used() {
+        let base = u64::from_be_bytes([4, 5, 6, 7, 8, 9, 10, 11]);
+        let Ok(TlsCryptoInfo::Aes128Gcm(i)) =
+            crypto_info(TlsVersion::Tls12, TlsCipher::Aes128Gcm, &keys(1), 1)
+        else {
+            panic!("AES-128-GCM info expected");
+        };
+        assert_eq!(i.salt, [0, 1, 2, 3]);
+        assert_eq!(u64::from_be_bytes(i.iv), base + 1);
+        assert_eq!(i.rec_seq, 1u64.to_be_bytes());
+        assert_eq!(i.key, [7; 16]);
+        let Ok(TlsCryptoInfo::Aes128Gcm(i)) =
+            crypto_info(TlsVersion::Tls13, TlsCipher::Aes128Gcm, &keys(0), 0)
+        else {
+            panic!("AES-128-GCM info expected");
+        };
+        assert_eq!(u64::from_be_bytes(i.iv), base);
+        let mut chacha = keys(1);
+        chacha.key = Secret::new(vec![7; 32]);
+        let Ok(TlsCryptoInfo::Chacha20Poly1305(i)) =
+            crypto_info(TlsVersion::Tls12, TlsCipher::Chacha20Poly1305, &chacha, 1)
+        else {
+            panic!("ChaCha20 info expected");
+        };
+        assert_eq!(i.iv.to_vec(), (0..12).collect::<Vec<u8>>());
+        // A key of the wrong size is refused before the kernel sees it.
+        assert!(crypto_info(TlsVersion::Tls13, TlsCipher::Aes256Gcm, &keys(0), 0).is_err());
+    }
+
+    /// Past the handshake the nonces rustls used are no longer one run behind
+    /// the kernel's count: refused.
+    #[test]
+    fn tls12_gcm_goes_to_the_kernel_only_right_after_the_handshake() {
+        let session = |seq| TlsSession {
+            version: TlsVersion::Tls12,
+            cipher: TlsCipher::Aes128Gcm,
+            hash: TlsHash::Sha256,
+            records: Records::UserSpace,
+            tx: keys(seq),
+            rx: keys(seq),
+            pending: Vec::new(),
+            pending_handshake: Vec::new(),
+            checksum: 0,
+        };
+        assert!(check_tls12_explicit_nonces(&session(1)).is_ok());
+        assert!(check_tls12_explicit_nonces(&session(2)).is_err());
+    }
+}

@@ -127,6 +127,7 @@ impl KernelRecords {
             return Err(TlsError::KernelCannotRekey);
         }
         self.rx_secret = self.next(Step::RekeyRx, sock, &self.rx_secret)?;
+        tracing::debug!(requested, "kernel TLS: the server's KeyUpdate followed");
         if requested {
             self.control.push_back(Control {
                 typ: super::record::HANDSHAKE,
@@ -174,6 +175,7 @@ impl KernelRecords {
         self.control.pop_front();
         if then == AfterSend::UpdateTx {
             self.tx_secret = self.next(Step::RekeyTx, sock, &self.tx_secret)?;
+            tracing::debug!("kernel TLS: our KeyUpdate sent, sending key updated");
         }
         Ok(())
     }
