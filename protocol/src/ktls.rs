@@ -85,8 +85,8 @@ pub fn send_record(sock: BorrowedFd<'_>, content_type: u8, data: &[u8]) -> io::R
     }
 }
 
-/// The upper-layer protocol on a TCP socket: `""` for none, `"tls"` once
-/// kernel TLS is installed.
+/// The upper-layer protocol on a TCP socket: `""` for none (or a kernel
+/// without them), `"tls"` once kernel TLS is installed.
 pub fn tcp_ulp(sock: BorrowedFd<'_>) -> io::Result<String> {
     let mut name = [0u8; ULP_NAME_MAX];
     let mut len = name.len() as libc::socklen_t;
@@ -102,7 +102,13 @@ pub fn tcp_ulp(sock: BorrowedFd<'_>) -> io::Result<String> {
         )
     };
     if r < 0 {
-        return Err(io::Error::last_os_error());
+        let err = io::Error::last_os_error();
+        // A kernel without upper-layer protocols (before Linux 4.13) has
+        // none on this socket either.
+        if err.raw_os_error() == Some(libc::ENOPROTOOPT) {
+            return Ok(String::new());
+        }
+        return Err(err);
     }
     let name = &name[..(len as usize).min(ULP_NAME_MAX)];
     let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());

@@ -54,6 +54,48 @@ fn assert_records(c: &Cluster, connections: usize, layer: &str) {
     }
 }
 
+/// The exchange's arguments for one TLS version and cipher, `rate` trades a
+/// second, fragmented frames, and a KeyUpdate every `key_update_every`
+/// trades if given.
+fn suite_args<'a>(
+    version: &'a str,
+    cipher: &'a str,
+    rate: &'a str,
+    key_update_every: Option<&'a str>,
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "--rate",
+        rate,
+        "--fragment-every",
+        "5",
+        "--max-chunk",
+        "300",
+        "--tls-versions",
+        version,
+        "--tls-ciphers",
+        cipher,
+    ];
+    if let Some(n) = key_update_every {
+        args.extend(["--key-update-every", n]);
+    }
+    args
+}
+
+/// Every connection negotiated `version` and `cipher`.
+fn assert_suite(audit: &Value, version: &str, cipher: &str) {
+    let expect = match cipher {
+        "aes128gcm" => "aes_128_gcm",
+        "aes256gcm" => "aes_256_gcm",
+        _ => "chacha20",
+    };
+    for conn in audit["connections"].as_array().unwrap() {
+        let tls = &conn["tls"];
+        assert_eq!(tls["version"], version, "{conn}");
+        let name = tls["cipher"].as_str().unwrap_or("").to_ascii_lowercase();
+        assert!(name.contains(expect), "{version} {cipher}: {tls}");
+    }
+}
+
 fn upgrade_ok(c: &Cluster, i: usize) {
     let out = c.upgrade(None).unwrap();
     assert!(out.success(), "upgrade {i}: {}{}", out.stdout, out.stderr);
@@ -110,21 +152,8 @@ fn hundred_wss_upgrades_under_load_with_key_updates_lose_nothing() {
 fn every_tls_version_and_cipher_hands_over() {
     for version in ["1.3", "1.2"] {
         for cipher in ["aes128gcm", "aes256gcm", "chacha20"] {
-            let mut sim = vec![
-                "--rate",
-                "300",
-                "--fragment-every",
-                "5",
-                "--max-chunk",
-                "300",
-                "--tls-versions",
-                version,
-                "--tls-ciphers",
-                cipher,
-            ];
-            if version == "1.3" {
-                sim.extend(["--key-update-every", "25"]);
-            }
+            let key_updates = (version == "1.3").then_some("25");
+            let sim = suite_args(version, cipher, "300", key_updates);
             // The user-space record layer, on every machine.
             let c = cluster()
                 .tls()
@@ -138,15 +167,7 @@ fn every_tls_version_and_cipher_hands_over() {
             assert_records(&c, 1, "user-space");
             let audit = assert_nothing_lost(&c.sim, 1);
             assert_one_handshake_each(&audit, 1);
-            let tls = &audit["connections"][0]["tls"];
-            assert_eq!(tls["version"], version, "{audit}");
-            let name = tls["cipher"].as_str().unwrap_or("").to_ascii_lowercase();
-            let expect = match cipher {
-                "aes128gcm" => "aes_128_gcm",
-                "aes256gcm" => "aes_256_gcm",
-                _ => "chacha20",
-            };
-            assert!(name.contains(expect), "{version} {cipher}: {tls}");
+            assert_suite(&audit, version, cipher);
         }
     }
 }
@@ -288,21 +309,8 @@ fn kernel_tls_sessions_hand_over_with_the_descriptor() {
         for cipher in ["aes128gcm", "aes256gcm", "chacha20"] {
             // A modest rate: scripts/test-kernel-tls runs this in an
             // emulated VM, where the kernel's AES is slow.
-            let mut sim = vec![
-                "--rate",
-                "100",
-                "--fragment-every",
-                "5",
-                "--max-chunk",
-                "300",
-                "--tls-versions",
-                version,
-                "--tls-ciphers",
-                cipher,
-            ];
-            if version == "1.3" && rekey == Rekey::Supported {
-                sim.extend(["--key-update-every", "10"]);
-            }
+            let key_updates = (version == "1.3" && rekey == Rekey::Supported).then_some("10");
+            let sim = suite_args(version, cipher, "100", key_updates);
             let c = cluster()
                 .tls()
                 .connections(2)
@@ -317,10 +325,8 @@ fn kernel_tls_sessions_hand_over_with_the_descriptor() {
             }
             let audit = assert_nothing_lost(&c.sim, 2);
             assert_one_handshake_each(&audit, 2);
-            for conn in audit["connections"].as_array().unwrap() {
-                assert_eq!(conn["tls"]["version"], version, "{conn}");
-            }
-            if version == "1.3" && rekey == Rekey::Supported {
+            assert_suite(&audit, version, cipher);
+            if key_updates.is_some() {
                 assert!(tls_total(&audit, "tls_key_updates") > 0, "{audit}");
             }
         }

@@ -325,33 +325,25 @@ fn crypto_info(
             Err(format!("{cipher:?} key of {} bytes", key.len()))
         }
     };
+    // The two AES-GCM structures differ only in their key's length.
+    macro_rules! gcm {
+        ($info:ident, $variant:ident, $len:literal) => {{
+            fixed($len)?;
+            let mut i = libc::$info {
+                info: base,
+                iv: gcm_iv(),
+                key: [0; $len],
+                salt: [0; 4],
+                rec_seq,
+            };
+            i.key.copy_from_slice(key);
+            i.salt.copy_from_slice(&iv[..4]);
+            TlsCryptoInfo::$variant(i)
+        }};
+    }
     Ok(match cipher {
-        TlsCipher::Aes128Gcm => {
-            fixed(16)?;
-            let mut i = libc::tls12_crypto_info_aes_gcm_128 {
-                info: base,
-                iv: gcm_iv(),
-                key: [0; 16],
-                salt: [0; 4],
-                rec_seq,
-            };
-            i.key.copy_from_slice(key);
-            i.salt.copy_from_slice(&iv[..4]);
-            TlsCryptoInfo::Aes128Gcm(i)
-        }
-        TlsCipher::Aes256Gcm => {
-            fixed(32)?;
-            let mut i = libc::tls12_crypto_info_aes_gcm_256 {
-                info: base,
-                iv: gcm_iv(),
-                key: [0; 32],
-                salt: [0; 4],
-                rec_seq,
-            };
-            i.key.copy_from_slice(key);
-            i.salt.copy_from_slice(&iv[..4]);
-            TlsCryptoInfo::Aes256Gcm(i)
-        }
+        TlsCipher::Aes128Gcm => gcm!(tls12_crypto_info_aes_gcm_128, Aes128Gcm, 16),
+        TlsCipher::Aes256Gcm => gcm!(tls12_crypto_info_aes_gcm_256, Aes256Gcm, 32),
         TlsCipher::Chacha20Poly1305 => {
             fixed(32)?;
             let mut i = libc::tls12_crypto_info_chacha20_poly1305 {

@@ -307,46 +307,29 @@ const ALL: [(TlsVersion, TlsCipher); 6] = [
     (TlsVersion::Tls12, TlsCipher::Chacha20Poly1305),
 ];
 
+/// Every version and cipher, records protected in user space and then by
+/// the kernel (skipped with a message where it has no TLS).
+async fn every_suite_and_record_layer(at: HandOver) {
+    for records in [Records::UserSpace, Records::Kernel] {
+        for (v, c) in ALL {
+            exchange(v, c, at, records).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn every_version_and_cipher_talks_to_rustls() {
-    for (v, c) in ALL {
-        exchange(v, c, HandOver::Never, Records::UserSpace).await;
-    }
+    every_suite_and_record_layer(HandOver::Never).await;
 }
 
 #[tokio::test]
 async fn a_session_handed_over_right_after_the_handshake_continues() {
-    for (v, c) in ALL {
-        exchange(v, c, HandOver::AfterHandshake, Records::UserSpace).await;
-    }
+    every_suite_and_record_layer(HandOver::AfterHandshake).await;
 }
 
 #[tokio::test]
 async fn a_session_handed_over_after_a_key_update_continues() {
-    for (v, c) in ALL {
-        exchange(v, c, HandOver::AfterKeyUpdate, Records::UserSpace).await;
-    }
-}
-
-#[tokio::test]
-async fn kernel_tls_every_version_and_cipher_talks_to_rustls() {
-    for (v, c) in ALL {
-        exchange(v, c, HandOver::Never, Records::Kernel).await;
-    }
-}
-
-#[tokio::test]
-async fn kernel_tls_session_handed_over_right_after_the_handshake_continues() {
-    for (v, c) in ALL {
-        exchange(v, c, HandOver::AfterHandshake, Records::Kernel).await;
-    }
-}
-
-#[tokio::test]
-async fn kernel_tls_session_handed_over_after_a_key_update_continues() {
-    for (v, c) in ALL {
-        exchange(v, c, HandOver::AfterKeyUpdate, Records::Kernel).await;
-    }
+    every_suite_and_record_layer(HandOver::AfterKeyUpdate).await;
 }
 
 #[tokio::test]
