@@ -248,7 +248,7 @@ impl TlsIo {
                 return Ok(false);
             }
             let Layer::User(u) = &mut self.layer else {
-                unreachable!("checked above");
+                return Err(io::ErrorKind::Unsupported.into()); // checked above
             };
             let n = sys_recv(sock.as_raw_fd(), &mut u.cin[u.cin_len..], MsgFlags::empty())?;
             if n == 0 {
