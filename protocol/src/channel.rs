@@ -14,11 +14,12 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
 use thiserror::Error;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
+use zeroize::Zeroize;
 
 use crate::fds::{recv_with_fds, send_with_fds};
 use crate::frame::{self, FrameError, Header, HEADER_LEN, MAX_FDS};
@@ -222,7 +223,9 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
                 .unwrap_or_default();
             self.check_no_stray_fds()?;
             // The message's snapshot (if any) stays in this buffer: no copy.
-            return Ok(Some((frame::decode_shared::<Rx>(&payload)?, fds)));
+            let decoded = frame::decode_shared::<Rx>(&payload);
+            wipe_unless_shared(payload);
+            return Ok(Some((decoded?, fds)));
         }
         if self.filled < HEADER_LEN {
             return Ok(None);
@@ -245,7 +248,11 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
         let fds = self.take_fds(&header)?;
         let decoded = frame::decode::<Rx>(&self.buf[HEADER_LEN..end]);
         self.buf.copy_within(end..self.filled, 0);
+        let was = self.filled;
         self.filled -= end;
+        // What is left of the frame behind the live bytes is wiped: it may
+        // have held a handed-over TLS session.
+        self.buf[self.filled..was].zeroize();
         self.check_no_stray_fds()?;
         Ok(Some((decoded?, fds)))
     }
@@ -263,6 +270,16 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
             have: self.filled,
             need,
         })
+    }
+}
+
+/// Wipe a received large frame once nothing decoded from it still shares
+/// its buffer (a message without a spliced snapshot): it may have held a
+/// handed-over TLS session. One whose snapshot shares it is freed with the
+/// snapshot, unwiped.
+fn wipe_unless_shared(payload: Bytes) {
+    if let Ok(mut own) = payload.try_into_mut() {
+        own.as_mut().zeroize();
     }
 }
 
@@ -299,6 +316,60 @@ mod tests {
         assert_eq!(f2.len(), 2);
         drop(sup);
         assert!(wrk.recv().await.unwrap().is_none());
+    }
+
+    /// A handed-over TLS session's bytes do not stay behind in the receive
+    /// buffer once its frame is decoded.
+    #[tokio::test]
+    async fn a_received_tls_session_is_wiped_from_the_buffer() {
+        use crate::tls::{Records, Secret, TlsCipher, TlsDirection, TlsHash, TlsSession};
+        use crate::worker::{ConnId, ConnInfo, ConnKind, ConnRestore, Restore, RestoreMode};
+        let key = [0xA5u8; 32];
+        let dir = || TlsDirection {
+            seq: 1,
+            key: Secret::new(key.to_vec()),
+            iv: Secret::new(vec![0x5A; 12]),
+            traffic_secret: Secret::new(key.to_vec()),
+        };
+        let restore = ToWorker::Restore(Restore {
+            mode: RestoreMode::Handoff,
+            snapshot: None,
+            conns: vec![ConnRestore {
+                info: ConnInfo {
+                    id: ConnId(0),
+                    name: "feed-0".into(),
+                    kind: ConnKind::WebSocketTls,
+                    url: "wss://x".into(),
+                    peer: "x".into(),
+                },
+                leftovers: Vec::new(),
+                tls: Some(
+                    TlsSession {
+                        version: crate::tls::TlsVersion::Tls13,
+                        cipher: TlsCipher::Aes256Gcm,
+                        hash: TlsHash::Sha384,
+                        records: Records::UserSpace,
+                        tx: dir(),
+                        rx: dir(),
+                        pending: Vec::new(),
+                        pending_handshake: Vec::new(),
+                        checksum: 0,
+                    }
+                    .seal(),
+                ),
+            }],
+        });
+        let (mut sup, mut wrk) = pair();
+        // Sent together, so the second frame is read with the first and
+        // moves to the front of the buffer.
+        sup.send(&restore, &[]).await.unwrap();
+        sup.send(&ToWorker::Go, &[]).await.unwrap();
+        let (got, _) = wrk.recv().await.unwrap().unwrap();
+        assert_eq!(got, restore);
+        let left = wrk.buf.windows(key.len()).any(|w| w == key);
+        assert!(!left, "the session's key is still in the receive buffer");
+        let (go, _) = wrk.recv().await.unwrap().unwrap();
+        assert!(matches!(go, ToWorker::Go));
     }
 
     #[tokio::test]
