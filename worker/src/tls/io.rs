@@ -175,7 +175,7 @@ impl TlsIo {
                     KernelTls::Absent(_) => kernel::Rekey::Unsupported,
                 };
                 Self::with(
-                    Layer::Kernel(KernelRecords::new(session, rekey)),
+                    Layer::Kernel(KernelRecords::adopt(session, rekey)?),
                     Vec::new(),
                 )
             }

@@ -27,6 +27,7 @@ use handoff_protocol::tls::{Secret, TlsCipher, TlsDirection, TlsSession, TlsVers
 use nix::errno::Errno;
 use nix::libc;
 use nix::sys::socket::sockopt::{TcpTlsRx, TcpTlsTx, TcpUlp, TlsCryptoInfo};
+use nix::sys::socket::SetSockOpt;
 use nix::sys::socket::{recvmsg, setsockopt, ControlMessageOwned, MsgFlags, TlsGetRecordType};
 use zeroize::Zeroize;
 
@@ -38,7 +39,8 @@ use super::{TlsError, AVAILABLE_ULP};
 pub enum Rekey {
     /// A second `TLS_TX` is accepted: KeyUpdate can be followed.
     Supported,
-    /// Refused (`EBUSY` before Linux 6.14): a KeyUpdate ends the connection.
+    /// Refused (`EBUSY`: Debian's 6.12 in our VM runs; rekey came with
+    /// Linux 6.14): a KeyUpdate ends the connection.
     Unsupported,
 }
 
@@ -216,38 +218,38 @@ pub(crate) fn install(sock: BorrowedFd<'_>, session: &TlsSession) -> Result<(), 
         check_tls12_explicit_nonces(session)?;
     }
     setsockopt(&sock, TcpUlp::default(), b"tls").map_err(fail(Step::Ulp))?;
-    set(
-        sock,
-        Step::Tx,
-        session.version,
-        session.cipher,
-        &session.tx,
-        session.tx.seq,
-    )?;
-    set(
-        sock,
-        Step::Rx,
-        session.version,
-        session.cipher,
-        &session.rx,
-        session.rx.seq,
-    )
+    let (v, c) = (session.version, session.cipher);
+    set(sock, TcpTlsTx, Step::Tx, v, c, &session.tx, session.tx.seq)?;
+    set(sock, TcpTlsRx, Step::Rx, v, c, &session.rx, session.rx.seq)
+}
+
+/// One direction of a TLS 1.3 KeyUpdate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Tx,
+    Rx,
 }
 
 /// Replace one direction's key (TLS 1.3 KeyUpdate): the new key's records
 /// start at sequence number 0.
 pub(crate) fn rekey(
     sock: BorrowedFd<'_>,
-    step: Step,
+    side: Side,
     version: TlsVersion,
     cipher: TlsCipher,
     keys: &TlsDirection,
 ) -> Result<(), TlsError> {
-    set(sock, step, version, cipher, keys, 0)
+    match side {
+        Side::Tx => set(sock, TcpTlsTx, Step::RekeyTx, version, cipher, keys, 0),
+        Side::Rx => set(sock, TcpTlsRx, Step::RekeyRx, version, cipher, keys, 0),
+    }
 }
 
-fn set(
+/// Hand `keys` to the kernel through `opt` (`TLS_TX` or `TLS_RX`); `step`
+/// names it in an error.
+fn set<O: SetSockOpt<Val = TlsCryptoInfo>>(
     sock: BorrowedFd<'_>,
+    opt: O,
     step: Step,
     version: TlsVersion,
     cipher: TlsCipher,
@@ -256,11 +258,7 @@ fn set(
 ) -> Result<(), TlsError> {
     let mut info = crypto_info(version, cipher, keys, seq)
         .map_err(|why| TlsError::BadSession(format!("kernel TLS keys: {why}")))?;
-    let set = match step {
-        Step::Tx | Step::RekeyTx => setsockopt(&sock, TcpTlsTx, &info),
-        Step::Rx | Step::RekeyRx => setsockopt(&sock, TcpTlsRx, &info),
-        Step::Ulp => Err(Errno::EINVAL),
-    };
+    let set = setsockopt(&sock, opt, &info);
     wipe(&mut info);
     set.map_err(|errno| TlsError::KernelInstall { step, errno })
 }

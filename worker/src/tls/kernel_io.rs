@@ -14,7 +14,7 @@ use handoff_protocol::tls::{
     Records, Secret, TlsCipher, TlsDirection, TlsHash, TlsSession, TlsVersion,
 };
 
-use super::kernel::{self, Rekey, Step};
+use super::kernel::{self, Rekey, Side};
 use super::record::{next_traffic_secret, traffic_keys};
 use super::TlsError;
 
@@ -58,6 +58,31 @@ impl KernelRecords {
             rekey,
             control: VecDeque::new(),
         }
+    }
+
+    /// A handed-over kernel TLS session: it must hold no record keys (the
+    /// socket has them) and, for TLS 1.3, both traffic secrets at the
+    /// hash's length, without which the next KeyUpdate would install wrong
+    /// keys.
+    pub(crate) fn adopt(session: &TlsSession, rekey: Rekey) -> Result<Self, TlsError> {
+        let bad = |why: String| Err(TlsError::BadSession(format!("kernel TLS session: {why}")));
+        for (name, d) in [("sending", &session.tx), ("receiving", &session.rx)] {
+            if !d.key.is_empty() || !d.iv.is_empty() {
+                return bad(format!("{name} record keys handed over beside the socket"));
+            }
+            let want = match (session.version, session.hash) {
+                (TlsVersion::Tls12, _) => 0,
+                (TlsVersion::Tls13, TlsHash::Sha256) => 32,
+                (TlsVersion::Tls13, TlsHash::Sha384) => 48,
+            };
+            if d.traffic_secret.len() != want {
+                return bad(format!(
+                    "{name} traffic secret of {} bytes, not {want}",
+                    d.traffic_secret.len()
+                ));
+            }
+        }
+        Ok(Self::new(session, rekey))
     }
 
     pub(crate) fn version(&self) -> TlsVersion {
@@ -126,7 +151,7 @@ impl KernelRecords {
         if self.rekey == Rekey::Unsupported {
             return Err(TlsError::KernelCannotRekey);
         }
-        self.rx_secret = self.next(Step::RekeyRx, sock, &self.rx_secret)?;
+        self.rx_secret = self.next(Side::Rx, sock, &self.rx_secret)?;
         tracing::debug!(requested, "kernel TLS: the server's KeyUpdate followed");
         if requested {
             self.control.push_back(Control {
@@ -139,7 +164,7 @@ impl KernelRecords {
     }
 
     /// Derive the next generation from `secret`, install it, return it.
-    fn next(&self, step: Step, sock: BorrowedFd<'_>, secret: &Secret) -> Result<Secret, TlsError> {
+    fn next(&self, side: Side, sock: BorrowedFd<'_>, secret: &Secret) -> Result<Secret, TlsError> {
         let next = Secret::new(next_traffic_secret(self.hash, secret.expose()));
         let (key, iv) = traffic_keys(self.cipher, self.hash, next.expose());
         let keys = TlsDirection {
@@ -148,7 +173,7 @@ impl KernelRecords {
             iv: Secret::new(iv),
             traffic_secret: Secret::default(),
         };
-        kernel::rekey(sock, step, self.version, self.cipher, &keys)?;
+        kernel::rekey(sock, side, self.version, self.cipher, &keys)?;
         Ok(next)
     }
 
@@ -174,9 +199,47 @@ impl KernelRecords {
         let then = next.then;
         self.control.pop_front();
         if then == AfterSend::UpdateTx {
-            self.tx_secret = self.next(Step::RekeyTx, sock, &self.tx_secret)?;
+            self.tx_secret = self.next(Side::Tx, sock, &self.tx_secret)?;
             tracing::debug!("kernel TLS: our KeyUpdate sent, sending key updated");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(key: usize, secret: usize) -> TlsSession {
+        let dir = || TlsDirection {
+            seq: 0,
+            key: Secret::new(vec![1; key]),
+            iv: Secret::new(vec![2; key.min(12)]),
+            traffic_secret: Secret::new(vec![3; secret]),
+        };
+        TlsSession {
+            version: TlsVersion::Tls13,
+            cipher: TlsCipher::Aes128Gcm,
+            hash: TlsHash::Sha256,
+            records: Records::Kernel,
+            tx: dir(),
+            rx: dir(),
+            pending: Vec::new(),
+            pending_handshake: Vec::new(),
+            checksum: 0,
+        }
+    }
+
+    /// A manifest that says kernel TLS carries only the traffic secrets;
+    /// record keys beside it, or a secret of the wrong size, are refused.
+    #[test]
+    fn a_handed_over_kernel_session_holds_exactly_the_traffic_secrets() {
+        assert!(KernelRecords::adopt(&session(0, 32), Rekey::Supported).is_ok());
+        let err = KernelRecords::adopt(&session(16, 32), Rekey::Supported).err();
+        assert!(format!("{err:?}").contains("record keys"), "{err:?}");
+        let err = KernelRecords::adopt(&session(0, 0), Rekey::Supported).err();
+        assert!(format!("{err:?}").contains("traffic secret"), "{err:?}");
+        let err = KernelRecords::adopt(&session(0, 48), Rekey::Supported).err();
+        assert!(format!("{err:?}").contains("not 32"), "{err:?}");
     }
 }
