@@ -81,6 +81,39 @@ pub fn assert_nothing_lost(sim: &handoff_testkit::Sim, connections: usize) -> Va
     audit
 }
 
+/// After [`assert_nothing_lost`]: every connection saw pings, and the
+/// exchange has a pong for each one. A ping can follow the last trade, so
+/// its pong may reach the exchange after the last ack: wait for the pongs
+/// to catch up rather than compare at the moment of the last ack. A pong
+/// lost in a handoff never arrives, and the wait fails naming the
+/// connection.
+pub fn assert_every_ping_answered(sim: &handoff_testkit::Sim) -> Value {
+    let unanswered = |audit: &Value| -> Option<Value> {
+        audit["connections"]
+            .as_array()?
+            .iter()
+            .find(|c| c["pings_sent"] != c["pongs_received"])
+            .cloned()
+    };
+    let mut last = Value::Null;
+    let settled = wait_for("a pong for every ping", Duration::from_secs(20), || {
+        let audit = sim.audit()?;
+        let done = unanswered(&audit).is_none();
+        last = audit.clone();
+        Ok(done.then_some(audit))
+    });
+    let audit = settled.unwrap_or_else(|e| {
+        panic!(
+            "a ping went unanswered ({e}): {}",
+            unanswered(&last).unwrap_or(last)
+        )
+    });
+    for conn in audit["connections"].as_array().unwrap() {
+        assert!(conn["pings_sent"].as_u64().unwrap() > 0, "no pings: {conn}");
+    }
+    audit
+}
+
 /// Wait until the exchange has received acks beyond those it has now.
 pub fn wait_for_more_acks(sim: &handoff_testkit::Sim, what: &str) {
     let acked = |a: &Value| a["totals"]["acked"].as_u64().unwrap_or(0);
