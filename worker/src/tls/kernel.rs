@@ -39,7 +39,7 @@ use super::{TlsError, AVAILABLE_ULP};
 pub enum Rekey {
     /// A second `TLS_TX` is accepted: KeyUpdate can be followed.
     Supported,
-    /// Refused (`EBUSY`: Debian's 6.12 in our VM runs; rekey came with
+    /// Refused (`EBUSY`: Debian 12's 6.1 and 6.12 in our VM runs; rekey came with
     /// Linux 6.14): a KeyUpdate ends the connection.
     Unsupported,
 }
