@@ -14,7 +14,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
 use thiserror::Error;
 use tokio::io::Interest;
@@ -56,6 +56,13 @@ const SEND_BUFFER: usize = 4 << 20;
 struct Large {
     header: Header,
     payload: BytesMut,
+}
+
+/// A frame dropped half-read (a torn frame, a channel dropped) is wiped too.
+impl Drop for Large {
+    fn drop(&mut self) {
+        self.payload.as_mut().zeroize();
+    }
 }
 
 /// One end of a framed, typed Unix-socket conversation. See the module docs.
@@ -219,12 +226,12 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
             let payload = self
                 .large
                 .take()
-                .map(|l| l.payload.freeze())
+                .map(|mut l| std::mem::take(&mut l.payload))
                 .unwrap_or_default();
-            self.check_no_stray_fds()?;
             // The message's snapshot (if any) stays in this buffer: no copy.
-            let decoded = frame::decode_shared::<Rx>(&payload);
-            wipe_unless_shared(payload);
+            // The rest of it is wiped.
+            let decoded = frame::decode_shared::<Rx>(payload);
+            self.check_no_stray_fds()?;
             return Ok(Some((decoded?, fds)));
         }
         if self.filled < HEADER_LEN {
@@ -273,16 +280,6 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
     }
 }
 
-/// Wipe a received large frame once nothing decoded from it still shares
-/// its buffer (a message without a spliced snapshot): it may have held a
-/// handed-over TLS session. One whose snapshot shares it is freed with the
-/// snapshot, unwiped.
-fn wipe_unless_shared(payload: Bytes) {
-    if let Ok(mut own) = payload.try_into_mut() {
-        own.as_mut().zeroize();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,15 +319,8 @@ mod tests {
     /// buffer once its frame is decoded.
     #[tokio::test]
     async fn a_received_tls_session_is_wiped_from_the_buffer() {
-        use crate::tls::{Records, Secret, TlsCipher, TlsDirection, TlsHash, TlsSession};
         use crate::worker::{ConnId, ConnInfo, ConnKind, ConnRestore, Restore, RestoreMode};
         let key = [0xA5u8; 32];
-        let dir = || TlsDirection {
-            seq: 1,
-            key: Secret::new(key.to_vec()),
-            iv: Secret::new(vec![0x5A; 12]),
-            traffic_secret: Secret::new(key.to_vec()),
-        };
         let restore = ToWorker::Restore(Restore {
             mode: RestoreMode::Handoff,
             snapshot: None,
@@ -343,20 +333,7 @@ mod tests {
                     peer: "x".into(),
                 },
                 leftovers: Vec::new(),
-                tls: Some(
-                    TlsSession {
-                        version: crate::tls::TlsVersion::Tls13,
-                        cipher: TlsCipher::Aes256Gcm,
-                        hash: TlsHash::Sha384,
-                        records: Records::UserSpace,
-                        tx: dir(),
-                        rx: dir(),
-                        pending: Vec::new(),
-                        pending_handshake: Vec::new(),
-                        checksum: 0,
-                    }
-                    .seal(),
-                ),
+                tls: Some(crate::tls::session_of(0xA5)),
             }],
         });
         let (mut sup, mut wrk) = pair();

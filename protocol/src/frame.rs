@@ -12,8 +12,10 @@
 //! limit is refused before the payload is read or any buffer is sized for it.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::ops::Range;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
 use thiserror::Error;
 
@@ -172,9 +174,48 @@ thread_local! {
     /// Set while [`encode_parts`] serializes: large [`Bytes`] fields are
     /// recorded here instead of being copied into the frame.
     static SPLICES: RefCell<Option<Splicer>> = const { RefCell::new(None) };
-    /// Set while [`decode_shared`] deserializes: [`Bytes`] fields become
-    /// slices of this buffer instead of copies.
-    static SOURCE: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+    /// Set while [`decode_shared`] deserializes: how [`shared_bytes`]
+    /// fields are read in each of its two passes.
+    static SHARING: RefCell<Option<Sharing>> = const { RefCell::new(None) };
+}
+
+/// The two passes of [`decode_shared`], as [`shared_bytes`] sees them.
+#[derive(Debug)]
+enum Sharing {
+    /// First pass, over the whole frame: note where each byte string of
+    /// [`SPLICE_MIN`] bytes or more lies in it (`frame` is the frame's
+    /// address range), in the order they are read, and yield it empty;
+    /// smaller ones are copied (`None`).
+    Locate {
+        frame: Range<usize>,
+        found: Vec<Option<Range<usize>>>,
+    },
+    /// Second pass, over the frame without those byte strings: hand out the
+    /// slices of the frame that stand for them, in the same order.
+    Hand { slices: VecDeque<Option<Bytes>> },
+}
+
+/// What [`shared_bytes`] makes of a byte string read from a frame.
+fn share(v: &[u8]) -> Bytes {
+    SHARING.with(|sh| match sh.borrow_mut().as_mut() {
+        None => Bytes::copy_from_slice(v),
+        Some(Sharing::Locate { frame, found }) => {
+            let at = v.as_ptr() as usize;
+            let inside = frame.start <= at && at + v.len() <= frame.end;
+            if inside && v.len() >= SPLICE_MIN {
+                let start = at - frame.start;
+                found.push(Some(start..start + v.len()));
+                Bytes::new()
+            } else {
+                found.push(None);
+                Bytes::copy_from_slice(v)
+            }
+        }
+        Some(Sharing::Hand { slices }) => match slices.pop_front().flatten() {
+            Some(slice) if v.is_empty() => slice,
+            _ => Bytes::copy_from_slice(v),
+        },
+    })
 }
 
 #[derive(Debug, Default)]
@@ -240,14 +281,93 @@ pub fn encode_parts<T: Serialize>(
     Ok(Encoded { head, splices })
 }
 
-/// Decode a payload held in `payload` as a `T`; its [`Bytes`] fields (those
-/// deserialized through [`shared_bytes`]) share `payload`'s memory instead
-/// of being copied out of it.
-pub fn decode_shared<T: DeserializeOwned>(payload: &Bytes) -> Result<T, FrameError> {
-    SOURCE.with(|s| *s.borrow_mut() = Some(payload.clone()));
-    let decoded = decode(payload);
-    SOURCE.with(|s| *s.borrow_mut() = None);
-    decoded
+/// Decode a received payload as a `T` whose large [`Bytes`] fields (those
+/// deserialized through [`shared_bytes`], [`SPLICE_MIN`] bytes or more)
+/// are slices of `payload` rather than copies, and wipe everything else in
+/// `payload`: a frame may carry a handed-over TLS session beside a
+/// snapshot, and its bytes must not stay in memory, held or freed, for as
+/// long as the snapshot does.
+pub fn decode_shared<T: DeserializeOwned>(payload: BytesMut) -> Result<T, FrameError> {
+    decode_and_wipe(payload).map(|(msg, _frame)| msg)
+}
+
+/// [`decode_shared`], also returning what is left of the frame.
+///
+/// The first pass decodes the frame and notes where its large byte strings
+/// lie. Where there are none, that is the message, and the whole frame is
+/// wiped. Otherwise the rest of the frame is copied out (each large byte
+/// string's length written as 0), wiped in place, and decoded again with
+/// the slices handed in.
+fn decode_and_wipe<T: DeserializeOwned>(mut payload: BytesMut) -> Result<(T, Bytes), FrameError> {
+    use zeroize::Zeroize;
+    let frame = payload.as_ptr_range();
+    SHARING.with(|sh| {
+        *sh.borrow_mut() = Some(Sharing::Locate {
+            frame: frame.start as usize..frame.end as usize,
+            found: Vec::new(),
+        })
+    });
+    let first = decode::<T>(&payload);
+    let found = match SHARING.with(|sh| sh.borrow_mut().take()) {
+        Some(Sharing::Locate { found, .. }) => found,
+        _ => Vec::new(),
+    };
+    let shared = first.is_ok() && found.iter().any(Option::is_some);
+    if !shared {
+        payload.as_mut().zeroize();
+        return first.map(|msg| (msg, payload.freeze()));
+    }
+    drop(first);
+    let Some(rest) = without_shared(&payload, &found) else {
+        // Not bincode's layout after all: copy rather than share.
+        let copied = decode::<T>(&payload);
+        payload.as_mut().zeroize();
+        return copied.map(|msg| (msg, payload.freeze()));
+    };
+    let mut at = 0;
+    for r in found.iter().flatten() {
+        payload[at..r.start].zeroize();
+        at = r.end;
+    }
+    payload[at..].zeroize();
+    let frame = payload.freeze();
+    let slices = found
+        .into_iter()
+        .map(|r| r.map(|r| frame.slice(r)))
+        .collect();
+    SHARING.with(|sh| *sh.borrow_mut() = Some(Sharing::Hand { slices }));
+    let second = decode::<T>(&rest);
+    SHARING.with(|sh| *sh.borrow_mut() = None);
+    second.map(|msg| (msg, frame))
+}
+
+/// `payload` without the byte strings at `found`, each one's length
+/// prefix rewritten as an empty string's; `None` where a prefix is not
+/// where it belongs (never, for bincode's own output).
+/// Wiped when dropped, and sized once, so that no copy of the sessions is
+/// left behind by a growing buffer.
+fn without_shared(
+    payload: &[u8],
+    found: &[Option<Range<usize>>],
+) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+    use bincode::Options;
+    let len_bytes = |n: usize| bincode::DefaultOptions::new().serialize(&(n as u64)).ok();
+    let empty = len_bytes(0)?;
+    let shared: usize = found.iter().flatten().map(|r| r.len()).sum();
+    let mut rest = zeroize::Zeroizing::new(Vec::with_capacity(payload.len() - shared));
+    let mut at = 0;
+    for r in found.iter().flatten() {
+        let prefix = len_bytes(r.len())?;
+        let start = r.start.checked_sub(prefix.len()).filter(|s| *s >= at)?;
+        if payload[start..r.start] != prefix[..] {
+            return None;
+        }
+        rest.extend_from_slice(&payload[at..start]);
+        rest.extend_from_slice(&empty);
+        at = r.end;
+    }
+    rest.extend_from_slice(&payload[at..]);
+    Some(rest)
 }
 
 /// `#[serde(with = "shared_bytes")]` for a [`Bytes`] field: the same encoding
@@ -255,7 +375,7 @@ pub fn decode_shared<T: DeserializeOwned>(payload: &Bytes) -> Result<T, FrameErr
 /// large value is spliced into the frame instead of copied, and inside
 /// [`decode_shared`] the value is a slice of the received frame.
 pub mod shared_bytes {
-    use super::{Bytes, SOURCE, SPLICES, SPLICE_MIN};
+    use super::{share, Bytes, SPLICES, SPLICE_MIN};
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
@@ -299,18 +419,11 @@ pub mod shared_bytes {
         }
 
         fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Bytes, E> {
-            let shared = SOURCE.with(|s| {
-                s.borrow().as_ref().and_then(|src| {
-                    let range = src.as_ptr_range();
-                    let inside = range.start <= v.as_ptr() && v.as_ptr_range().end <= range.end;
-                    inside.then(|| src.slice_ref(v))
-                })
-            });
-            Ok(shared.unwrap_or_else(|| Bytes::copy_from_slice(v)))
+            Ok(share(v))
         }
 
         fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
-            Ok(Bytes::copy_from_slice(v))
+            Ok(share(v))
         }
 
         fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
@@ -406,16 +519,54 @@ mod tests {
             let parts = encode_parts(&msg, 2, MAX_WORKER_FRAME).unwrap();
             assert_eq!(parts.len(), whole.len());
             assert_eq!(parts.parts().concat(), whole, "state of {state} bytes");
-            let payload = Bytes::copy_from_slice(&whole[HEADER_LEN..]);
-            let back: FromWorker = decode_shared(&payload).unwrap();
+            let payload = BytesMut::from(&whole[HEADER_LEN..]);
+            let (back, frame) = decode_and_wipe::<FromWorker>(payload).unwrap();
             assert_eq!(back, msg);
             if let FromWorker::Frozen(f) = back {
-                if state > 0 {
-                    let inside = payload.as_ptr_range().contains(&f.snapshot.bytes.as_ptr());
-                    assert!(inside, "the snapshot was copied out of the frame");
-                }
+                let inside = frame.as_ptr_range().contains(&f.snapshot.bytes.as_ptr());
+                assert_eq!(
+                    inside,
+                    state >= SPLICE_MIN,
+                    "state of {state} bytes: a large one is shared, a small one copied"
+                );
             }
         }
+    }
+
+    /// A large frame carries a snapshot and the TLS sessions of the frozen
+    /// worker: once decoded, the snapshot is still a slice of it, and
+    /// nothing of the sessions is left in it.
+    #[test]
+    fn a_decoded_frame_keeps_its_snapshot_and_wipes_the_rest() {
+        use crate::worker::{ConnId, ConnLeftovers, Frozen};
+        let key = [0xA5u8; 32];
+        let has_key = |b: &[u8]| b.windows(key.len()).any(|w| w == key);
+        let state: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let conn = |id| ConnLeftovers {
+            id: ConnId(id),
+            leftovers: vec![id as u8; 20_000],
+            tls: Some(crate::tls::session_of(0xA5)),
+        };
+        let msg = FromWorker::Frozen(Frozen {
+            snapshot: crate::Snapshot::seal("bot", 1, state.clone()),
+            conns: vec![conn(1), conn(2)],
+            frozen_at_ns: 42,
+            summary: Some("{}".into()),
+        });
+        let whole = encode(&msg, 0, MAX_WORKER_FRAME).unwrap();
+        assert!(has_key(&whole), "the sessions are in the frame as sent");
+        let payload = BytesMut::from(&whole[HEADER_LEN..]);
+        let (back, frame) = decode_and_wipe::<FromWorker>(payload).unwrap();
+        assert_eq!(back, msg);
+        assert!(!has_key(&frame), "a session's key is left in the frame");
+        let FromWorker::Frozen(f) = back else {
+            unreachable!("decoded as sent")
+        };
+        assert!(frame.as_ptr_range().contains(&f.snapshot.bytes.as_ptr()));
+        // The frame now holds the snapshot's bytes and zeros, nothing else.
+        let kept = frame.iter().filter(|b| **b != 0).count();
+        let nonzero = state.iter().filter(|b| **b != 0).count();
+        assert_eq!(kept, nonzero, "more than the snapshot is left in the frame");
     }
 
     proptest::proptest! {

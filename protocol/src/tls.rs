@@ -177,6 +177,30 @@ impl TlsSession {
     }
 }
 
+/// A sealed TLS 1.3 session whose keys, IVs and traffic secrets are all
+/// `byte`, to look for in memory.
+#[cfg(test)]
+pub(crate) fn session_of(byte: u8) -> TlsSession {
+    let dir = || TlsDirection {
+        seq: 1,
+        key: Secret::new(vec![byte; 32]),
+        iv: Secret::new(vec![byte; 12]),
+        traffic_secret: Secret::new(vec![byte; 32]),
+    };
+    TlsSession {
+        version: TlsVersion::Tls13,
+        cipher: TlsCipher::Aes256Gcm,
+        hash: TlsHash::Sha384,
+        records: Records::UserSpace,
+        tx: dir(),
+        rx: dir(),
+        pending: Vec::new(),
+        pending_handshake: Vec::new(),
+        checksum: 0,
+    }
+    .seal()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

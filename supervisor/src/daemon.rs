@@ -838,15 +838,10 @@ impl Daemon {
         };
         self.handed_leftovers = Some(HandedLeftovers::without_secrets(succ.generation, &f.conns));
         succ.send(ToWorker::Restore(restore), fds);
-        let mut snapshot = f.snapshot;
-        if f.conns.iter().any(|c| c.tls.is_some()) {
-            // The snapshot is a slice of the received frame, which also
-            // holds the TLS sessions: stored as it is, it would keep their
-            // bytes in memory as long as this checkpoint lives. A copy
-            // lets the frame go once the successor has been sent its own.
-            snapshot.bytes = snapshot.bytes.to_vec().into();
-        }
-        self.store_checkpoint(snapshot, f.summary, true);
+        // The snapshot is a slice of the received frame, whose other bytes
+        // (the TLS sessions among them) were wiped when it was decoded: the
+        // checkpoint keeps nothing of the sessions alive.
+        self.store_checkpoint(f.snapshot, f.summary, true);
         up.deadline = tokio::time::Instant::now() + self.cfg.timeouts.restore;
         self.phase = Phase::Restoring { up, succ };
     }
