@@ -9,7 +9,9 @@
 //! (never in a checkpoint, so never on disk), their `Debug` output is
 //! redacted, they are zeroed when dropped, and a CRC-32 over every field
 //! ([`TlsSession::seal`] / [`TlsSession::verify`]) catches a corrupted manifest
-//! before a single record is decrypted with a wrong key.
+//! before a single record is decrypted with a wrong key. A process that
+//! holds them keeps them out of core dumps
+//! ([`keep_keys_out_of_core_dumps`]).
 //!
 //! Where the kernel protects the records ([`Records::Kernel`]: kernel TLS
 //! installed on the socket), the descriptor itself carries the keys and
@@ -53,6 +55,16 @@ impl Drop for Secret {
     fn drop(&mut self) {
         self.0.zeroize();
     }
+}
+
+/// Keep this process's memory, which holds live TLS keys, out of core dumps
+/// and away from debuggers of the same user (`PR_SET_DUMPABLE` 0): the
+/// kernel then writes no core file for it, and refuses `ptrace` and
+/// `/proc/PID/mem` to any process without `CAP_SYS_PTRACE` (root can still
+/// attach, with `gcore` say). An `execve` resets it, so every process that
+/// takes keys calls this itself, before it has them.
+pub fn keep_keys_out_of_core_dumps() -> nix::Result<()> {
+    nix::sys::prctl::set_dumpable(false)
 }
 
 /// The protocol version the session was negotiated at.

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use handoff_protocol::ctl::{CtlRequest, CtlResponse, HandoffReport, Outcome, UpgradeRequest};
 use handoff_protocol::worker::{
-    ConnRestore, FromWorker, Frozen, Hello, Restore, RestoreMode, ToWorker,
+    ConnKind, ConnRestore, FromWorker, Frozen, Hello, Restore, RestoreMode, ToWorker,
 };
 use handoff_protocol::Snapshot;
 use thiserror::Error;
@@ -689,6 +689,13 @@ impl Daemon {
                 if fds.len() != 1 {
                     warn!(conn = %info.id, n = fds.len(), "registration must carry exactly one descriptor; ignored");
                     return;
+                }
+                if info.kind == ConnKind::WebSocketTls {
+                    // Its sessions will pass through this process at every
+                    // handoff (and, under kernel TLS, the socket holds keys).
+                    if let Err(e) = handoff_protocol::tls::keep_keys_out_of_core_dumps() {
+                        warn!("cannot keep TLS keys out of core dumps (PR_SET_DUMPABLE): {e}");
+                    }
                 }
                 if let Some(fd) = fds.pop() {
                     info!(conn = %info.id, name = %info.name, peer = %info.peer, "holding connection");

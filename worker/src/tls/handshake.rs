@@ -46,6 +46,7 @@ pub(crate) async fn handshake(
     host: &str,
     ca_file: Option<&std::path::Path>,
 ) -> Result<(TlsSession, Vec<u8>, Negotiated), TlsError> {
+    handoff_protocol::tls::keep_keys_out_of_core_dumps().map_err(TlsError::Undumpable)?;
     let secrets = Arc::new(TrafficSecrets::default());
     let config = client_config(roots(ca_file)?, secrets.clone())?;
     let name = ServerName::try_from(host.to_string())

@@ -135,6 +135,7 @@ impl TlsIo {
 
     /// Continue a handed-over session on `sock`.
     pub(crate) fn resume(sock: BorrowedFd<'_>, session: &TlsSession) -> Result<Self, TlsError> {
+        handoff_protocol::tls::keep_keys_out_of_core_dumps().map_err(TlsError::Undumpable)?;
         session.verify()?;
         if session.pending.len() > HEADER_LEN + MAX_CIPHERTEXT {
             return Err(TlsError::BadSession(format!(

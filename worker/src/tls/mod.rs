@@ -7,7 +7,9 @@
 //!    AEAD suites only; roots from `webpki-roots` plus an optional CA file,
 //!    [`config`]) is fed whole records only, and stops being fed at its
 //!    `Finished`. Its keys, sequence numbers and (TLS 1.3) traffic secrets
-//!    are then extracted.
+//!    are then extracted. Before it starts, as before a handed-over session
+//!    is taken over, the process makes itself non-dumpable
+//!    ([`handoff_protocol::tls::keep_keys_out_of_core_dumps`]).
 //! 2. **Record layer** ([`record`]): from then on every owner of the
 //!    connection, the first worker included, protects records itself: AES-128-GCM,
 //!    AES-256-GCM and ChaCha20-Poly1305 over `ring`, TLS 1.3's KeyUpdate in both
@@ -24,7 +26,7 @@
 //!    recovering worker closes those connections (TCP FIN) and connects
 //!    again, resubscribing. A nonce is never reused.
 //!
-//! **Kernel TLS** ([`kernel`], [`kernel_io`]): where this kernel offers it
+//! **Kernel TLS** ([`kernel`], `kernel_io`): where this kernel offers it
 //! and the operator's [`KernelTlsMode`] allows, step 2 is the kernel's: the
 //! keys and sequence numbers are installed into the socket right after the
 //! handshake, the descriptor then carries them, and a handoff moves only the
@@ -61,6 +63,8 @@ pub enum TlsError {
     ServerName(String),
     #[error("unsupported TLS parameters: {0}")]
     Unsupported(String),
+    #[error("cannot keep TLS keys out of core dumps (PR_SET_DUMPABLE): {0}")]
+    Undumpable(nix::Error),
     #[error("unusable TLS session state: {0}")]
     BadSession(String),
     #[error(transparent)]

@@ -342,6 +342,38 @@ async fn a_session_handed_over_after_a_key_update_continues() {
     every_suite_and_record_layer(HandOver::AfterKeyUpdate).await;
 }
 
+/// A process stops being dumpable (no core file, no same-user `ptrace`)
+/// before it holds keys: before a handshake, and before it takes over a
+/// handed-over session. Other tests here only ever clear the flag, so this
+/// one cannot fail through them; it can only miss a mutation they hide.
+#[tokio::test]
+async fn a_process_that_holds_tls_keys_is_not_dumpable() {
+    use nix::sys::prctl::{get_dumpable, set_dumpable};
+    let pki = pki();
+    let (listener, addr, acceptor) = listen(&pki, TlsVersion::Tls13, TlsCipher::Aes128Gcm).await;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tls.read_to_end(&mut rest).await;
+    });
+    set_dumpable(true).unwrap();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let (session, _, _) = handshake(&mut tcp, "localhost", Some(&pki.ca_file))
+        .await
+        .unwrap();
+    assert!(!get_dumpable().unwrap(), "dumpable after a handshake");
+    let io = take_over(&tcp, &session, Records::UserSpace).unwrap();
+    set_dumpable(true).unwrap();
+    let _successor = hand_over(io, &tcp);
+    assert!(
+        !get_dumpable().unwrap(),
+        "dumpable after taking over a session"
+    );
+    drop(tcp);
+    server.await.unwrap();
+}
+
 #[tokio::test]
 async fn a_handed_over_session_is_fenced_and_corruption_is_caught() {
     let pki = pki();
