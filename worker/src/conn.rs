@@ -41,6 +41,15 @@ pub struct Feed {
     pub url: String,
 }
 
+impl Feed {
+    /// Whether the feed is `wss://`: its connection holds TLS keys.
+    pub fn is_tls(&self) -> bool {
+        self.url
+            .get(..6)
+            .is_some_and(|s| s.eq_ignore_ascii_case("wss://"))
+    }
+}
+
 /// Why a connection could not be opened or resumed.
 #[derive(Debug, Error)]
 pub enum ConnError {

@@ -43,6 +43,7 @@ pub async fn run<A: App>(
     fresh: impl FnOnce() -> A,
 ) -> Result<Ended, WorkerError> {
     fault::hit(FaultPoint::Start).await;
+    keep_tls_keys_out_of_core_dumps(&feeds)?;
     let Some(mut link) = Link::from_env()? else {
         info!("no supervisor: running standalone");
         let mut worker = Worker::new(fresh(), settings, None);
@@ -79,6 +80,17 @@ pub async fn run<A: App>(
             what: format!("{other:?}"),
         }),
     }
+}
+
+/// A worker with `wss://` feeds will hold TLS keys: from its handshakes, or
+/// from the sessions that arrive with its first command in a handoff. It
+/// stops being dumpable before either (handshakes and takeovers see to it
+/// again for connections opened otherwise).
+fn keep_tls_keys_out_of_core_dumps(feeds: &[Feed]) -> Result<(), WorkerError> {
+    if feeds.iter().any(Feed::is_tls) {
+        handoff_protocol::tls::keep_keys_out_of_core_dumps().map_err(WorkerError::Undumpable)?;
+    }
+    Ok(())
 }
 
 async fn take_over<A: App>(
@@ -251,5 +263,25 @@ impl<A: App> Worker<A> {
             .max(self.id_floor);
         self.id_floor = id + 1;
         ConnId(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_with_wss_feeds_is_not_dumpable_from_its_start() {
+        let feed = |url: &str| Feed {
+            name: "feed-0".into(),
+            url: url.into(),
+        };
+        assert!(!feed("ws://x/ws").is_tls());
+        assert!(feed("WSS://x/ws").is_tls());
+        // Other tests in this process only ever clear the flag, so this one
+        // cannot fail through them.
+        nix::sys::prctl::set_dumpable(true).unwrap();
+        keep_tls_keys_out_of_core_dumps(&[feed("ws://a/ws"), feed("wss://b/ws")]).unwrap();
+        assert!(!nix::sys::prctl::get_dumpable().unwrap());
     }
 }
