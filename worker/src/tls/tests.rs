@@ -99,6 +99,25 @@ async fn listen(
     (listener, addr, acceptor)
 }
 
+/// A TLS 1.3 AES-128-GCM server that takes one connection, sends `greeting`
+/// and reads to the end: whatever the client writes must be a valid record,
+/// or rustls errors.
+async fn serve_one(
+    pki: &Pki,
+    greeting: &'static [u8],
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let (listener, addr, acceptor) = listen(pki, TlsVersion::Tls13, TlsCipher::Aes128Gcm).await;
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        tls.write_all(greeting).await.unwrap();
+        tls.flush().await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tls.read_to_end(&mut rest).await;
+    });
+    (addr, server)
+}
+
 /// Read through `io` until `plain` holds `want` bytes; Ok(false) at end of
 /// stream.
 async fn read_until(
@@ -350,13 +369,7 @@ async fn a_session_handed_over_after_a_key_update_continues() {
 async fn a_process_that_holds_tls_keys_is_not_dumpable() {
     use nix::sys::prctl::{get_dumpable, set_dumpable};
     let pki = pki();
-    let (listener, addr, acceptor) = listen(&pki, TlsVersion::Tls13, TlsCipher::Aes128Gcm).await;
-    let server = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut tls = acceptor.accept(tcp).await.unwrap();
-        let mut rest = Vec::new();
-        let _ = tls.read_to_end(&mut rest).await;
-    });
+    let (addr, server) = serve_one(&pki, b"").await;
     set_dumpable(true).unwrap();
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let (session, _, _) = handshake(&mut tcp, "localhost", Some(&pki.ca_file))
@@ -377,16 +390,7 @@ async fn a_process_that_holds_tls_keys_is_not_dumpable() {
 #[tokio::test]
 async fn a_handed_over_session_is_fenced_and_corruption_is_caught() {
     let pki = pki();
-    let (listener, addr, acceptor) = listen(&pki, TlsVersion::Tls13, TlsCipher::Aes128Gcm).await;
-    let server = tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut tls = acceptor.accept(tcp).await.unwrap();
-        tls.write_all(b"hi").await.unwrap();
-        tls.flush().await.unwrap();
-        // Whatever comes next must be a valid record, or rustls errors.
-        let mut rest = Vec::new();
-        let _ = tls.read_to_end(&mut rest).await;
-    });
+    let (addr, server) = serve_one(&pki, b"hi").await;
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let (session, _, _) = handshake(&mut tcp, "localhost", Some(&pki.ca_file))
         .await
