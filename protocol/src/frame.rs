@@ -354,7 +354,8 @@ fn without_shared(
     let len_bytes = |n: usize| bincode::DefaultOptions::new().serialize(&(n as u64)).ok();
     let empty = len_bytes(0)?;
     let shared: usize = found.iter().flatten().map(|r| r.len()).sum();
-    let mut rest = zeroize::Zeroizing::new(Vec::with_capacity(payload.len() - shared));
+    let mut rest =
+        zeroize::Zeroizing::new(Vec::with_capacity(payload.len().saturating_sub(shared)));
     let mut at = 0;
     for r in found.iter().flatten() {
         let prefix = len_bytes(r.len())?;
@@ -570,6 +571,23 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// A large frame with a snapshot to share, bent anywhere: decoding
+        /// and wiping it is an error or a message, never a panic.
+        #[test]
+        fn bent_large_frames_never_panic(
+            cuts in proptest::collection::vec((0usize..1 << 20, proptest::num::u8::ANY), 1..8),
+            keep in 0usize..1 << 20,
+        ) {
+            let whole = encode(&frozen_with(SPLICE_MIN + 100), 0, MAX_WORKER_FRAME).unwrap();
+            let mut payload = whole[HEADER_LEN..].to_vec();
+            for (at, byte) in cuts {
+                let at = at % payload.len();
+                payload[at] = byte;
+            }
+            payload.truncate(keep % (payload.len() + 1));
+            let _ = decode_shared::<FromWorker>(BytesMut::from(&payload[..]));
+        }
+
         #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             let _ = decode::<FromWorker>(&bytes);

@@ -87,7 +87,7 @@ pub fn assert_nothing_lost(sim: &handoff_testkit::Sim, connections: usize) -> Va
 /// to catch up rather than compare at the moment of the last ack. A pong
 /// lost in a handoff never arrives, and the wait fails naming the
 /// connection.
-pub fn assert_every_ping_answered(sim: &handoff_testkit::Sim) -> Value {
+pub fn assert_every_ping_answered(sim: &handoff_testkit::Sim) {
     let unanswered = |audit: &Value| -> Option<Value> {
         audit["connections"]
             .as_array()?
@@ -111,7 +111,6 @@ pub fn assert_every_ping_answered(sim: &handoff_testkit::Sim) -> Value {
     for conn in audit["connections"].as_array().unwrap() {
         assert!(conn["pings_sent"].as_u64().unwrap() > 0, "no pings: {conn}");
     }
-    audit
 }
 
 /// Wait until the exchange has received acks beyond those it has now.

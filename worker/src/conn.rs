@@ -44,9 +44,19 @@ pub struct Feed {
 impl Feed {
     /// Whether the feed is `wss://`: its connection holds TLS keys.
     pub fn is_tls(&self) -> bool {
-        self.url
-            .get(..6)
-            .is_some_and(|s| s.eq_ignore_ascii_case("wss://"))
+        let request = self.url.as_str().into_client_request();
+        request
+            .is_ok_and(|r| scheme(r.uri()).is_some_and(|(kind, _)| kind == ConnKind::WebSocketTls))
+    }
+}
+
+/// The connection kind and default port of a feed URL's scheme; `None`
+/// for anything but `ws` and `wss`.
+fn scheme(uri: &tungstenite::http::Uri) -> Option<(ConnKind, u16)> {
+    match uri.scheme_str() {
+        Some("ws") => Some((ConnKind::WebSocket, 80)),
+        Some("wss") => Some((ConnKind::WebSocketTls, 443)),
+        _ => None,
     }
 }
 
@@ -117,11 +127,8 @@ impl Conn {
             .into_client_request()
             .map_err(|e| bad(e.to_string()))?;
         let uri = request.uri();
-        let (kind, default_port) = match uri.scheme_str() {
-            Some("ws") => (ConnKind::WebSocket, 80),
-            Some("wss") => (ConnKind::WebSocketTls, 443),
-            _ => return Err(bad("only ws:// and wss:// URLs are supported".into())),
-        };
+        let (kind, default_port) =
+            scheme(uri).ok_or_else(|| bad("only ws:// and wss:// URLs are supported".into()))?;
         let host = uri.host().ok_or_else(|| bad("no host".into()))?.to_string();
         let port = uri.port_u16().unwrap_or(default_port);
         let addr = format!("{host}:{port}");

@@ -277,7 +277,8 @@ mod tests {
             url: url.into(),
         };
         assert!(!feed("ws://x/ws").is_tls());
-        assert!(feed("WSS://x/ws").is_tls());
+        assert!(feed("wss://x/ws").is_tls());
+        assert!(!feed("not a url").is_tls());
         // Other tests in this process only ever clear the flag, so this one
         // cannot fail through them.
         nix::sys::prctl::set_dumpable(true).unwrap();
