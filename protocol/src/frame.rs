@@ -218,6 +218,16 @@ fn share(v: &[u8]) -> Bytes {
     })
 }
 
+/// [`share`] for a byte string already copied out of the input: kept as it
+/// is outside [`decode_shared`].
+fn share_owned(v: Vec<u8>) -> Bytes {
+    if SHARING.with(|sh| sh.borrow().is_none()) {
+        Bytes::from(v)
+    } else {
+        share(&v)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Splicer {
     /// Payload bytes written so far (spliced ones included).
@@ -376,7 +386,7 @@ fn without_shared(
 /// large value is spliced into the frame instead of copied, and inside
 /// [`decode_shared`] the value is a slice of the received frame.
 pub mod shared_bytes {
-    use super::{share, Bytes, SPLICES, SPLICE_MIN};
+    use super::{share, share_owned, Bytes, SPLICES, SPLICE_MIN};
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
@@ -427,8 +437,11 @@ pub mod shared_bytes {
             Ok(share(v))
         }
 
+        // bincode reads byte strings borrowed, so these two are not reached;
+        // they go through `share` too, so that decode_shared's two passes
+        // count every byte string whatever the format.
         fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
-            Ok(Bytes::from(v))
+            Ok(share_owned(v))
         }
 
         fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
@@ -436,7 +449,7 @@ pub mod shared_bytes {
             while let Some(b) = seq.next_element::<u8>()? {
                 v.push(b);
             }
-            Ok(Bytes::from(v))
+            Ok(share_owned(v))
         }
     }
 }
