@@ -144,6 +144,9 @@ pub struct WorkerStatus {
     pub restarts: u64,
     /// Time left on probation after an upgrade, if any.
     pub probation_ms_left: Option<u64>,
+    /// Adopted from a previous supervisor (which went away while it served)
+    /// rather than started by this one.
+    pub adopted: bool,
     /// The last thing an operator should know about this worker (e.g. an
     /// automatic rollback after the new build died on probation).
     pub notice: Option<String>,
@@ -187,10 +190,26 @@ pub struct HandoffStats {
 pub struct StatusReport {
     pub supervisor_pid: u32,
     pub uptime_ms: u64,
+    pub supervisor: SupervisorStatus,
     pub worker: WorkerStatus,
     pub connections: Vec<ConnStatus>,
     pub checkpoint: Option<CheckpointStatus>,
     pub handoffs: HandoffStats,
+}
+
+/// The supervisor process itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupervisorStatus {
+    pub pid: u32,
+    /// The executable it runs (after `upgrade-supervisor`, the new one).
+    pub binary: String,
+    /// SHA-256 of that executable (`None` for a moment after start, while
+    /// it is hashed).
+    pub sha256: Option<String>,
+    /// How long ago this process started.
+    pub started_ms_ago: u64,
+    /// The same, under its first name.
+    pub uptime_ms: u64,
 }
 
 /// One event of the supervisor's recent history.

@@ -19,6 +19,9 @@
 //!   where kernel TLS carries the rest in the descriptor;
 //! - [`ktls`]: the kernel TLS calls `nix` lacks (a record of a given content
 //!   type; which upper-layer protocol a socket has);
+//! - [`state_dir`]: the files of the state directory that the supervisor and
+//!   its workers both use, [`lockfile`] for the two `flock(2)` locks among
+//!   them, and [`pidfd`] for watching a process that is not one's child;
 //! - [`snapshot`]: the envelope around a worker's opaque state (app name,
 //!   schema version, CRC-32 checksum, bytes).
 //!
@@ -45,7 +48,10 @@ pub mod ctl;
 pub mod fds;
 pub mod frame;
 pub mod ktls;
+pub mod lockfile;
+pub mod pidfd;
 pub mod snapshot;
+pub mod state_dir;
 pub mod tls;
 pub mod worker;
 

@@ -121,6 +121,28 @@ pub struct Checkpoint {
     pub taken_at_ns: u64,
 }
 
+/// Where an orphaned worker stands when a supervisor connects to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrphanState {
+    /// Consuming and answering on its connections, holding `serving.lock`.
+    Serving,
+}
+
+/// An orphaned worker's first message to a supervisor that connected to its
+/// orphan socket (see [`crate::state_dir`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adoptable {
+    /// What it said to its first supervisor.
+    pub hello: Hello,
+    /// The generation its first supervisor gave it.
+    pub generation: u64,
+    pub state: OrphanState,
+    /// Connections it holds (each is registered again once adopted).
+    pub conns: u32,
+    /// How long it has been without a supervisor.
+    pub orphaned_ms: u64,
+}
+
 /// Supervisor → worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ToWorker {
@@ -146,6 +168,10 @@ pub enum ToWorker {
     /// worker's own). Sent during probation so that, should the new build
     /// die, the previous build can read the newest checkpoint.
     CheckpointIn { schema: Option<u32> },
+    /// Answer to [`FromWorker::Adoptable`]: this supervisor is yours now.
+    /// Register every connection again (this supervisor holds none), send a
+    /// checkpoint, and carry on as before.
+    Adopt { supervisor_pid: u32 },
 }
 
 /// Worker → supervisor.
@@ -178,4 +204,6 @@ pub enum FromWorker {
     },
     /// Liveness, from the app's event loop.
     Heartbeat,
+    /// An orphan's first message to a supervisor that connected to it.
+    Adoptable(Adoptable),
 }

@@ -105,13 +105,7 @@ impl BuildStore {
                 out.write_all(&buf[..n])?;
             }
             out.sync_all()?;
-            Ok::<_, std::io::Error>(
-                hasher
-                    .finalize()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>(),
-            )
+            Ok::<_, std::io::Error>(hex(&hasher.finalize()))
         })();
         let sha = match stored {
             Ok(sha) => sha,
@@ -177,6 +171,11 @@ impl BuildStore {
         verify(build, expected).map(Some)
     }
 
+    /// Whether `path` is a build in this store.
+    pub fn holds(&self, path: &Path) -> bool {
+        path.parent() == Some(self.dir.as_path()) && path.is_file()
+    }
+
     /// Delete stored builds other than `keep` (by SHA-256).
     pub fn prune(&mut self, keep: &[&str]) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
@@ -192,6 +191,18 @@ impl BuildStore {
             .retain(|_, (_, sha)| keep.contains(&sha.as_str()));
         self.names.retain(|sha, _| keep.contains(&sha.as_str()));
     }
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SHA-256 of the file at `path`, in hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex(&hasher.finalize()))
 }
 
 fn verify(build: Build, expected: Option<&str>) -> Result<Build, BinaryError> {

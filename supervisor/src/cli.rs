@@ -48,6 +48,12 @@ pub struct Args {
     /// recovered [default: 5s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub heartbeat_timeout: Option<Duration>,
+    /// Longest wait at start for a worker that still serves this state
+    /// directory (its supervisor went away) to be adopted; past it the
+    /// supervisor exits non-zero rather than start a second worker
+    /// [default: 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub adopt_timeout: Option<Duration>,
     /// How long a new build is on probation after an upgrade: if it dies
     /// within it, the previous build takes over automatically [default: 30s].
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -95,6 +101,7 @@ pub struct FileConfig {
     pub exit_timeout: Option<String>,
     pub stop_timeout: Option<String>,
     pub heartbeat_timeout: Option<String>,
+    pub adopt_timeout: Option<String>,
     pub probation: Option<String>,
     pub watch: Option<bool>,
     pub allow_uid: Option<Vec<u32>>,
@@ -246,6 +253,12 @@ impl Args {
                     &file.heartbeat_timeout,
                     "heartbeat_timeout",
                     d.heartbeat,
+                )?,
+                adopt: duration(
+                    self.adopt_timeout,
+                    &file.adopt_timeout,
+                    "adopt_timeout",
+                    d.adopt,
                 )?,
                 ..d
             },

@@ -49,6 +49,11 @@ pub struct Timeouts {
     /// Longest the active worker may stay silent (it heartbeats from its
     /// event loop) before it is taken as hung, killed and recovered.
     pub heartbeat: Duration,
+    /// How long a starting supervisor waits for a worker that still holds
+    /// `serving.lock` (its supervisor went away) to answer on its orphan
+    /// socket. Protects against starting a second worker beside one that
+    /// serves: past it the supervisor starts nothing and exits non-zero.
+    pub adopt: Duration,
 }
 
 impl Default for Timeouts {
@@ -61,6 +66,7 @@ impl Default for Timeouts {
             stop: Duration::from_secs(10),
             ctl_read: Duration::from_secs(5),
             heartbeat: Duration::from_secs(5),
+            adopt: Duration::from_secs(5),
         }
     }
 }

@@ -290,12 +290,6 @@ pub fn status_json(report: &StatusReport) -> anyhow::Result<Value> {
             cp.insert("summary".into(), parsed);
         }
     }
-    if let Value::Object(m) = &mut v {
-        m.insert(
-            "supervisor".into(),
-            serde_json::json!({"pid": report.supervisor_pid, "uptime_ms": report.uptime_ms}),
-        );
-    }
     Ok(v)
 }
 
@@ -305,15 +299,22 @@ fn print_status(report: &StatusReport, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let w = &report.worker;
+    let s = &report.supervisor;
     out!(
-        "supervisor  pid {}  up {}",
-        report.supervisor_pid,
-        fmt_ms(report.uptime_ms)
+        "supervisor  pid {}  up {}  binary {}{}",
+        s.pid,
+        fmt_ms(s.started_ms_ago),
+        s.binary,
+        s.sha256
+            .as_deref()
+            .map(|h| format!(" (sha256 {})", &h[..h.len().min(16)]))
+            .unwrap_or_default()
     );
     out!(
-        "worker      pid {}  {}  generation {}  up {}  build {}",
+        "worker      pid {}  {}{}  generation {}  up {}  build {}",
         fmt_opt(w.pid),
         w.state,
+        if w.adopted { " (adopted)" } else { "" },
         w.generation,
         fmt_ms(w.uptime_ms),
         w.build_id.as_deref().unwrap_or("-")

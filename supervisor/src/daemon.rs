@@ -54,6 +54,10 @@ pub enum DaemonError {
     FirstSpawn(#[from] SpawnError),
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error("another supervisor runs on this state directory: {0}")]
+    Locked(#[source] handoff_protocol::lockfile::LockError),
+    #[error(transparent)]
+    Adopt(#[from] crate::adopt::AdoptError),
 }
 
 /// The newest checkpoint.
@@ -96,7 +100,7 @@ pub struct Daemon {
     pub(crate) checkpoint: Option<Stored>,
     pub(crate) stats: Stats,
     pub(crate) started: Instant,
-    next_generation: Generation,
+    pub(crate) next_generation: Generation,
     next_handoff: u64,
     checkpoint_waiters: Vec<mpsc::Sender<CtlResponse>>,
     stopping: Stopping,
@@ -130,6 +134,11 @@ pub struct Daemon {
     pub(crate) history: History,
     /// Finished downloads of `upgrade --url` come back here.
     downloads: mpsc::Sender<Downloaded>,
+    /// `STATE_DIR/supervisor.lock`: this is the one supervisor of the state
+    /// directory for as long as it lives.
+    _lock: handoff_protocol::lockfile::LockFile,
+    /// This process's own executable, for `status`.
+    pub(crate) image: crate::status::SelfImage,
 }
 
 /// A finished `upgrade --url` download, on its way back to the daemon.
@@ -144,6 +153,10 @@ pub struct Downloaded {
 /// operator's signals (see [`crate::signals`]); tests pass a channel.
 pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(), DaemonError> {
     prepare_state_dir(&cfg)?;
+    let lock = handoff_protocol::lockfile::LockFile::try_lock(
+        &handoff_protocol::state_dir::supervisor_lock(&cfg.state_dir),
+    )
+    .map_err(DaemonError::Locked)?;
     let listener = control::bind(&cfg.socket, &cfg.access)?;
     let (ctl_tx, mut ctl_rx) = mpsc::channel(64);
     let (watch_tx, mut watch_rx) = mpsc::channel::<WatchTrigger>(1);
@@ -196,26 +209,22 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
         metrics_tx,
         history: History::default(),
         downloads: dl_tx,
+        _lock: lock,
+        image: crate::status::SelfImage::of_this_process(),
     };
     if let Some(addr) = d.cfg.metrics.clone() {
         let listener = crate::metrics::bind(&addr, &d.cfg.state_dir).await?;
         tokio::spawn(crate::metrics::serve(listener, metrics_rx));
     }
-    let first = d.cfg.worker.clone();
-    let first_build = d.store.admit(&first, None)?;
+    // A worker a previous supervisor left serving is adopted, never
+    // doubled (see `adopt`).
+    let orphan = crate::adopt::find(&d.cfg.state_dir, d.cfg.timeouts.adopt).await?;
     let plan = d.load_persisted();
     d.persister = Some(Persister::start(d.cfg.state_dir.clone()));
-    let gen = d.take_generation();
-    let proc = WorkerProc::spawn(
-        gen,
-        &first_build,
-        &d.cfg.worker_args,
-        plan,
-        d.events.clone(),
-    )?;
-    d.current = Some(first_build);
-    info!(generation = gen, pid = proc.pid, binary = %first.display(), "worker started");
-    d.active = Some(proc);
+    match orphan {
+        Some(orphan) => d.adopt(orphan)?,
+        None => d.start_first(plan)?,
+    }
 
     let mut heartbeat_check = tokio::time::interval(HEARTBEAT_CHECK_EVERY);
     heartbeat_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -287,6 +296,26 @@ fn prepare_state_dir(cfg: &Config) -> Result<(), DaemonError> {
 }
 
 impl Daemon {
+    /// Start the first worker, in recovery mode when a checkpoint file was
+    /// found (`plan`).
+    fn start_first(&mut self, plan: StartPlan) -> Result<(), DaemonError> {
+        let first = self.cfg.worker.clone();
+        let build = self.store.admit(&first, None)?;
+        let gen = self.take_generation();
+        let proc = WorkerProc::spawn(
+            gen,
+            &build,
+            &self.cfg.worker_args,
+            &self.cfg.state_dir,
+            plan,
+            self.events.clone(),
+        )?;
+        self.current = Some(build);
+        info!(generation = gen, pid = proc.pid, binary = %first.display(), "worker started");
+        self.active = Some(proc);
+        Ok(())
+    }
+
     /// The checkpoint a previous supervisor left in the state directory:
     /// with one, the first worker starts in recovery mode from it.
     fn load_persisted(&mut self) -> StartPlan {
@@ -550,6 +579,7 @@ impl Daemon {
                     gen,
                     &build,
                     &self.cfg.worker_args,
+                    &self.cfg.state_dir,
                     StartPlan::Successor,
                     self.events.clone(),
                 )
@@ -725,6 +755,9 @@ impl Daemon {
             }
             FromWorker::FirstConsumed { at_ns } => self.on_first_consumed(at_ns),
             FromWorker::Heartbeat => {}
+            FromWorker::Adoptable(_) => {
+                warn!("Adoptable from a worker that has a supervisor; ignored")
+            }
         }
     }
 
@@ -1097,7 +1130,7 @@ impl Daemon {
     }
 
     /// Tell systemd the worker serves (READY=1 the first time).
-    fn serving(&mut self, status: &str) {
+    pub(crate) fn serving(&mut self, status: &str) {
         self.ready_sent = true;
         self.systemd.ready(status);
     }

@@ -14,8 +14,16 @@
 //! operator intents ([`signals`]: SIGUSR2 upgrade, SIGTERM/SIGINT graceful
 //! stop). [`status`] turns that state into the report `supervisorctl status`
 //! prints; [`ctl`] is `supervisorctl` itself.
+//!
+//! The supervisor is no single point of failure. It holds
+//! `STATE_DIR/supervisor.lock` (one supervisor per state directory), and the
+//! serving worker holds `STATE_DIR/serving.lock` (one serving worker, which
+//! the kernel enforces). A worker whose supervisor dies serves on and waits
+//! to be adopted; the next supervisor on the state directory adopts it
+//! instead of starting another ([`adopt`]).
 #![forbid(unsafe_code)]
 
+pub mod adopt;
 pub mod binary;
 pub mod builds;
 pub mod cli;

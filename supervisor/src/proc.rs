@@ -1,15 +1,19 @@
 //! A worker process as the supervisor sees it: spawned with its own
-//! socketpair, a task that owns the channel, a task that reaps it, and a
-//! lifecycle enum.
+//! socketpair (or adopted from a previous supervisor, over the connection
+//! made to its orphan socket), a task that owns the channel, a task that
+//! reaps it (or, for an adopted worker, which is no child of ours, watches
+//! its pidfd), and a lifecycle enum.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use handoff_protocol::frame::MAX_WORKER_FRAME;
+use handoff_protocol::pidfd::PidFd;
+use handoff_protocol::state_dir::{ENV_GENERATION, ENV_STATE_DIR};
 use handoff_protocol::worker::{FromWorker, Hello, ToWorker};
 use handoff_protocol::{fds, Channel, ENV_CHANNEL_FD};
 use nix::sys::signal::{kill, Signal};
@@ -44,8 +48,27 @@ pub enum WorkerEvent {
     ChannelClosed {
         error: Option<String>,
     },
-    /// The process was reaped.
-    Exited(ExitStatus),
+    /// The process was reaped (or, adopted, seen to exit).
+    Exited(Exit),
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Reaped: its exit code or signal.
+    Status(ExitStatus),
+    /// An adopted worker (no child of this process): seen to exit through
+    /// its pidfd, but its status went to whoever reaps it.
+    Unobserved,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Status(s) => s.fmt(f),
+            Exit::Unobserved => f.write_str("exited; status unknown (an adopted worker)"),
+        }
+    }
 }
 
 /// A worker event tagged with its generation.
@@ -84,6 +107,9 @@ pub struct WorkerProc {
     pub life: Lifecycle,
     /// What it does once it says Hello.
     pub plan: crate::recovery::StartPlan,
+    /// Adopted from a previous supervisor (see [`crate::adopt`]): watched
+    /// and signalled through its pidfd.
+    pub adopted: Option<Arc<PidFd>>,
     /// When a frame from it last *arrived* (monotonic ns), stamped by the
     /// channel's reader task: a daemon busy with a backlog must not mistake
     /// queued heartbeats for silence.
@@ -101,6 +127,7 @@ impl WorkerProc {
         generation: Generation,
         build: &Build,
         args: &[String],
+        state_dir: &Path,
         plan: crate::recovery::StartPlan,
         events: mpsc::UnboundedSender<Tagged>,
     ) -> Result<WorkerProc, SpawnError> {
@@ -110,7 +137,8 @@ impl WorkerProc {
         cmd.args(args).stdin(std::process::Stdio::null());
         let n = fds::inherit_in_child(&mut cmd, theirs.as_fd());
         cmd.env(ENV_CHANNEL_FD, n.to_string());
-        cmd.env("HANDOFF_GENERATION", generation.to_string());
+        cmd.env(ENV_GENERATION, generation.to_string());
+        cmd.env(ENV_STATE_DIR, state_dir);
         let mut child = cmd.spawn().map_err(|source| SpawnError::Exec {
             path: build.exec.clone(),
             source,
@@ -120,20 +148,11 @@ impl WorkerProc {
         ours.set_nonblocking(true).map_err(SpawnError::Socketpair)?;
         let sock = tokio::net::UnixStream::from_std(ours).map_err(SpawnError::Socketpair)?;
         let channel = Channel::<ToWorker, FromWorker>::new(sock, MAX_WORKER_FRAME);
-        let activity = Arc::new(AtomicU64::new(handoff_protocol::monotonic_ns()));
-        let go_sent = Arc::new(AtomicU64::new(0));
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(pump(
-            generation,
-            channel,
-            rx,
-            events.clone(),
-            activity.clone(),
-            go_sent.clone(),
-        ));
+        let mut proc = WorkerProc::watch(generation, pid, build, plan, channel, events.clone());
+        proc.life = Lifecycle::Starting;
         tokio::spawn(async move {
             let event = match child.wait().await {
-                Ok(status) => WorkerEvent::Exited(status),
+                Ok(status) => WorkerEvent::Exited(Exit::Status(status)),
                 Err(e) => {
                     warn!(generation, error = %e, "cannot wait for worker");
                     return;
@@ -141,17 +160,82 @@ impl WorkerProc {
             };
             let _ = events.send(Tagged { generation, event });
         });
-        Ok(WorkerProc {
+        Ok(proc)
+    }
+
+    /// A serving worker adopted from a previous supervisor: `channel` is the
+    /// connection to its orphan socket, `pidfd` a handle opened on it before
+    /// its `Adoptable` was read (so it is this process, not a reuse of its
+    /// pid). It is told `Adopt` now and registers its connections.
+    pub fn adopt(
+        generation: Generation,
+        pidfd: PidFd,
+        build: &Build,
+        hello: Hello,
+        channel: Channel<ToWorker, FromWorker>,
+        events: mpsc::UnboundedSender<Tagged>,
+    ) -> WorkerProc {
+        let pidfd = Arc::new(pidfd);
+        let plan = crate::recovery::StartPlan::Fresh;
+        let mut proc = WorkerProc::watch(
+            generation,
+            pidfd.pid(),
+            build,
+            plan,
+            channel,
+            events.clone(),
+        );
+        proc.life = Lifecycle::Running { hello };
+        proc.adopted = Some(pidfd.clone());
+        proc.send(
+            ToWorker::Adopt {
+                supervisor_pid: std::process::id(),
+            },
+            Vec::new(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = pidfd.exited().await {
+                warn!(generation, error = %e, "cannot watch the adopted worker");
+                return;
+            }
+            let event = WorkerEvent::Exited(Exit::Unobserved);
+            let _ = events.send(Tagged { generation, event });
+        });
+        proc
+    }
+
+    /// The handle and the channel task shared by spawned and adopted workers.
+    fn watch(
+        generation: Generation,
+        pid: u32,
+        build: &Build,
+        plan: crate::recovery::StartPlan,
+        channel: Channel<ToWorker, FromWorker>,
+        events: mpsc::UnboundedSender<Tagged>,
+    ) -> WorkerProc {
+        let activity = Arc::new(AtomicU64::new(handoff_protocol::monotonic_ns()));
+        let go_sent = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(pump(
+            generation,
+            channel,
+            rx,
+            events,
+            activity.clone(),
+            go_sent.clone(),
+        ));
+        WorkerProc {
             generation,
             pid,
             build: build.clone(),
             started: Instant::now(),
             life: Lifecycle::Starting,
             plan,
+            adopted: None,
             activity,
             go_sent,
             outbox: tx,
-        })
+        }
     }
 
     /// Queue a message (and descriptors) for the worker. Lost silently if the
@@ -167,7 +251,14 @@ impl WorkerProc {
             return;
         }
         debug!(generation = self.generation, pid = self.pid, "SIGKILL");
-        let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        match &self.adopted {
+            Some(pidfd) => {
+                let _ = pidfd.signal(Signal::SIGKILL);
+            }
+            None => {
+                let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            }
+        }
         if !matches!(self.life, Lifecycle::Exited { .. }) {
             self.life = Lifecycle::Exiting;
         }

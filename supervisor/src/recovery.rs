@@ -191,6 +191,7 @@ mod daemon_side {
                 gen,
                 &build,
                 &self.cfg.worker_args,
+                &self.cfg.state_dir,
                 plan,
                 self.events.clone(),
             ) {

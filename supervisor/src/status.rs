@@ -1,7 +1,7 @@
 //! `status`: the daemon's state as one report.
 
 use handoff_protocol::ctl::{
-    CheckpointStatus, ConnStatus, HandoffStats, StatusReport, WorkerStatus,
+    CheckpointStatus, ConnStatus, HandoffStats, StatusReport, SupervisorStatus, WorkerStatus,
 };
 
 use std::os::fd::AsFd;
@@ -22,6 +22,7 @@ impl Daemon {
                 sha256: Some(a.build.sha256.clone()),
                 uptime_ms: a.started.elapsed().as_millis() as u64,
                 restarts: self.restarts,
+                adopted: a.adopted.is_some(),
                 probation_ms_left: self
                     .probation
                     .as_ref()
@@ -43,6 +44,7 @@ impl Daemon {
                 uptime_ms: 0,
                 restarts: self.restarts,
                 probation_ms_left: None,
+                adopted: false,
                 notice: self.notice.clone(),
             },
         };
@@ -75,13 +77,51 @@ impl Daemon {
             in_progress: self.phase.upgrade().map(|_| self.phase.name().to_string()),
             last: self.stats.last.clone(),
         };
+        let up = self.started.elapsed().as_millis() as u64;
         StatusReport {
             supervisor_pid: std::process::id(),
-            uptime_ms: self.started.elapsed().as_millis() as u64,
+            uptime_ms: up,
+            supervisor: SupervisorStatus {
+                pid: std::process::id(),
+                binary: self.image.binary.display().to_string(),
+                sha256: self.image.sha256.get().cloned(),
+                started_ms_ago: up,
+                uptime_ms: up,
+            },
             worker,
             connections,
             checkpoint,
             handoffs,
         }
+    }
+}
+
+/// The supervisor's own executable, for `status`.
+#[derive(Debug, Clone)]
+pub struct SelfImage {
+    pub binary: std::path::PathBuf,
+    /// Filled in by a background task at start (hashing takes a moment).
+    pub sha256: std::sync::Arc<std::sync::OnceLock<String>>,
+}
+
+impl SelfImage {
+    /// This process's executable; its hash is computed off the daemon task.
+    pub fn of_this_process() -> SelfImage {
+        let binary = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+        let sha256 = std::sync::Arc::new(std::sync::OnceLock::new());
+        let (cell, exe) = (sha256.clone(), binary.clone());
+        tokio::task::spawn_blocking(move || {
+            // /proc/self/exe: the file that runs, even if the path was
+            // replaced since.
+            match crate::builds::sha256_file(std::path::Path::new("/proc/self/exe")) {
+                Ok(h) => {
+                    let _ = cell.set(h);
+                }
+                Err(e) => {
+                    tracing::warn!(binary = %exe.display(), error = %e, "cannot hash the supervisor's own binary")
+                }
+            }
+        });
+        SelfImage { binary, sha256 }
     }
 }

@@ -229,6 +229,7 @@ impl ClusterBuilder {
             bins: self.bins,
             dir,
             sim,
+            groups: vec![supervisor.id()],
             supervisor: Some(supervisor),
             socket,
             worker_path,
@@ -301,6 +302,9 @@ pub struct Cluster {
     pub dir: TempDir,
     pub sim: Sim,
     supervisor: Option<Child>,
+    /// Every supervisor's process group: a worker stays in the group of the
+    /// supervisor that started it, even after another one adopted it.
+    groups: Vec<u32>,
     pub socket: PathBuf,
     /// The supervisor's `--worker` path.
     pub worker_path: PathBuf,
@@ -453,8 +457,117 @@ impl Cluster {
             &self.env,
             self.quiet,
         )?;
+        self.groups.push(child.id());
         self.supervisor = Some(child);
         self.wait_serving(Duration::from_secs(30))
+    }
+
+    /// `kill -9` the supervisor (its workers live on) and reap it.
+    pub fn kill_supervisor(&mut self) -> Result<(), TestkitError> {
+        self.signal(Signal::SIGKILL)?;
+        self.wait_exit().map(|_| ())
+    }
+
+    /// Run one more supervisor with this cluster's flags and state directory
+    /// and `extra` flags (`--flag value` pairs; one the cluster sets already,
+    /// `--socket` say, takes the new value),
+    /// and wait up to `within` for it to exit: its exit status and stderr.
+    /// One that is still running then is killed, and that is an error.
+    pub fn run_another_supervisor(
+        &self,
+        extra: &[&str],
+        within: Duration,
+    ) -> Result<(std::process::ExitStatus, String), TestkitError> {
+        let split = self
+            .supervisor_args
+            .iter()
+            .position(|a| a == "--")
+            .unwrap_or(self.supervisor_args.len());
+        let mut args: Vec<std::ffi::OsString> = self.supervisor_args[..split].to_vec();
+        for pair in extra.chunks(2) {
+            match args.iter().position(|a| a == pair[0]) {
+                Some(i) if pair.len() == 2 && i + 1 < args.len() => args[i + 1] = pair[1].into(),
+                _ => args.extend(pair.iter().map(Into::into)),
+            }
+        }
+        args.extend(self.supervisor_args[split..].iter().cloned());
+        let mut child = Command::new(&self.bins.supervisor)
+            .args(&args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| TestkitError::Spawn {
+                what: "supervisor",
+                source: e,
+            })?;
+        let waited = wait_for("the other supervisor to exit", within, || {
+            child
+                .try_wait()
+                .map_err(|e| TestkitError::Protocol(format!("wait: {e}")))
+        });
+        let status = match waited {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut stderr);
+        }
+        Ok((status, stderr))
+    }
+
+    /// Every live worker process of this cluster's state directory (found
+    /// by the `HANDOFF_STATE_DIR` its supervisor gave it), whoever supervises
+    /// it, if anyone.
+    pub fn worker_processes(&self) -> Vec<u32> {
+        let want = format!("HANDOFF_STATE_DIR={}", self.state_dir().display());
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let mut pids: Vec<u32> = procs
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| process_alive(*pid))
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == want.as_bytes()))
+            })
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// The processes holding `serving.lock` (from `/proc/locks`): the
+    /// workers that may serve. Never more than one.
+    pub fn serving_lock_holders(&self) -> Vec<u32> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = std::fs::metadata(self.state_dir().join("serving.lock")) else {
+            return Vec::new();
+        };
+        let inode = format!(":{}", meta.ino());
+        let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+        // "1: FLOCK  ADVISORY  WRITE 1234 00:2f:5678 0 EOF"
+        let mut pids: Vec<u32> = locks
+            .lines()
+            .filter(|l| !l.contains("->"))
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(1) == Some(&"FLOCK") && f.get(5).is_some_and(|d| d.ends_with(&inode)))
+                    .then(|| f.get(4)?.parse().ok())
+                    .flatten()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
     }
 
     /// The state directory.
@@ -484,10 +597,26 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // Each supervisor and the workers it started share a process group
+        // of their own; orphans stay in theirs.
+        for g in &self.groups {
+            let _ = killpg(Pid::from_raw(*g as i32), Signal::SIGKILL);
+        }
         if let Some(mut child) = self.supervisor.take() {
-            // The supervisor and its workers share a process group of their own.
-            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
             let _ = child.wait();
         }
+    }
+}
+
+/// Whether `pid` is a live process (a zombie is not).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
     }
 }

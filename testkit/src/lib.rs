@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-pub use cluster::{Bins, Cluster, ClusterBuilder, CtlOutput};
+pub use cluster::{process_alive, Bins, Cluster, ClusterBuilder, CtlOutput};
 pub use sim::Sim;
 
 /// What went wrong driving the processes.

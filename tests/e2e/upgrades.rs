@@ -114,15 +114,4 @@ fn graceful_stop_closes_cleanly() {
     );
 }
 
-pub fn process_alive(pid: u32) -> bool {
-    // A zombie is not alive: check its state, not just that /proc has it.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
-}
+pub use handoff_testkit::process_alive;

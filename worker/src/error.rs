@@ -25,6 +25,8 @@ pub enum WorkerError {
     Snapshot(AppError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("not serving: another worker serves this state directory ({0})")]
+    Fenced(handoff_protocol::lockfile::LockError),
     #[error("cannot keep TLS keys out of core dumps (PR_SET_DUMPABLE): {0}")]
     Undumpable(nix::Error),
 }

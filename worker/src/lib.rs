@@ -20,6 +20,10 @@
 //!   included), snapshot, and hand over each connection's leftovers; then wait
 //!   to be thawed (a failed upgrade: resume exactly where it stopped) or told
 //!   to exit (without touching the connections);
+//! - **orphaned**: should the supervisor go away, the worker serves on and
+//!   waits on an orphan socket in the state directory for the next supervisor
+//!   to adopt it ([`orphan`]); `serving.lock` there, held by the one worker
+//!   that serves, makes two serving workers impossible whatever happens;
 //! - **the stream** ([`stream::HandoffStream`]) sits below tungstenite and only
 //!   ever takes whole websocket frames out of the kernel, so tungstenite's
 //!   buffer is empty between messages and the leftovers are known exactly;
@@ -66,6 +70,7 @@ pub mod conn;
 pub mod error;
 pub mod fault;
 pub mod link;
+pub mod orphan;
 pub mod serve;
 pub mod settings;
 pub mod start;

@@ -41,6 +41,14 @@ impl Link {
         Ok(Some(Link { ch }))
     }
 
+    /// A channel over a connection a supervisor made to this worker's orphan
+    /// socket (see [`crate::orphan`]).
+    pub fn from_stream(stream: tokio::net::UnixStream) -> Link {
+        Link {
+            ch: Channel::new(stream, MAX_WORKER_FRAME),
+        }
+    }
+
     pub async fn send(&mut self, msg: &FromWorker) -> Result<(), ChannelError> {
         self.ch.send(msg, &[]).await
     }

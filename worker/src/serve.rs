@@ -56,8 +56,16 @@ enum EffectGate {
 /// The app, its connections and its supervisor link.
 pub(crate) struct Worker<A: App> {
     pub(crate) app: A,
-    conns: Vec<Conn>,
+    pub(crate) conns: Vec<Conn>,
     pub(crate) link: Option<Link>,
+    /// The supervisor's state directory (`None` when started by hand).
+    pub(crate) state_dir: Option<std::path::PathBuf>,
+    /// Held while this worker is the one that serves its state directory.
+    pub(crate) serving: Option<handoff_protocol::lockfile::LockFile>,
+    /// Listening for a new supervisor, while this worker has none.
+    pub(crate) orphanage: Option<crate::orphan::Orphanage>,
+    /// The generation the supervisor gave this worker.
+    pub(crate) generation: u64,
     pub(crate) settings: Settings,
     /// Round-robin start for fairness between connections.
     next_poll: usize,
@@ -76,10 +84,21 @@ pub(crate) struct Worker<A: App> {
 
 impl<A: App> Worker<A> {
     pub(crate) fn new(app: A, settings: Settings, link: Option<Link>) -> Self {
+        let state_dir = link.as_ref().and_then(|_| {
+            std::env::var_os(handoff_protocol::state_dir::ENV_STATE_DIR).map(Into::into)
+        });
+        let generation = std::env::var(handoff_protocol::state_dir::ENV_GENERATION)
+            .ok()
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0);
         Worker {
             app,
             conns: Vec::new(),
             link,
+            state_dir,
+            serving: None,
+            orphanage: None,
+            generation,
             settings,
             next_poll: 0,
             effects: FuturesUnordered::new(),
@@ -142,20 +161,18 @@ impl<A: App> Worker<A> {
                     let cmd = match cmd {
                         Ok(Some((cmd, _fds))) => cmd,
                         Ok(None) => {
-                            warn!("supervisor went away; serving on standalone");
-                            self.link = None;
+                            self.orphaned("supervisor went away");
                             continue;
                         }
                         Err(e) => {
-                            warn!(error = %e, "supervisor channel broken; serving on standalone");
-                            self.link = None;
+                            self.orphaned(&format!("supervisor channel broken ({e})"));
                             continue;
                         }
                     };
                     match cmd {
                         ToWorker::Freeze { schema } => match self.freeze(schema.unwrap_or(A::SCHEMA)).await? {
                             AfterFreeze::Thawed => info!("thawed: resuming where we froze"),
-                            AfterFreeze::Exit => return Ok(Ended::HandedOver),
+                            AfterFreeze::Exit => return Ok(self.handed_over()),
                             AfterFreeze::Stop => return self.stop().await,
                         },
                         ToWorker::CheckpointNow => self.send_checkpoint().await?,
@@ -164,7 +181,8 @@ impl<A: App> Worker<A> {
                             self.checkpoint_schema = schema;
                         }
                         ToWorker::Stop => return self.stop().await,
-                        ToWorker::Exit => return Ok(Ended::HandedOver),
+                        ToWorker::Exit => return Ok(self.handed_over()),
+                        ToWorker::Adopt { supervisor_pid } => self.adopted(supervisor_pid).await?,
                         ToWorker::Thaw | ToWorker::Go => debug!(?cmd, "ignored: not frozen"),
                         other => return Err(WorkerError::Unexpected { when: "serving", what: format!("{other:?}") }),
                     }
@@ -172,11 +190,8 @@ impl<A: App> Worker<A> {
                 // Timers before the connections: a worker that always has a
                 // message ready must still heartbeat and checkpoint, or the
                 // supervisor takes it for hung (they are ready only when due).
-                _ = heartbeat.tick(), if linked => {
-                    if let Some(link) = self.link.as_mut() {
-                        link.send(&FromWorker::Heartbeat).await?;
-                    }
-                }
+                _ = heartbeat.tick(), if linked => self.tell(&FromWorker::Heartbeat).await,
+                stream = crate::orphan::accept_opt(&self.orphanage), if !linked => self.offer_adoption(stream).await,
                 _ = checkpoint.tick(), if linked => self.send_checkpoint().await?,
                 (idx, item) = next_message(&mut self.conns, &mut self.next_poll) => {
                     self.consume(idx, item, &mut awaiting).await?;
@@ -219,9 +234,7 @@ impl<A: App> Worker<A> {
                 // have it processed twice.
                 if *awaiting == Awaiting::FirstMessage {
                     *awaiting = Awaiting::Nothing;
-                    if let Some(link) = self.link.as_mut() {
-                        link.send(&FromWorker::FirstConsumed { at_ns }).await?;
-                    }
+                    self.tell(&FromWorker::FirstConsumed { at_ns }).await;
                 }
                 let mut out = Outbox::default();
                 self.app.on_message(&self.conns[idx].info, msg, &mut out);
@@ -273,14 +286,30 @@ impl<A: App> Worker<A> {
             name: conn.info.name.clone(),
             url: conn.info.url.clone(),
         });
-        if let Some(link) = self.link.as_mut() {
-            link.send(&FromWorker::Unregister {
-                id: conn.info.id,
-                reason,
-            })
-            .await?;
-        }
+        self.tell(&FromWorker::Unregister {
+            id: conn.info.id,
+            reason,
+        })
+        .await;
         Ok(())
+    }
+
+    /// Send `msg` to the supervisor, if there is one. A failed send means it
+    /// is gone: this worker serves on as an orphan (see [`crate::orphan`]).
+    pub(crate) async fn tell(&mut self, msg: &FromWorker) {
+        if let Some(link) = self.link.as_mut() {
+            if let Err(e) = link.send(msg).await {
+                self.orphaned(&format!("cannot reach the supervisor ({e})"));
+            }
+        }
+    }
+
+    /// `Exit`: a successor serves from now on. Let go of `serving.lock` at
+    /// once (the successor waits for it) and leave the connections as they
+    /// are.
+    fn handed_over(&mut self) -> Ended {
+        self.serving = None;
+        Ended::HandedOver
     }
 
     /// Try to re-open every lost feed; those that fail wait for the next
@@ -307,18 +336,19 @@ impl<A: App> Worker<A> {
         ))
     }
 
-    async fn send_checkpoint(&mut self) -> Result<(), WorkerError> {
+    pub(crate) async fn send_checkpoint(&mut self) -> Result<(), WorkerError> {
+        if self.link.is_none() {
+            return Ok(());
+        }
         let snapshot = self.seal(self.checkpoint_schema.unwrap_or(A::SCHEMA))?;
         let summary = self.app.summary();
-        if let Some(link) = self.link.as_mut() {
-            let taken_at_ns = monotonic_ns();
-            link.send(&FromWorker::Checkpoint(Checkpoint {
-                snapshot,
-                summary,
-                taken_at_ns,
-            }))
-            .await?;
-        }
+        let taken_at_ns = monotonic_ns();
+        self.tell(&FromWorker::Checkpoint(Checkpoint {
+            snapshot,
+            summary,
+            taken_at_ns,
+        }))
+        .await;
         Ok(())
     }
 
@@ -391,9 +421,7 @@ impl<A: App> Worker<A> {
             (Some(reason), _)
             | (None, Err(WorkerError::Snapshot(crate::app::AppError(reason)))) => {
                 warn!(%reason, "cannot freeze; carrying on");
-                if let Some(link) = self.link.as_mut() {
-                    link.send(&FromWorker::FreezeFailed { reason }).await?;
-                }
+                self.tell(&FromWorker::FreezeFailed { reason }).await;
                 return Ok(AfterFreeze::Thawed);
             }
             (None, Err(e)) => return Err(e),
@@ -409,9 +437,7 @@ impl<A: App> Worker<A> {
                 Err(e) => {
                     let reason = format!("{}: {e}", c.info.id);
                     warn!(%reason, "cannot freeze; carrying on");
-                    if let Some(link) = self.link.as_mut() {
-                        link.send(&FromWorker::FreezeFailed { reason }).await?;
-                    }
+                    self.tell(&FromWorker::FreezeFailed { reason }).await;
                     return Ok(AfterFreeze::Thawed);
                 }
             }
@@ -442,36 +468,34 @@ impl<A: App> Worker<A> {
         frozen_at_ns: u64,
         summary: Option<String>,
     ) -> Result<AfterFreeze, WorkerError> {
-        let Some(link) = self.link.as_mut() else {
-            return Ok(AfterFreeze::Thawed);
-        };
-        link.send(&FromWorker::Frozen(Frozen {
+        self.tell(&FromWorker::Frozen(Frozen {
             snapshot,
             conns,
             frozen_at_ns,
             summary,
         }))
-        .await?;
+        .await;
         info!("frozen");
         let mut heartbeat = interval(self.settings.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            let Some(link) = self.link.as_mut() else {
+                // Without a supervisor no successor can go live (it waits
+                // for Go from the supervisor), so serving on is the only way
+                // nothing is lost.
+                warn!("supervisor went away while frozen; thawing");
+                return Ok(AfterFreeze::Thawed);
+            };
             tokio::select! {
                 cmd = link.recv() => match cmd {
                     Ok(Some((ToWorker::Thaw, _))) => return Ok(AfterFreeze::Thawed),
                     Ok(Some((ToWorker::Exit, _))) => return Ok(AfterFreeze::Exit),
                     Ok(Some((ToWorker::Stop, _))) => return Ok(AfterFreeze::Stop),
                     Ok(Some((other, _))) => debug!(?other, "ignored while frozen"),
-                    Ok(None) | Err(_) => {
-                        // Without a supervisor no successor can go live (it
-                        // waits for Go from the supervisor), so serving on is
-                        // the only way nothing is lost.
-                        warn!("supervisor went away while frozen; thawing");
-                        self.link = None;
-                        return Ok(AfterFreeze::Thawed);
-                    }
+                    Ok(None) => self.orphaned("supervisor went away while frozen"),
+                    Err(e) => self.orphaned(&format!("supervisor channel broken while frozen ({e})")),
                 },
-                _ = heartbeat.tick() => link.send(&FromWorker::Heartbeat).await?,
+                _ = heartbeat.tick() => self.tell(&FromWorker::Heartbeat).await,
             }
         }
     }

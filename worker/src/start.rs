@@ -51,16 +51,7 @@ pub async fn run<A: App>(
         return worker.serve(Awaiting::Nothing).await;
     };
     fault::hit(FaultPoint::BeforeHello).await;
-    link.send(&FromWorker::Hello(Hello {
-        protocol: PROTOCOL_VERSION,
-        pid: std::process::id(),
-        build_id: settings.build_id.clone(),
-        app: A::NAME.to_string(),
-        writes_schema: A::SCHEMA,
-        can_write: A::writes_schemas(),
-        reads_schemas: fault::reads_schemas_override().unwrap_or_else(A::reads_schemas),
-    }))
-    .await?;
+    link.send(&FromWorker::Hello(hello::<A>(&settings))).await?;
     let Some((first, fds)) = link.recv().await? else {
         return Err(WorkerError::SupervisorGone {
             when: "before the start command",
@@ -70,6 +61,9 @@ pub async fn run<A: App>(
         ToWorker::StartFresh => {
             info!("starting fresh");
             let mut worker = Worker::new(fresh(), settings, Some(link));
+            if let Some(dir) = worker.state_dir.clone() {
+                worker.serving = Some(crate::orphan::serving_lock_now(&dir)?);
+            }
             worker.open_feeds(&feeds).await?;
             worker.serve(Awaiting::Nothing).await
         }
@@ -79,6 +73,19 @@ pub async fn run<A: App>(
             when: "before start",
             what: format!("{other:?}"),
         }),
+    }
+}
+
+/// What this build says to a supervisor.
+pub(crate) fn hello<A: App>(settings: &Settings) -> Hello {
+    Hello {
+        protocol: PROTOCOL_VERSION,
+        pid: std::process::id(),
+        build_id: settings.build_id.clone(),
+        app: A::NAME.to_string(),
+        writes_schema: A::SCHEMA,
+        can_write: A::writes_schemas(),
+        reads_schemas: fault::reads_schemas_override().unwrap_or_else(A::reads_schemas),
     }
 }
 
@@ -141,6 +148,11 @@ async fn take_over<A: App>(
         }
     }
     let mut worker = Worker::new(app, settings, Some(link));
+    // Nothing is consumed, and no effect starts, before this worker is the
+    // only one serving: the previous one lets go at Exit (or by dying).
+    if let Some(dir) = worker.state_dir.clone() {
+        worker.serving = Some(crate::orphan::serving_lock_after_go(&dir).await?);
+    }
     worker.adopt(conns);
     worker.drop_stale(stale).await?;
     // Feeds this build wants that the previous one did not hold.
@@ -221,13 +233,7 @@ impl<A: App> Worker<A> {
             let id = self.next_conn_id();
             let conn = Conn::open(id, feed, &self.settings).await?;
             info!(conn = %conn.info.id, name = %conn.info.name, peer = %conn.info.peer, "connected");
-            if let Some(link) = self.link.as_mut() {
-                link.send_with_fd(
-                    &FromWorker::Register(conn.info.clone()),
-                    conn.ws.get_ref().as_fd(),
-                )
-                .await?;
-            }
+            self.register(&conn).await;
             let mut out = Outbox::default();
             self.app.on_open(&conn.info, &mut out);
             self.push_conn(conn);
@@ -242,15 +248,34 @@ impl<A: App> Worker<A> {
         for s in stale {
             self.id_floor = self.id_floor.max(s.id.0 + 1);
             warn!(conn = %s.id, name = %s.name, "TLS session not continued after a crash: connecting again");
-            if let Some(link) = self.link.as_mut() {
-                link.send(&FromWorker::Unregister {
-                    id: s.id,
-                    reason: "TLS session cannot be continued after a crash; re-established".into(),
-                })
-                .await?;
-            }
+            self.tell(&FromWorker::Unregister {
+                id: s.id,
+                reason: "TLS session cannot be continued after a crash; re-established".into(),
+            })
+            .await;
         }
         Ok(())
+    }
+
+    /// Give the supervisor its copy of `conn`'s socket. Returns false when
+    /// the supervisor is gone (this worker is an orphan from then on).
+    pub(crate) async fn register(&mut self, conn: &Conn) -> bool {
+        let Some(link) = self.link.as_mut() else {
+            return false;
+        };
+        let sent = link
+            .send_with_fd(
+                &FromWorker::Register(conn.info.clone()),
+                conn.ws.get_ref().as_fd(),
+            )
+            .await;
+        match sent {
+            Ok(()) => true,
+            Err(e) => {
+                self.orphaned(&format!("cannot reach the supervisor ({e})"));
+                false
+            }
+        }
     }
 
     fn next_conn_id(&mut self) -> ConnId {

@@ -1,0 +1,165 @@
+//! Exclusive locks on files of the state directory, held with `flock(2)`:
+//! the kernel releases one the instant its holder dies, whatever way it dies,
+//! so a lock says who is alive and entitled to something, never a guess from
+//! timing. The holder writes its pid into the file, for the error an
+//! operator reads when the lock is taken.
+//!
+//! Two are used (see [`crate::state_dir`]): `supervisor.lock`, held by the one
+//! supervisor of a state directory, and `serving.lock`, held by the one
+//! worker that consumes market data and sends orders.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use thiserror::Error;
+
+/// Why a lock was not taken.
+#[derive(Debug, Error)]
+pub enum LockError {
+    #[error("{path:?} is locked by {}", holder.map(|p| format!("pid {p}")).unwrap_or_else(|| "another process".into()))]
+    Held { path: PathBuf, holder: Option<u32> },
+    #[error("cannot lock {path:?}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A held lock; dropping it (or the process dying) releases it.
+#[derive(Debug)]
+pub struct LockFile {
+    path: PathBuf,
+    lock: Flock<File>,
+}
+
+impl LockFile {
+    /// Take the lock on `path` (created 0600) now, or fail with
+    /// [`LockError::Held`] naming its holder.
+    pub fn try_lock(path: &Path) -> Result<LockFile, LockError> {
+        Self::lock(path, FlockArg::LockExclusiveNonblock)
+    }
+
+    /// Take the lock on `path`, waiting as long as another process holds it.
+    /// Blocks the thread: call it from `spawn_blocking`.
+    pub fn lock_blocking(path: &Path) -> Result<LockFile, LockError> {
+        Self::lock(path, FlockArg::LockExclusive)
+    }
+
+    fn lock(path: &Path, how: FlockArg) -> Result<LockFile, LockError> {
+        let io = |source| LockError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        let mut lock = match Flock::lock(file, how) {
+            Ok(l) => l,
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(LockError::Held {
+                    path: path.to_path_buf(),
+                    holder: holder(path),
+                })
+            }
+            Err((_, e)) => return Err(io(e.into())),
+        };
+        let pid = std::process::id().to_string();
+        (|| {
+            lock.set_len(0)?;
+            lock.rewind()?;
+            lock.write_all(pid.as_bytes())
+        })()
+        .map_err(io)?;
+        Ok(LockFile {
+            path: path.to_path_buf(),
+            lock,
+        })
+    }
+
+    /// Whether `path` is free right now (taken and released at once).
+    pub fn is_free(path: &Path) -> Result<bool, LockError> {
+        match Self::try_lock(path) {
+            Ok(l) => {
+                drop(l);
+                Ok(true)
+            }
+            Err(LockError::Held { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The locked file itself (for passing the lock on by inheritance: a
+    /// child that inherits the descriptor shares the lock).
+    pub fn file(&self) -> &File {
+        &self.lock
+    }
+}
+
+/// The pid the last holder of `path` wrote, if any.
+pub fn holder(path: &Path) -> Option<u32> {
+    let mut s = String::new();
+    File::open(path).ok()?.read_to_string(&mut s).ok()?;
+    s.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_holder_at_a_time_and_the_error_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serving.lock");
+        let held = LockFile::try_lock(&path).unwrap();
+        assert!(!LockFile::is_free(&path).unwrap());
+        match LockFile::try_lock(&path) {
+            Err(LockError::Held { holder, .. }) => assert_eq!(holder, Some(std::process::id())),
+            other => panic!("{other:?}"),
+        }
+        drop(held);
+        assert!(LockFile::is_free(&path).unwrap());
+        let again = LockFile::lock_blocking(&path).unwrap();
+        assert_eq!(again.path(), path);
+    }
+
+    #[test]
+    fn a_lock_dies_with_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.lock");
+        // flock(1) holds the lock while the shell it runs lives (`-o`: the
+        // shell itself does not inherit it).
+        let mut child = std::process::Command::new("flock")
+            .arg("-o")
+            .arg(&path)
+            .args(["sh", "-c", "echo locked; read x"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = [0u8; 7];
+        child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut line)
+            .unwrap();
+        assert!(!LockFile::is_free(&path).unwrap());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(LockFile::is_free(&path).unwrap());
+    }
+}

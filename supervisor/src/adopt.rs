@@ -1,0 +1,279 @@
+//! Adopting the worker a previous supervisor left serving.
+//!
+//! A supervisor that dies (`kill -9`, a crash, or its own replacement by
+//! `upgrade-supervisor`) leaves its worker serving: the worker holds its
+//! connections and `serving.lock`, and listens on
+//! `STATE_DIR/orphans/<pid>.sock` (see `handoff_worker::orphan`). A
+//! supervisor starting on that state directory looks there before it starts
+//! anything ([`find`]):
+//!
+//! 1. it knocks on every orphan socket (a socket nobody listens on any more
+//!    is a dead orphan's: removed); one of our uid (or root) answers
+//!    `Adoptable` with its Hello, generation and state; its pidfd is opened
+//!    before that answer is read, so the handle is that process's;
+//! 2. exactly one serving orphan: it is adopted ([`Daemon::adopt`]): told
+//!    `Adopt`, it registers its connections again and sends a checkpoint. No
+//!    freeze, no handoff: the exchange sees nothing;
+//! 3. none answers but `serving.lock` is held: some worker still serves but
+//!    cannot be adopted yet (its socket may be moments away). The search
+//!    repeats until `timeouts.adopt`; then the supervisor starts nothing and
+//!    exits non-zero, naming the holder: never a second serving worker;
+//! 4. none answers and the lock is free: nobody serves; start as usual.
+//!
+//! The kernel enforces the rule, not this search: a worker starts serving
+//! only once it holds `serving.lock`, and a fresh worker that finds it held
+//! exits instead.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use handoff_protocol::frame::MAX_WORKER_FRAME;
+use handoff_protocol::lockfile::{self, LockError, LockFile};
+use handoff_protocol::pidfd::PidFd;
+use handoff_protocol::state_dir;
+use handoff_protocol::worker::{Adoptable, FromWorker, OrphanState, ToWorker};
+use handoff_protocol::{Channel, PROTOCOL_VERSION};
+use thiserror::Error;
+use tokio::net::UnixStream;
+use tracing::{info, warn};
+
+/// Longest an orphan may take to answer a knock on its socket: it answers
+/// from its event loop, between two messages. Protects the start-up from a
+/// socket whose owner is stuck; such an orphan counts as not answering.
+pub const ORPHAN_ANSWER: Duration = Duration::from_secs(2);
+
+/// How often the orphan sockets are searched again while `serving.lock` is
+/// held and nobody answered (until `timeouts.adopt`).
+pub const ORPHAN_SEARCH_EVERY: Duration = Duration::from_millis(50);
+
+/// Why the supervisor will not start.
+#[derive(Debug, Error)]
+pub enum AdoptError {
+    #[error(
+        "a worker still serves this state directory ({} holds {lock:?}) but none could be adopted from {dir:?} within {waited:?}{}; \
+         not starting a second worker beside it. Stop that worker (SIGTERM stops an orphan cleanly), or raise --adopt-timeout",
+        holder.map(|p| format!("pid {p}")).unwrap_or_else(|| "a process".into()),
+        if notes.is_empty() { String::new() } else { format!(" ({})", notes.join("; ")) }
+    )]
+    Unadoptable {
+        lock: PathBuf,
+        holder: Option<u32>,
+        dir: PathBuf,
+        waited: Duration,
+        notes: Vec<String>,
+    },
+    #[error("{n} orphaned workers say they serve this state directory (pids {pids:?}); refusing to pick one")]
+    Several { n: usize, pids: Vec<u32> },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+}
+
+/// An orphan that answered, ready to be adopted.
+pub struct Orphan {
+    pub pidfd: PidFd,
+    pub channel: Channel<ToWorker, FromWorker>,
+    pub offer: Adoptable,
+}
+
+/// The serving orphan of `dir` to adopt, or `None` when nobody serves it. See
+/// the module docs.
+pub async fn find(dir: &Path, wait: Duration) -> Result<Option<Orphan>, AdoptError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let lock = state_dir::serving_lock(dir);
+    loop {
+        let mut notes = Vec::new();
+        let mut serving = knock_all(dir, &mut notes).await;
+        match serving.len() {
+            0 => {}
+            1 => return Ok(serving.pop()),
+            n => {
+                let pids = serving.iter().map(|o| o.pidfd.pid()).collect();
+                return Err(AdoptError::Several { n, pids });
+            }
+        }
+        if LockFile::is_free(&lock)? {
+            return Ok(None);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(AdoptError::Unadoptable {
+                holder: lockfile::holder(&lock),
+                lock,
+                dir: state_dir::orphans(dir),
+                waited: wait,
+                notes,
+            });
+        }
+        tokio::time::sleep(ORPHAN_SEARCH_EVERY).await;
+    }
+}
+
+/// Knock on every orphan socket; the serving orphans that answered.
+async fn knock_all(dir: &Path, notes: &mut Vec<String>) -> Vec<Orphan> {
+    let Ok(entries) = std::fs::read_dir(state_dir::orphans(dir)) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().and_then(|x| x.to_str()) != Some("sock") {
+            continue;
+        }
+        match knock(&path).await {
+            Ok(Some(o)) if o.offer.state == OrphanState::Serving => found.push(o),
+            Ok(_) => {}
+            Err(note) => {
+                warn!(socket = %path.display(), "{note}");
+                notes.push(note);
+            }
+        }
+    }
+    found
+}
+
+/// Knock on one orphan socket. `Ok(None)`: nobody there (the file was a dead
+/// orphan's and is gone now); `Err`: why the one there cannot be adopted.
+async fn knock(path: &Path) -> Result<Option<Orphan>, String> {
+    let name = path.display();
+    let stream = match UnixStream::connect(path).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            info!(socket = %name, "removing the socket of an orphan that is gone");
+            let _ = std::fs::remove_file(path);
+            return Ok(None);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{name}: cannot connect: {e}")),
+    };
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("{name}: no peer credentials: {e}"))?;
+    let own = nix::unistd::getuid().as_raw();
+    if cred.uid() != own && cred.uid() != 0 {
+        return Err(format!(
+            "{name}: listened on by uid {}, not ours",
+            cred.uid()
+        ));
+    }
+    let pid = cred
+        .pid()
+        .and_then(|p| u32::try_from(p).ok())
+        .ok_or_else(|| format!("{name}: the peer has no pid"))?;
+    // Opened before the answer is read: an answer that arrives after it
+    // proves the pid was not reused in between.
+    let pidfd = PidFd::open(pid).map_err(|e| format!("{name}: pid {pid}: {e}"))?;
+    let mut channel = Channel::<ToWorker, FromWorker>::new(stream, MAX_WORKER_FRAME);
+    let answer = tokio::time::timeout(ORPHAN_ANSWER, channel.recv())
+        .await
+        .map_err(|_| format!("{name}: pid {pid} did not answer within {ORPHAN_ANSWER:?}"))?;
+    let offer = match answer {
+        Ok(Some((FromWorker::Adoptable(offer), fds))) if fds.is_empty() => offer,
+        Ok(Some((other, _))) => {
+            return Err(format!(
+                "{name}: pid {pid} answered {} instead of Adoptable",
+                kind(&other)
+            ))
+        }
+        Ok(None) => return Err(format!("{name}: pid {pid} hung up")),
+        Err(e) => return Err(format!("{name}: pid {pid}: {e}")),
+    };
+    if offer.hello.pid != pid {
+        return Err(format!(
+            "{name}: the answer says pid {} but the socket is pid {pid}'s",
+            offer.hello.pid
+        ));
+    }
+    if offer.hello.protocol != PROTOCOL_VERSION {
+        return Err(format!(
+            "{name}: pid {pid} speaks protocol {}, this supervisor {PROTOCOL_VERSION}",
+            offer.hello.protocol
+        ));
+    }
+    Ok(Some(Orphan {
+        pidfd,
+        channel,
+        offer,
+    }))
+}
+
+/// A message's name, for errors (its contents may hold secrets).
+fn kind(m: &FromWorker) -> &'static str {
+    match m {
+        FromWorker::Hello(_) => "Hello",
+        FromWorker::Register(_) => "Register",
+        FromWorker::Unregister { .. } => "Unregister",
+        FromWorker::Checkpoint(_) => "Checkpoint",
+        FromWorker::Frozen(_) => "Frozen",
+        FromWorker::FreezeFailed { .. } => "FreezeFailed",
+        FromWorker::Ready => "Ready",
+        FromWorker::Rejected { .. } => "Rejected",
+        FromWorker::FirstConsumed { .. } => "FirstConsumed",
+        FromWorker::Heartbeat => "Heartbeat",
+        FromWorker::Adoptable(_) => "Adoptable",
+    }
+}
+
+mod daemon_side {
+    use tracing::info;
+
+    use super::Orphan;
+    use crate::daemon::Daemon;
+    use crate::proc::WorkerProc;
+
+    impl Daemon {
+        /// Take `orphan` on as the active worker (step 2 of the module docs).
+        pub(crate) fn adopt(&mut self, orphan: Orphan) -> Result<(), crate::binary::BinaryError> {
+            let Orphan {
+                pidfd,
+                channel,
+                offer,
+            } = orphan;
+            let pid = pidfd.pid();
+            let build = self.adopted_build(pid)?;
+            // Its generation goes on; later workers are numbered after it.
+            let generation = offer.generation.max(1);
+            self.next_generation = self.next_generation.max(generation + 1);
+            let proc = WorkerProc::adopt(
+                generation,
+                pidfd,
+                &build,
+                offer.hello,
+                channel,
+                self.events.clone(),
+            );
+            let line = format!(
+                "adopted worker pid {pid} (generation {generation}), serving {} connections alone for {:.1} s after its supervisor went away",
+                offer.conns,
+                offer.orphaned_ms as f64 / 1000.0
+            );
+            info!(
+                pid,
+                generation,
+                conns = offer.conns,
+                orphaned_ms = offer.orphaned_ms,
+                "adopted a serving worker"
+            );
+            self.history.push(line);
+            self.current = Some(build);
+            self.active = Some(proc);
+            self.serving(&format!("serving: worker pid {pid} (adopted)"));
+            Ok(())
+        }
+
+        /// The build an adopted worker runs: its stored copy when it was
+        /// started from the build store (the usual case), else the
+        /// `--worker` file.
+        fn adopted_build(
+            &mut self,
+            pid: u32,
+        ) -> Result<crate::builds::Build, crate::binary::BinaryError> {
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+            let configured = self.store.admit(&self.cfg.worker.clone(), None)?;
+            match exe {
+                Some(exe) if self.store.holds(&exe) && !exe.ends_with(&configured.sha256) => {
+                    self.store.admit(&exe, None)
+                }
+                _ => Ok(configured),
+            }
+        }
+    }
+}

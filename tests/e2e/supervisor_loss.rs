@@ -1,0 +1,181 @@
+//! The supervisor is no single point of failure (issue #13): a supervisor
+//! killed with `kill -9` leaves its worker serving; the next supervisor on
+//! the state directory adopts that worker instead of starting a second one;
+//! a second supervisor on a live state directory is refused; and whatever
+//! happens, never two workers hold `serving.lock`. Judged by what the
+//! exchange saw: nothing lost, duplicated or reordered, no new connection,
+//! no order sent twice.
+
+use std::time::{Duration, Instant};
+
+use handoff_testkit::{wait_for, Cluster};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::{assert_nothing_lost, cluster, wait_for_more_acks, HOSTILE_FEED};
+
+/// Exactly one worker process of the state directory runs, and it is the
+/// only holder of `serving.lock`.
+fn assert_one_worker(c: &Cluster, pid: u32) {
+    assert_eq!(c.worker_processes(), vec![pid], "worker processes");
+    assert_eq!(c.serving_lock_holders(), vec![pid], "serving.lock holders");
+}
+
+/// The orders the exchange took match what the worker sent: none twice.
+fn assert_no_order_twice(c: &Cluster) -> Value {
+    let summary = wait_for("orders to settle", Duration::from_secs(30), || {
+        let s = c.fresh_summary()?;
+        Ok((s["open_orders"] == 0).then_some(s))
+    })
+    .unwrap();
+    let exchange = c.sim.get("/orders/audit", Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        exchange["duplicate_client_ids"], 0,
+        "an order was sent twice: {exchange}"
+    );
+    assert_eq!(
+        exchange["orders"].as_u64(),
+        summary["orders_sent"].as_u64(),
+        "orders lost or invented: worker {summary}, exchange {exchange}"
+    );
+    summary
+}
+
+#[test]
+fn kill_9_of_an_idle_supervisor_and_a_restart_adopt_the_serving_worker() {
+    let mut c = cluster()
+        .rest()
+        .sim_args(HOSTILE_FEED)
+        .sim_args(["--order-latency-ms", "15"])
+        .worker_args(["--cooldown-trades", "3"])
+        .start()
+        .expect("cluster");
+    let before = c.status().unwrap();
+    let worker = before["worker"]["pid"].as_u64().unwrap() as u32;
+    let generation = before["worker"]["generation"].clone();
+    assert_eq!(before["worker"]["adopted"], false, "{before}");
+    c.kill_supervisor().unwrap();
+    // Alone, it serves on: acks keep coming.
+    wait_for_more_acks(&c.sim, "acks from the orphaned worker");
+    assert_one_worker(&c, worker);
+    let restarted = Instant::now();
+    let s = c.restart_supervisor().unwrap();
+    let took = restarted.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "serving again after {took:?}: {s}"
+    );
+    assert_eq!(s["worker"]["pid"].as_u64(), Some(worker as u64), "{s}");
+    assert_eq!(s["worker"]["adopted"], true, "{s}");
+    assert_eq!(s["worker"]["generation"], generation, "{s}");
+    assert_ne!(s["supervisor"]["pid"], before["supervisor"]["pid"], "{s}");
+    assert_one_worker(&c, worker);
+    let log = c.ctl(["log"]).unwrap().stdout;
+    assert!(
+        log.contains(&format!(
+            "adopted worker pid {worker} (generation {generation})"
+        )),
+        "{log}"
+    );
+    // The adopted worker is supervised for real: it checkpoints to its new
+    // supervisor, and an upgrade hands it over as usual.
+    c.fresh_summary().unwrap();
+    let out = c.upgrade(None).unwrap();
+    assert!(out.success(), "upgrade after adoption: {}", out.stderr);
+    let after = c.status().unwrap();
+    let successor = after["worker"]["pid"].as_u64().unwrap() as u32;
+    assert_ne!(successor, worker, "{after}");
+    assert_eq!(after["worker"]["adopted"], false, "{after}");
+    assert_one_worker(&c, successor);
+    wait_for_more_acks(&c.sim, "acks after the upgrade");
+    c.sim.pause().unwrap();
+    let summary = assert_no_order_twice(&c);
+    assert!(summary["orders_sent"].as_u64().unwrap() > 0, "{summary}");
+    assert_nothing_lost(&c.sim, 1);
+}
+
+#[test]
+fn a_second_supervisor_on_a_live_state_dir_is_refused_and_disturbs_nothing() {
+    let c = cluster().sim_args(HOSTILE_FEED).start().expect("cluster");
+    let worker = c.worker_pid().unwrap();
+    let other_socket = c.dir.path().join("other.sock");
+    let (status, stderr) = c
+        .run_another_supervisor(
+            &["--socket", other_socket.to_str().unwrap()],
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    assert!(!status.success(), "the second supervisor ran: {stderr}");
+    assert!(
+        stderr.contains("another supervisor runs on this state directory"),
+        "{stderr}"
+    );
+    assert_one_worker(&c, worker);
+    let s = c.status().unwrap();
+    assert_eq!(s["worker"]["pid"].as_u64(), Some(worker as u64), "{s}");
+    wait_for_more_acks(&c.sim, "acks after the refusal");
+    assert_nothing_lost(&c.sim, 1);
+}
+
+#[test]
+fn a_supervisor_that_cannot_adopt_a_serving_worker_starts_none() {
+    let mut c = cluster()
+        .sim_args(["--rate", "300"])
+        .start()
+        .expect("cluster");
+    let worker = c.worker_pid().unwrap();
+    c.kill_supervisor().unwrap();
+    wait_for_more_acks(&c.sim, "acks from the orphaned worker");
+    // Stopped, it holds serving.lock but cannot answer on its socket.
+    kill(Pid::from_raw(worker as i32), Signal::SIGSTOP).unwrap();
+    let (status, stderr) = c
+        .run_another_supervisor(&["--adopt-timeout", "1s"], Duration::from_secs(20))
+        .unwrap();
+    kill(Pid::from_raw(worker as i32), Signal::SIGCONT).unwrap();
+    assert!(!status.success(), "it started: {stderr}");
+    assert!(stderr.contains("not starting a second worker"), "{stderr}");
+    assert!(stderr.contains(&format!("pid {worker}")), "{stderr}");
+    assert_one_worker(&c, worker);
+    // The orphan was not disturbed, and the next supervisor adopts it.
+    wait_for_more_acks(&c.sim, "acks once the orphan runs again");
+    let s = c.restart_supervisor().unwrap();
+    assert_eq!(s["worker"]["pid"].as_u64(), Some(worker as u64), "{s}");
+    assert_eq!(s["worker"]["adopted"], true, "{s}");
+    assert_nothing_lost(&c.sim, 1);
+}
+
+#[test]
+fn an_orphan_whose_supervisor_never_returns_serves_on_and_stops_cleanly() {
+    let mut c = cluster().sim_args(HOSTILE_FEED).start().expect("cluster");
+    let worker = c.worker_pid().unwrap();
+    c.kill_supervisor().unwrap();
+    let socket = c.state_dir().join("orphans").join(format!("{worker}.sock"));
+    wait_for("the orphan socket", Duration::from_secs(10), || {
+        Ok(socket.exists().then_some(()))
+    })
+    .unwrap();
+    wait_for_more_acks(&c.sim, "acks from the orphaned worker");
+    // Everything sent so far is acked, then SIGTERM: a clean stop.
+    c.sim.pause().unwrap();
+    let audit = c.sim.audit_when_acked(Duration::from_secs(20)).unwrap();
+    assert_eq!(audit["totals"]["gaps"], 0, "{audit}");
+    kill(Pid::from_raw(worker as i32), Signal::SIGTERM).unwrap();
+    wait_for("the orphan to exit", Duration::from_secs(20), || {
+        Ok((!handoff_testkit::process_alive(worker)).then_some(()))
+    })
+    .unwrap();
+    let audit = c.sim.audit().unwrap();
+    let conn = &audit["connections"][0];
+    assert_eq!(
+        conn["closed_by"], "close_frame",
+        "not a clean close: {audit}"
+    );
+    assert_eq!(audit["connections_total"], 1, "{audit}");
+    let t = &audit["totals"];
+    for k in ["gaps", "duplicates", "reordered", "unacked", "malformed"] {
+        assert_eq!(t[k], 0, "{k}: {audit}");
+    }
+    assert!(!socket.exists(), "the orphan socket outlived its worker");
+    assert!(c.worker_processes().is_empty());
+}
