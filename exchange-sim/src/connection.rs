@@ -140,7 +140,7 @@ impl Writer<'_> {
         let pushed = self.encoder.push_text(text, &mut self.buf)?;
         self.pings += pushed.pings;
         let every = self.key_update_every;
-        if every > 0 && self.encoder.messages() % every == 0 {
+        if every > 0 && self.encoder.messages().is_multiple_of(every) {
             self.key_update_marks.push(self.buf.len());
         }
         Ok(())

@@ -42,7 +42,7 @@ pub struct Encoder {
 }
 
 fn nth(number: u64, every: u64) -> bool {
-    every > 0 && number % every == 0
+    every > 0 && number.is_multiple_of(every)
 }
 
 fn put(frame: Frame, out: &mut Vec<u8>) -> io::Result<()> {

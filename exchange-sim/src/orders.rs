@@ -185,7 +185,7 @@ impl Book {
             return Err(ApiError::Duplicate);
         }
         self.attempts += 1;
-        if self.reject_every > 0 && self.attempts % self.reject_every == 0 {
+        if self.reject_every > 0 && self.attempts.is_multiple_of(self.reject_every) {
             self.counts.rejected += 1;
             return Err(ApiError::Rejected);
         }

@@ -25,6 +25,31 @@ pub enum CtlRequest {
     Log {
         last: u32,
     },
+    /// Replace the supervisor process by a new supervisor binary while the
+    /// worker serves on (see [`crate::succession`]).
+    UpgradeSupervisor(SupervisorUpgradeRequest),
+}
+
+/// Parameters of `upgrade-supervisor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupervisorUpgradeRequest {
+    /// The new supervisor binary (default: the path this one was started
+    /// from, where a deploy has put the new build).
+    pub binary: Option<String>,
+    /// Expected SHA-256 of the binary, lowercase hex: checked against the
+    /// file the new supervisor actually runs.
+    pub sha256: Option<String>,
+    /// Answer once the new supervisor serves (else once it is started).
+    pub wait: bool,
+}
+
+/// The outcome of `upgrade-supervisor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupervisorUpgraded {
+    pub old_pid: u32,
+    pub new_pid: u32,
+    pub binary: String,
+    pub sha256: String,
 }
 
 /// Parameters of an upgrade.
@@ -63,6 +88,8 @@ pub enum CtlResponse {
         message: String,
     },
     Ok,
+    /// `upgrade-supervisor`: the new supervisor serves; this one exits now.
+    SupervisorUpgraded(SupervisorUpgraded),
 }
 
 /// One step of an upgrade, as it completed.

@@ -22,6 +22,8 @@
 //! - [`state_dir`]: the files of the state directory that the supervisor and
 //!   its workers both use, [`lockfile`] for the two `flock(2)` locks among
 //!   them, and [`pidfd`] for watching a process that is not one's child;
+//! - [`succession`]: the messages of a supervisor handing over to a new
+//!   supervisor binary;
 //! - [`snapshot`]: the envelope around a worker's opaque state (app name,
 //!   schema version, CRC-32 checksum, bytes).
 //!
@@ -52,10 +54,17 @@ pub mod lockfile;
 pub mod pidfd;
 pub mod snapshot;
 pub mod state_dir;
+pub mod succession;
 pub mod tls;
 pub mod worker;
 
 pub use channel::{Channel, ChannelError};
+
+/// Held by the tests that fork or that check a lock is free: a child forked
+/// by one test holds copies of another test's descriptors until it execs,
+/// which would keep that test's lock held for a moment.
+#[cfg(test)]
+pub(crate) static FORK_GUARD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub use snapshot::Snapshot;
 
 /// Version of the supervisor ⇄ worker protocol. A worker whose `Hello` names

@@ -13,8 +13,6 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
 use thiserror::Error;
 
 /// Why a lock was not taken.
@@ -31,26 +29,37 @@ pub enum LockError {
 }
 
 /// A held lock; dropping it (or the process dying) releases it.
+///
+/// It is `std`'s `File::lock` (`flock(2)` on Linux) on an open file that
+/// only closing releases: nothing unlocks it explicitly, so a copy passed
+/// down to a child keeps the lock held after this process lets go of it.
 #[derive(Debug)]
 pub struct LockFile {
     path: PathBuf,
-    lock: Flock<File>,
+    file: File,
+}
+
+/// How to wait for a lock.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    No,
+    AsLongAsItTakes,
 }
 
 impl LockFile {
     /// Take the lock on `path` (created 0600) now, or fail with
     /// [`LockError::Held`] naming its holder.
     pub fn try_lock(path: &Path) -> Result<LockFile, LockError> {
-        Self::lock(path, FlockArg::LockExclusiveNonblock)
+        Self::lock(path, Wait::No)
     }
 
     /// Take the lock on `path`, waiting as long as another process holds it.
     /// Blocks the thread: call it from `spawn_blocking`.
     pub fn lock_blocking(path: &Path) -> Result<LockFile, LockError> {
-        Self::lock(path, FlockArg::LockExclusive)
+        Self::lock(path, Wait::AsLongAsItTakes)
     }
 
-    fn lock(path: &Path, how: FlockArg) -> Result<LockFile, LockError> {
+    fn lock(path: &Path, how: Wait) -> Result<LockFile, LockError> {
         let io = |source| LockError::Io {
             path: path.to_path_buf(),
             source,
@@ -63,26 +72,50 @@ impl LockFile {
             .mode(0o600)
             .open(path)
             .map_err(io)?;
-        let mut lock = match Flock::lock(file, how) {
-            Ok(l) => l,
-            Err((_, Errno::EWOULDBLOCK)) => {
-                return Err(LockError::Held {
-                    path: path.to_path_buf(),
-                    holder: holder(path),
-                })
-            }
-            Err((_, e)) => return Err(io(e.into())),
-        };
+        let mut file = file;
+        match how {
+            Wait::No => lock_now(&file, path)?,
+            Wait::AsLongAsItTakes => file.lock().map_err(io)?,
+        }
         let pid = std::process::id().to_string();
         (|| {
-            lock.set_len(0)?;
-            lock.rewind()?;
-            lock.write_all(pid.as_bytes())
+            file.set_len(0)?;
+            file.rewind()?;
+            file.write_all(pid.as_bytes())
         })()
         .map_err(io)?;
         Ok(LockFile {
             path: path.to_path_buf(),
-            lock,
+            file,
+        })
+    }
+
+    /// The lock on `path` that a parent passed down as `fd` (the same open
+    /// file, so the same lock: it stays held when the parent exits). Checks
+    /// that `fd` is that file and that the lock is indeed ours.
+    pub fn inherited(fd: std::os::fd::OwnedFd, path: &Path) -> Result<LockFile, LockError> {
+        use std::os::unix::fs::MetadataExt;
+        let io = |source| LockError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::from(fd);
+        let (ours, named) = (
+            file.metadata().map_err(io)?,
+            std::fs::metadata(path).map_err(io)?,
+        );
+        if (ours.dev(), ours.ino()) != (named.dev(), named.ino()) {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the inherited descriptor is another file",
+            )));
+        }
+        // Taking a lock this open file already holds succeeds at once; one
+        // held through another open file (not passed down) fails.
+        lock_now(&file, path)?;
+        Ok(LockFile {
+            path: path.to_path_buf(),
+            file,
         })
     }
 
@@ -105,8 +138,21 @@ impl LockFile {
     /// The locked file itself (for passing the lock on by inheritance: a
     /// child that inherits the descriptor shares the lock).
     pub fn file(&self) -> &File {
-        &self.lock
+        &self.file
     }
+}
+
+fn lock_now(file: &File, path: &Path) -> Result<(), LockError> {
+    file.try_lock().map_err(|e| match e {
+        std::fs::TryLockError::WouldBlock => LockError::Held {
+            path: path.to_path_buf(),
+            holder: holder(path),
+        },
+        std::fs::TryLockError::Error(source) => LockError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
 }
 
 /// The pid the last holder of `path` wrote, if any.
@@ -122,6 +168,7 @@ mod tests {
 
     #[test]
     fn one_holder_at_a_time_and_the_error_names_it() {
+        let _g = crate::FORK_GUARD.lock();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("serving.lock");
         let held = LockFile::try_lock(&path).unwrap();
@@ -137,7 +184,29 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_passed_down_stays_held_and_another_file_is_refused() {
+        let _g = crate::FORK_GUARD.lock();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("supervisor.lock");
+        let held = LockFile::try_lock(&path).unwrap();
+        let dup = held.file().try_clone().unwrap();
+        let inherited = LockFile::inherited(dup.into(), &path).unwrap();
+        drop(held);
+        assert!(
+            !LockFile::is_free(&path).unwrap(),
+            "the passed-down lock went"
+        );
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"").unwrap();
+        let wrong = File::open(&other).unwrap();
+        assert!(LockFile::inherited(wrong.into(), &path).is_err());
+        drop(inherited);
+        assert!(LockFile::is_free(&path).unwrap());
+    }
+
+    #[test]
     fn a_lock_dies_with_its_holder() {
+        let _g = crate::FORK_GUARD.lock();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.lock");
         // flock(1) holds the lock while the shell it runs lives (`-o`: the

@@ -92,6 +92,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_pidfd_sees_its_process_exit_and_signals_only_it() {
+        let _g = crate::FORK_GUARD.lock();
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()

@@ -54,6 +54,11 @@ pub struct Timeouts {
     /// socket. Protects against starting a second worker beside one that
     /// serves: past it the supervisor starts nothing and exits non-zero.
     pub adopt: Duration,
+    /// From starting a new supervisor binary (`upgrade-supervisor`) to it
+    /// serving with the worker adopted. Protects against a new supervisor
+    /// that hangs: past it, it is killed and this one carries on, adopting
+    /// the worker back if it had let it go.
+    pub succession: Duration,
 }
 
 impl Default for Timeouts {
@@ -67,6 +72,7 @@ impl Default for Timeouts {
             ctl_read: Duration::from_secs(5),
             heartbeat: Duration::from_secs(5),
             adopt: Duration::from_secs(5),
+            succession: Duration::from_secs(20),
         }
     }
 }

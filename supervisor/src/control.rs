@@ -87,17 +87,49 @@ pub fn bind(path: &Path, access: &Access) -> Result<UnixListener, ControlError> 
         }
         std::fs::remove_file(path).map_err(bind_err)?;
     }
-    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    bind_at(path, path, access)
+}
+
+/// For a supervisor taking over from another (see
+/// [`handoff_protocol::succession`]): bind beside `path`, which the running
+/// supervisor still serves; [`put_in_place`] makes it the control socket.
+/// Returns the listener and the path it is bound at.
+pub fn bind_beside(
+    path: &Path,
+    access: &Access,
+) -> Result<(UnixListener, std::path::PathBuf), ControlError> {
+    let beside = path.with_extension(format!("next-{}", std::process::id()));
+    let _ = std::fs::remove_file(&beside);
+    Ok((bind_at(path, &beside, access)?, beside))
+}
+
+/// Rename the socket bound by [`bind_beside`] over the control socket: from
+/// this instant, new clients reach this supervisor.
+pub fn put_in_place(beside: &Path, path: &Path) -> Result<(), ControlError> {
+    std::fs::rename(beside, path).map_err(|source| ControlError::Bind {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Bind at `at` (the control socket `path`, or beside it), with the mode the
+/// access list asks for.
+fn bind_at(path: &Path, at: &Path, access: &Access) -> Result<UnixListener, ControlError> {
+    let bind_err = |source| ControlError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    let listener = UnixListener::bind(at).map_err(bind_err)?;
     let mode = if !access.allow_uids.is_empty() {
         0o666
     } else if let Some(&gid) = access.allow_gids.first() {
-        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+        nix::unistd::chown(at, None, Some(nix::unistd::Gid::from_raw(gid)))
             .map_err(|e| bind_err(std::io::Error::from(e)))?;
         0o660
     } else {
         0o600
     };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
+    std::fs::set_permissions(at, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
     Ok(listener)
 }
 

@@ -10,7 +10,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use handoff_protocol::ctl::{
-    CtlRequest, CtlResponse, HandoffReport, Outcome, StatusReport, UpgradeRequest,
+    CtlRequest, CtlResponse, HandoffReport, Outcome, StatusReport, SupervisorUpgradeRequest,
+    SupervisorUpgraded, UpgradeRequest,
 };
 use handoff_protocol::frame::MAX_CTL_FRAME;
 use handoff_protocol::Channel;
@@ -100,6 +101,20 @@ pub enum Command {
     },
     /// Stop the worker cleanly, then the supervisor.
     Stop,
+    /// Replace the supervisor process by a new supervisor binary; the worker
+    /// serves on and sees no freeze.
+    UpgradeSupervisor {
+        /// The new supervisor binary (default: the path the running one was
+        /// started from).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Refuse unless the new supervisor runs a file with this SHA-256.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Exit only once the new supervisor serves and the old one is gone.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 /// Failure classes, mapped to exit codes.
@@ -170,6 +185,23 @@ async fn run(args: Args) -> Result<(), Failure> {
         Command::Stop => CtlRequest::Stop,
         Command::Log { last } => CtlRequest::Log { last: *last },
         Command::Rollback { wait } => CtlRequest::Rollback { wait: *wait },
+        Command::UpgradeSupervisor {
+            binary,
+            sha256,
+            wait,
+        } => CtlRequest::UpgradeSupervisor(SupervisorUpgradeRequest {
+            binary: match binary {
+                Some(b) => Some(
+                    std::path::absolute(b)
+                        .map_err(|e| Failure::Unreachable(e.into()))?
+                        .display()
+                        .to_string(),
+                ),
+                None => None,
+            },
+            sha256: sha256.clone(),
+            wait: *wait,
+        }),
     };
     let mut ch = connect(&args.socket).await.map_err(Failure::Unreachable)?;
     if let Err(e) = ch.send(&req, &[]).await {
@@ -232,9 +264,58 @@ async fn answers(args: &Args, ch: &mut Channel<CtlRequest, CtlResponse>) -> Resu
                 return Ok(());
             }
             CtlResponse::Ok => return Ok(()),
+            CtlResponse::SupervisorUpgraded(done) => {
+                return supervisor_upgraded(args, &done).await
+            }
             CtlResponse::Refused { reason } => return Err(Failure::Refused(reason)),
             CtlResponse::Error { message } => return Err(Failure::Refused(message)),
         }
+    }
+}
+
+/// The new supervisor serves: wait until the old one is gone, then check
+/// the new one answers on the control socket.
+async fn supervisor_upgraded(args: &Args, done: &SupervisorUpgraded) -> Result<(), Failure> {
+    let gone = |pid: u32| match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie has exited: only its parent's reaping is left.
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    };
+    let limit = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !gone(done.old_pid) {
+        if tokio::time::Instant::now() > limit {
+            return Err(Failure::Refused(format!(
+                "the new supervisor (pid {}) serves, but the old one (pid {}) is still running",
+                done.new_pid, done.old_pid
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut ch = connect(&args.socket).await.map_err(Failure::Unreachable)?;
+    ch.send(&CtlRequest::Status, &[])
+        .await
+        .map_err(|e| Failure::Unreachable(e.into()))?;
+    match ch.recv().await {
+        Ok(Some((CtlResponse::Status(s), _))) if s.supervisor.pid == done.new_pid => {
+            out!(
+                "supervisor upgraded: pid {} -> {} ({}, sha256 {}); the worker served throughout",
+                done.old_pid,
+                done.new_pid,
+                done.binary,
+                &done.sha256[..done.sha256.len().min(16)]
+            );
+            Ok(())
+        }
+        Ok(Some((CtlResponse::Status(s), _))) => Err(Failure::Refused(format!(
+            "the control socket is served by pid {}, not the new supervisor {}",
+            s.supervisor.pid, done.new_pid
+        ))),
+        other => Err(Failure::Unreachable(anyhow::anyhow!(
+            "no status from the new supervisor: {other:?}"
+        ))),
     }
 }
 

@@ -58,6 +58,8 @@ pub enum DaemonError {
     Locked(#[source] handoff_protocol::lockfile::LockError),
     #[error(transparent)]
     Adopt(#[from] crate::adopt::AdoptError),
+    #[error("taking over from the previous supervisor: {0}")]
+    Succession(#[from] crate::succession::SuccessionError),
 }
 
 /// The newest checkpoint.
@@ -135,8 +137,21 @@ pub struct Daemon {
     /// Finished downloads of `upgrade --url` come back here.
     downloads: mpsc::Sender<Downloaded>,
     /// `STATE_DIR/supervisor.lock`: this is the one supervisor of the state
-    /// directory for as long as it lives.
-    _lock: handoff_protocol::lockfile::LockFile,
+    /// directory for as long as it lives (or passes it on).
+    pub(crate) lock: handoff_protocol::lockfile::LockFile,
+    /// A new supervisor binary taking over (`upgrade-supervisor`).
+    pub(crate) succession: Option<crate::succession::Succession>,
+    pub(crate) succession_events: mpsc::UnboundedSender<crate::succession::SuccessionEvent>,
+    /// The worker let go to a new supervisor (its pid), for the record.
+    pub(crate) released: Option<u32>,
+    /// The final answer of `upgrade-supervisor --wait`: the process exits
+    /// once it is written.
+    pub(crate) last_reply: Option<mpsc::Sender<CtlResponse>>,
+    /// A new supervisor serves the control socket: leave it in place.
+    handed_over: bool,
+    /// Results of adopting the worker back after a failed succession.
+    readoptions:
+        mpsc::UnboundedSender<Result<Option<crate::adopt::Orphan>, crate::adopt::AdoptError>>,
     /// This process's own executable, for `status`.
     pub(crate) image: crate::status::SelfImage,
 }
@@ -153,11 +168,24 @@ pub struct Downloaded {
 /// operator's signals (see [`crate::signals`]); tests pass a channel.
 pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(), DaemonError> {
     prepare_state_dir(&cfg)?;
-    let lock = handoff_protocol::lockfile::LockFile::try_lock(
-        &handoff_protocol::state_dir::supervisor_lock(&cfg.state_dir),
-    )
-    .map_err(DaemonError::Locked)?;
-    let listener = control::bind(&cfg.socket, &cfg.access)?;
+    // Started by `upgrade-supervisor`: the lock and a channel to the old
+    // supervisor are inherited, and the control socket is bound beside the
+    // old one's until the worker is adopted.
+    let mut heir = crate::succession::Inheritance::from_env(&cfg.state_dir)?;
+    let lock = match heir.as_mut().and_then(|h| h.lock.take()) {
+        Some(l) => l,
+        None => handoff_protocol::lockfile::LockFile::try_lock(
+            &handoff_protocol::state_dir::supervisor_lock(&cfg.state_dir),
+        )
+        .map_err(DaemonError::Locked)?,
+    };
+    let (listener, beside) = match &heir {
+        Some(_) => {
+            let (l, at) = control::bind_beside(&cfg.socket, &cfg.access)?;
+            (l, Some(at))
+        }
+        None => (control::bind(&cfg.socket, &cfg.access)?, None),
+    };
     let (ctl_tx, mut ctl_rx) = mpsc::channel(64);
     let (watch_tx, mut watch_rx) = mpsc::channel::<WatchTrigger>(1);
     if cfg.watch {
@@ -178,6 +206,8 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
     let (metrics_tx, metrics_rx) = watch::channel(MetricsView::default());
     let cfg_state_dir = cfg.state_dir.clone();
     let (dl_tx, mut dl_rx) = mpsc::channel::<Downloaded>(4);
+    let (succ_tx, mut succ_rx) = mpsc::unbounded_channel();
+    let (readopt_tx, mut readopt_rx) = mpsc::unbounded_channel();
     let mut d = Daemon {
         cfg,
         events: ev_tx,
@@ -209,21 +239,63 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
         metrics_tx,
         history: History::default(),
         downloads: dl_tx,
-        _lock: lock,
+        lock,
         image: crate::status::SelfImage::of_this_process(),
+        succession: None,
+        succession_events: succ_tx,
+        released: None,
+        last_reply: None,
+        handed_over: false,
+        readoptions: readopt_tx,
     };
+    if let Some(b) = heir.as_ref().and_then(|h| h.binary.clone()) {
+        d.image.binary = b;
+    }
+    if let Some(h) = heir.as_mut() {
+        let sha = tokio::task::spawn_blocking(|| {
+            crate::builds::sha256_file(std::path::Path::new("/proc/self/exe"))
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|source| crate::succession::SuccessionError::Spawn {
+            path: "/proc/self/exe".into(),
+            source,
+        })?;
+        let _ = d.image.sha256.set(sha.clone());
+        h.announce(sha).await?;
+    }
     if let Some(addr) = d.cfg.metrics.clone() {
         let listener = crate::metrics::bind(&addr, &d.cfg.state_dir).await?;
         tokio::spawn(crate::metrics::serve(listener, metrics_rx));
     }
     // A worker a previous supervisor left serving is adopted, never
     // doubled (see `adopt`).
-    let orphan = crate::adopt::find(&d.cfg.state_dir, d.cfg.timeouts.adopt).await?;
+    let orphan = match crate::adopt::find(&d.cfg.state_dir, d.cfg.timeouts.adopt).await {
+        Ok(o) => o,
+        Err(e) => {
+            if let Some(h) = heir.as_mut() {
+                let reason = e.to_string();
+                h.report(handoff_protocol::succession::FromSuccessor::Failed { reason })
+                    .await;
+            }
+            return Err(e.into());
+        }
+    };
     let plan = d.load_persisted();
     d.persister = Some(Persister::start(d.cfg.state_dir.clone()));
     match orphan {
         Some(orphan) => d.adopt(orphan)?,
         None => d.start_first(plan)?,
+    }
+    if let (Some(mut h), Some(at)) = (heir.take(), beside) {
+        control::put_in_place(&at, &d.cfg.socket)?;
+        h.report(handoff_protocol::succession::FromSuccessor::Serving)
+            .await;
+        d.history.push(format!(
+            "took over from the previous supervisor (upgrade-supervisor to {})",
+            d.image.binary.display()
+        ));
     }
 
     let mut heartbeat_check = tokio::time::interval(HEARTBEAT_CHECK_EVERY);
@@ -232,6 +304,7 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
         let phase_deadline = d.phase.deadline();
         let restart_at = d.pending_restart.as_ref().map(|r| r.at);
         let probation_end = d.probation.as_ref().map(|p| p.until);
+        let succession_deadline = d.succession.as_ref().map(|s| s.deadline);
         let stop_deadline = match d.stopping {
             Stopping::Draining { deadline } => Some(deadline),
             _ => None,
@@ -241,6 +314,9 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
             Some(cmd) = ctl_rx.recv() => d.on_ctl(cmd),
             Some(intent) = intents.recv() => d.on_intent(intent),
             Some(done) = dl_rx.recv() => d.on_downloaded(done),
+            Some(ev) = succ_rx.recv() => d.on_succession_event(ev),
+            Some(found) = readopt_rx.recv() => d.on_readopted(found),
+            _ = sleep_until(succession_deadline.unwrap_or_else(far_future)), if succession_deadline.is_some() => d.on_succession_deadline(),
             Some(trigger) = watch_rx.recv() => {
                 let req = UpgradeRequest { binary: None, url: None, sha256: None, wait: false };
                 let started = d.start_upgrade(Trigger::Watch, &req, None).map(|_| ());
@@ -261,6 +337,11 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
             break;
         }
     }
+    if let Some(reply) = d.last_reply.take() {
+        // Let the control task write the final answer before the process
+        // (and its connection) goes.
+        let _ = tokio::time::timeout(d.cfg.timeouts.ctl_read, reply.closed()).await;
+    }
     ctl_task.abort();
     if d.persist_pending {
         if let Some(c) = d.checkpoint.take() {
@@ -270,12 +351,16 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
     if let Some(p) = d.persister.take() {
         p.finish().await;
     }
+    if d.handed_over {
+        info!("supervisor handed over to its successor");
+        return Ok(());
+    }
     let _ = std::fs::remove_file(&socket);
     info!("supervisor stopped");
     Ok(())
 }
 
-fn far_future() -> tokio::time::Instant {
+pub(crate) fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + std::time::Duration::from_secs(86400 * 365)
 }
 
@@ -296,9 +381,66 @@ fn prepare_state_dir(cfg: &Config) -> Result<(), DaemonError> {
 }
 
 impl Daemon {
+    pub(crate) fn is_running(&self) -> bool {
+        matches!(self.stopping, Stopping::Running)
+    }
+
+    /// Write the stored checkpoint to the file now if it is newer.
+    pub(crate) fn flush_checkpoint(&mut self) {
+        if self.persist_pending {
+            if let Some(c) = self.checkpoint.take() {
+                self.persist(&c.snapshot, &c.summary);
+                self.checkpoint = Some(c);
+            }
+        }
+    }
+
+    /// A new supervisor serves: exit without touching the worker or the
+    /// control socket.
+    pub(crate) fn handed_over(&mut self) {
+        self.handed_over = true;
+        self.stopping = Stopping::Done;
+    }
+
+    /// Adopt the worker back (after a failed succession), off the daemon
+    /// task: the search may wait for its orphan socket.
+    pub(crate) fn readopt(&mut self) {
+        let (dir, wait, tx) = (
+            self.cfg.state_dir.clone(),
+            self.cfg.timeouts.adopt,
+            self.readoptions.clone(),
+        );
+        tokio::spawn(async move {
+            let _ = tx.send(crate::adopt::find(&dir, wait).await);
+        });
+    }
+
+    fn on_readopted(
+        &mut self,
+        found: Result<Option<crate::adopt::Orphan>, crate::adopt::AdoptError>,
+    ) {
+        let released = self.released.take();
+        let outcome = match found {
+            Ok(Some(orphan)) => self.adopt(orphan).map_err(|e| e.to_string()),
+            Ok(None) => {
+                let reason = format!(
+                    "worker pid {} was gone when taken back from a failed supervisor upgrade",
+                    released.unwrap_or(0)
+                );
+                let plan = StartPlan::Recover { reason, after: 0 };
+                self.start_first(plan).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = outcome {
+            error!(error = %e, "cannot take the worker back");
+            self.notice = Some(format!("cannot take the worker back: {e}"));
+        }
+    }
+
     /// Start the first worker, in recovery mode when a checkpoint file was
     /// found (`plan`).
-    fn start_first(&mut self, plan: StartPlan) -> Result<(), DaemonError> {
+    pub(crate) fn start_first(&mut self, plan: StartPlan) -> Result<(), DaemonError> {
         let first = self.cfg.worker.clone();
         let build = self.store.admit(&first, None)?;
         let gen = self.take_generation();
@@ -369,6 +511,18 @@ impl Daemon {
                 }
             }
             Intent::GracefulStop => self.begin_stop(),
+            Intent::UpgradeSupervisor => {
+                let (tx, mut rx) = mpsc::channel(1);
+                let req = handoff_protocol::ctl::SupervisorUpgradeRequest {
+                    binary: None,
+                    sha256: None,
+                    wait: false,
+                };
+                self.begin_succession(req, tx);
+                if let Ok(CtlResponse::Refused { reason }) = rx.try_recv() {
+                    warn!(%reason, "SIGUSR1 supervisor upgrade not started");
+                }
+            }
             Intent::Reload => info!("SIGHUP: nothing to reload (configuration comes from flags)"),
         }
     }
@@ -411,6 +565,7 @@ impl Daemon {
                 let _ = reply.try_send(CtlResponse::Ok);
                 self.begin_stop();
             }
+            CtlRequest::UpgradeSupervisor(req) => self.begin_succession(req, reply),
             CtlRequest::Log { last } => {
                 let _ = reply.try_send(CtlResponse::Log(self.history.last(last as usize)));
             }
@@ -1232,11 +1387,6 @@ impl Daemon {
             .prune(&keep.iter().map(String::as_str).collect::<Vec<_>>());
         self.stats.last = Some(report);
         self.serving(&status);
-        if self.persist_pending {
-            if let Some(c) = self.checkpoint.take() {
-                self.persist(&c.snapshot, &c.summary);
-                self.checkpoint = Some(c);
-            }
-        }
+        self.flush_checkpoint();
     }
 }

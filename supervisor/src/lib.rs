@@ -43,6 +43,7 @@ pub mod proc;
 pub mod recovery;
 pub mod signals;
 pub mod status;
+pub mod succession;
 pub mod watch;
 
 pub use config::{Config, Timeouts};

@@ -12,6 +12,17 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 
 use tracing::warn;
 
+/// The address `$NOTIFY_SOCKET` names: a path, or, after a leading `@`, an
+/// abstract socket name. Also used by [`crate::fdstore`].
+pub(crate) fn socket_addr(path: &str) -> std::io::Result<SocketAddr> {
+    if let Some(name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        SocketAddr::from_abstract_name(name.as_bytes())
+    } else {
+        SocketAddr::from_pathname(path)
+    }
+}
+
 /// A handle on `$NOTIFY_SOCKET`.
 pub struct Notifier {
     target: Option<(UnixDatagram, SocketAddr)>,
@@ -24,13 +35,7 @@ impl Notifier {
             return Notifier { target: None };
         };
         let path = path.to_string_lossy().into_owned();
-        let addr = if let Some(name) = path.strip_prefix('@') {
-            use std::os::linux::net::SocketAddrExt;
-            SocketAddr::from_abstract_name(name.as_bytes())
-        } else {
-            SocketAddr::from_pathname(&path)
-        };
-        let target = match (UnixDatagram::unbound(), addr) {
+        let target = match (UnixDatagram::unbound(), socket_addr(&path)) {
             (Ok(sock), Ok(addr)) => Some((sock, addr)),
             (Err(e), _) | (_, Err(e)) => {
                 warn!(%path, error = %e, "NOTIFY_SOCKET unusable; not notifying systemd");
@@ -62,6 +67,13 @@ impl Notifier {
 
     pub fn stopping(&self) {
         self.send("STOPPING=1\nSTATUS=stopping");
+    }
+
+    /// The unit's main process is now `pid` (a new supervisor took over).
+    pub fn main_pid(&self, pid: u32) {
+        self.send(&format!(
+            "MAINPID={pid}\nSTATUS=handed over to supervisor pid {pid}"
+        ));
     }
 
     pub fn status(&self, status: &str) {

@@ -4,6 +4,7 @@
 //! | signal  | intent                                            |
 //! |---------|---------------------------------------------------|
 //! | SIGUSR2 | upgrade to the file now at the `--worker` path     |
+//! | SIGUSR1 | replace the supervisor by the file at its own path |
 //! | SIGTERM | graceful stop (worker checkpoints, closes, exits)  |
 //! | SIGINT  | graceful stop                                      |
 //! | SIGHUP  | re-read configuration (nothing to re-read yet)     |
@@ -15,6 +16,8 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Intent {
     Upgrade,
+    /// `upgrade-supervisor` to the file at the path this one started from.
+    UpgradeSupervisor,
     GracefulStop,
     Reload,
 }
@@ -22,6 +25,7 @@ pub enum Intent {
 /// Install the handlers and forward intents until the receiver is dropped.
 pub fn forward_signals() -> std::io::Result<mpsc::Receiver<Intent>> {
     let mut usr2 = signal(SignalKind::user_defined2())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -30,6 +34,7 @@ pub fn forward_signals() -> std::io::Result<mpsc::Receiver<Intent>> {
         loop {
             let intent = tokio::select! {
                 Some(()) = usr2.recv() => Intent::Upgrade,
+                Some(()) = usr1.recv() => Intent::UpgradeSupervisor,
                 Some(()) = term.recv() => Intent::GracefulStop,
                 Some(()) = int.recv() => Intent::GracefulStop,
                 Some(()) = hup.recv() => Intent::Reload,

@@ -179,3 +179,69 @@ fn an_orphan_whose_supervisor_never_returns_serves_on_and_stops_cleanly() {
     assert!(!socket.exists(), "the orphan socket outlived its worker");
     assert!(c.worker_processes().is_empty());
 }
+
+#[test]
+fn twenty_supervisor_upgrades_in_a_row_keep_the_worker_serving() {
+    let mut c = cluster().sim_args(HOSTILE_FEED).start().expect("cluster");
+    let worker = c.worker_pid().unwrap();
+    let mut supervisor = c.status().unwrap()["supervisor"]["pid"].as_u64().unwrap() as u32;
+    for i in 0..20 {
+        let out = c.ctl(["upgrade-supervisor", "--wait"]).unwrap();
+        assert!(out.success(), "supervisor upgrade {i}: {}", out.stderr);
+        assert!(out.stdout.contains("supervisor upgraded"), "{}", out.stdout);
+        let s = c.status().unwrap();
+        let now = s["supervisor"]["pid"].as_u64().unwrap() as u32;
+        assert_ne!(
+            now, supervisor,
+            "upgrade {i}: still the old supervisor: {s}"
+        );
+        assert!(
+            !handoff_testkit::process_alive(supervisor),
+            "upgrade {i}: the old one runs on"
+        );
+        assert_eq!(s["worker"]["pid"].as_u64(), Some(worker as u64), "{s}");
+        assert_eq!(s["worker"]["adopted"], true, "{s}");
+        assert_eq!(s["connections"].as_array().map(Vec::len), Some(1), "{s}");
+        assert_one_worker(&c, worker);
+        supervisor = now;
+    }
+    // The first supervisor was our child: reap it.
+    c.wait_exit().unwrap();
+    // The last supervisor supervises for real: a worker upgrade goes through.
+    let out = c.upgrade(None).unwrap();
+    assert!(
+        out.success(),
+        "worker upgrade after 20 supervisor upgrades: {}",
+        out.stderr
+    );
+    wait_for_more_acks(&c.sim, "acks after the upgrades");
+    assert_nothing_lost(&c.sim, 1);
+}
+
+#[test]
+fn a_supervisor_upgrade_to_the_wrong_build_is_refused_and_the_old_one_carries_on() {
+    let c = cluster().sim_args(HOSTILE_FEED).start().expect("cluster");
+    let worker = c.worker_pid().unwrap();
+    let before = c.status().unwrap()["supervisor"]["pid"].clone();
+    let wrong = "0".repeat(64);
+    let out = c
+        .ctl(["upgrade-supervisor", "--wait", "--sha256", &wrong])
+        .unwrap();
+    assert!(!out.success(), "{}", out.stdout);
+    assert!(out.stderr.contains("not 0000"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("this supervisor carries on"),
+        "{}",
+        out.stderr
+    );
+    let s = c.status().unwrap();
+    assert_eq!(s["supervisor"]["pid"], before, "{s}");
+    assert_eq!(s["worker"]["pid"].as_u64(), Some(worker as u64), "{s}");
+    assert_eq!(
+        s["worker"]["adopted"], false,
+        "the worker was never let go: {s}"
+    );
+    assert_one_worker(&c, worker);
+    wait_for_more_acks(&c.sim, "acks after the refusal");
+    assert_nothing_lost(&c.sim, 1);
+}
