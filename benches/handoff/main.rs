@@ -158,7 +158,7 @@ impl Opts {
     fn runs(&self, section: &str) -> bool {
         self.only
             .as_ref()
-            .map_or(true, |v| v.iter().any(|s| s == section))
+            .is_none_or(|v| v.iter().any(|s| s == section))
     }
 
     /// The cell the targets talk about (16 connections, 1 MiB), or the

@@ -119,13 +119,33 @@ impl LockFile {
         })
     }
 
-    /// Whether `path` is free right now (taken and released at once).
+    /// Let go of the lock for a successor: record in the file that this
+    /// holder handed over (at `Exit`), then release it. Until another
+    /// worker takes the lock, [`handed_over`] says so.
+    pub fn hand_over(mut self) {
+        let mark = format!("{HANDED_OVER} {}", std::process::id());
+        let _ = (|| {
+            self.file.set_len(0)?;
+            self.file.rewind()?;
+            self.file.write_all(mark.as_bytes())
+        })();
+    }
+
+    /// Whether `path` is free right now (taken and released at once,
+    /// leaving the file's record of its last holder as it was).
     pub fn is_free(path: &Path) -> Result<bool, LockError> {
-        match Self::try_lock(path) {
-            Ok(l) => {
-                drop(l);
-                Ok(true)
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+            Err(source) => {
+                return Err(LockError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
             }
+        };
+        match lock_now(&file, path) {
+            Ok(()) => Ok(true),
             Err(LockError::Held { .. }) => Ok(false),
             Err(e) => Err(e),
         }
@@ -155,11 +175,20 @@ fn lock_now(file: &File, path: &Path) -> Result<(), LockError> {
     })
 }
 
+/// What a holder that handed over writes in the file.
+const HANDED_OVER: &str = "handed-over-by";
+
+/// Whether the last holder of `path` let go of it by handing over (rather
+/// than dying or stopping): no worker has taken it since.
+pub fn handed_over(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|s| s.starts_with(HANDED_OVER))
+}
+
 /// The pid the last holder of `path` wrote, if any.
 pub fn holder(path: &Path) -> Option<u32> {
     let mut s = String::new();
     File::open(path).ok()?.read_to_string(&mut s).ok()?;
-    s.trim().parse().ok()
+    s.trim().trim_start_matches(HANDED_OVER).trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -177,10 +206,16 @@ mod tests {
             Err(LockError::Held { holder, .. }) => assert_eq!(holder, Some(std::process::id())),
             other => panic!("{other:?}"),
         }
-        drop(held);
+        assert!(!handed_over(&path));
+        held.hand_over();
         assert!(LockFile::is_free(&path).unwrap());
+        assert!(
+            handed_over(&path),
+            "the hand-over is on record, even after a look"
+        );
         let again = LockFile::lock_blocking(&path).unwrap();
         assert_eq!(again.path(), path);
+        assert!(!handed_over(&path), "a new holder replaces the record");
     }
 
     #[test]

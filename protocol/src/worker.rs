@@ -126,6 +126,12 @@ pub struct Checkpoint {
 pub enum OrphanState {
     /// Consuming and answering on its connections, holding `serving.lock`.
     Serving,
+    /// A successor restored in a handoff whose supervisor went away after
+    /// its `Ready` and before any `Go`: it holds the connections and the
+    /// handed-over state, consumes nothing and holds no lock. The next
+    /// supervisor tells it `Go` (its predecessor handed over: see
+    /// [`crate::lockfile::handed_over`]) or `Exit`.
+    AwaitingGo,
 }
 
 /// An orphaned worker's first message to a supervisor that connected to its

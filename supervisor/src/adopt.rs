@@ -13,12 +13,21 @@
 //!    before that answer is read, so the handle is that process's;
 //! 2. exactly one serving orphan: it is adopted ([`Daemon::adopt`]): told
 //!    `Adopt`, it registers its connections again and sends a checkpoint. No
-//!    freeze, no handoff: the exchange sees nothing;
-//! 3. none answers but `serving.lock` is held: some worker still serves but
+//!    freeze, no handoff: the exchange sees nothing. A successor left
+//!    *awaiting Go* by a supervisor that died mid-handoff (its predecessor
+//!    thawed and serves: it is the serving orphan) is told `Exit`;
+//! 3. none serves but `serving.lock` is held: some worker still serves but
 //!    cannot be adopted yet (its socket may be moments away). The search
 //!    repeats until `timeouts.adopt`; then the supervisor starts nothing and
 //!    exits non-zero, naming the holder: never a second serving worker;
-//! 4. none answers and the lock is free: nobody serves; start as usual.
+//! 4. the lock is free and one successor awaits Go: the supervisor died
+//!    mid-handoff and the old worker is gone. If it let go of the lock by
+//!    handing over (it got `Exit`: [`lockfile::handed_over`]), the successor
+//!    holds exactly what it handed over and is told `Go`. Otherwise the old
+//!    worker may have served on after the freeze and then died: the
+//!    successor's state and TLS sessions may be stale, so it only gives its
+//!    sockets back (registers them) and exits, and a recovery follows;
+//! 5. nobody answers and the lock is free: nobody serves; start as usual.
 //!
 //! The kernel enforces the rule, not this search: a worker starts serving
 //! only once it holds `serving.lock`, and a fresh worker that finds it held
@@ -75,24 +84,68 @@ pub struct Orphan {
     pub offer: Adoptable,
 }
 
-/// The serving orphan of `dir` to adopt, or `None` when nobody serves it. See
-/// the module docs.
-pub async fn find(dir: &Path, wait: Duration) -> Result<Option<Orphan>, AdoptError> {
+/// What a starting supervisor found in the state directory.
+pub enum Found {
+    /// Nobody serves: start a worker as usual.
+    Nobody,
+    /// A serving orphan to adopt, and successors awaiting Go to dismiss.
+    Serving(Orphan, Vec<Orphan>),
+    /// A successor awaiting Go, and whether it may go live.
+    Successor(Orphan, Verdict),
+}
+
+/// What becomes of a successor found awaiting Go (step 4 of the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its predecessor handed over: it goes live.
+    Go,
+    /// Its predecessor may have served on: it gives its sockets back and
+    /// exits; a recovery follows.
+    Retire,
+}
+
+/// What to do about the state directory's orphans. See the module docs.
+pub async fn find(dir: &Path, wait: Duration) -> Result<Found, AdoptError> {
     let deadline = tokio::time::Instant::now() + wait;
     let lock = state_dir::serving_lock(dir);
     loop {
         let mut notes = Vec::new();
-        let mut serving = knock_all(dir, &mut notes).await;
+        let (mut serving, mut waiting): (Vec<_>, Vec<_>) = knock_all(dir, &mut notes)
+            .await
+            .into_iter()
+            .partition(|o| o.offer.state == OrphanState::Serving);
+        let several = |orphans: &[Orphan]| AdoptError::Several {
+            n: orphans.len(),
+            pids: orphans.iter().map(|o| o.pidfd.pid()).collect(),
+        };
         match serving.len() {
             0 => {}
-            1 => return Ok(serving.pop()),
-            n => {
-                let pids = serving.iter().map(|o| o.pidfd.pid()).collect();
-                return Err(AdoptError::Several { n, pids });
-            }
+            1 => return Ok(Found::Serving(serving.remove(0), waiting)),
+            _ => return Err(several(&serving)),
         }
         if LockFile::is_free(&lock)? {
-            return Ok(None);
+            let handed = lockfile::handed_over(&lock);
+            let early = tokio::time::Instant::now() < deadline;
+            return match waiting.len() {
+                // The last holder handed over to a successor that has not
+                // taken the lock: it may be moments from its orphan socket.
+                0 if handed && early => {
+                    tokio::time::sleep(ORPHAN_SEARCH_EVERY).await;
+                    continue;
+                }
+                0 => Ok(Found::Nobody),
+                1 => {
+                    let verdict = if handed { Verdict::Go } else { Verdict::Retire };
+                    Ok(Found::Successor(waiting.remove(0), verdict))
+                }
+                _ => Err(several(&waiting)),
+            };
+        }
+        for w in &waiting {
+            notes.push(format!(
+                "pid {} is a restored successor awaiting Go",
+                w.pidfd.pid()
+            ));
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(AdoptError::Unadoptable {
@@ -107,7 +160,7 @@ pub async fn find(dir: &Path, wait: Duration) -> Result<Option<Orphan>, AdoptErr
     }
 }
 
-/// Knock on every orphan socket; the serving orphans that answered.
+/// Knock on every orphan socket; the orphans that answered.
 async fn knock_all(dir: &Path, notes: &mut Vec<String>) -> Vec<Orphan> {
     let Ok(entries) = std::fs::read_dir(state_dir::orphans(dir)) else {
         return Vec::new();
@@ -119,8 +172,8 @@ async fn knock_all(dir: &Path, notes: &mut Vec<String>) -> Vec<Orphan> {
             continue;
         }
         match knock(&path).await {
-            Ok(Some(o)) if o.offer.state == OrphanState::Serving => found.push(o),
-            Ok(_) => {}
+            Ok(Some(o)) => found.push(o),
+            Ok(None) => {}
             Err(note) => {
                 warn!(socket = %path.display(), "{note}");
                 notes.push(note);
@@ -213,13 +266,62 @@ fn kind(m: &FromWorker) -> &'static str {
 }
 
 mod daemon_side {
-    use tracing::info;
+    use handoff_protocol::worker::ToWorker;
+    use tracing::{info, warn};
 
-    use super::Orphan;
+    use super::{dismiss, Found, Orphan, Verdict};
     use crate::daemon::Daemon;
     use crate::proc::WorkerProc;
 
     impl Daemon {
+        /// Act on what [`super::find`] found. `Ok(false)`: nobody serves and
+        /// nothing was adopted (start a worker).
+        pub(crate) fn take_over_orphans(
+            &mut self,
+            found: Found,
+        ) -> Result<bool, crate::binary::BinaryError> {
+            match found {
+                Found::Nobody => Ok(false),
+                Found::Serving(orphan, waiting) => {
+                    let serving = orphan.pidfd.pid();
+                    self.adopt(orphan)?;
+                    for w in waiting {
+                        let line = format!(
+                            "the supervisor had died mid-handoff: the old worker pid {serving} thawed and serves; restored successor pid {} told to exit",
+                            w.pidfd.pid()
+                        );
+                        warn!("{line}");
+                        self.history.push(line);
+                        dismiss(w);
+                    }
+                    Ok(true)
+                }
+                Found::Successor(orphan, verdict) => {
+                    let pid = orphan.pidfd.pid();
+                    self.adopt(orphan)?;
+                    let Some(a) = self.active.as_ref() else {
+                        return Ok(true);
+                    };
+                    let line = match verdict {
+                        Verdict::Go => {
+                            a.send(ToWorker::Go, Vec::new());
+                            format!("the supervisor had died mid-handoff after the old worker exited: restored successor pid {pid} told to go")
+                        }
+                        Verdict::Retire => {
+                            // It registers its sockets (Adopt, queued
+                            // first), then exits: its exit starts a
+                            // recovery on them.
+                            a.send(ToWorker::Exit, Vec::new());
+                            format!("the supervisor had died mid-handoff and the old worker is gone without handing over: restored successor pid {pid} gives its sockets back and exits; recovering from the newest checkpoint")
+                        }
+                    };
+                    warn!("{line}");
+                    self.history.push(line);
+                    Ok(true)
+                }
+            }
+        }
+
         /// Take `orphan` on as the active worker (step 2 of the module docs).
         pub(crate) fn adopt(&mut self, orphan: Orphan) -> Result<(), crate::binary::BinaryError> {
             let Orphan {
@@ -276,4 +378,15 @@ mod daemon_side {
             }
         }
     }
+}
+
+/// Tell a successor awaiting Go that it will not go live: it exits without
+/// touching the connections (the serving worker has them).
+fn dismiss(mut w: Orphan) {
+    tokio::spawn(async move {
+        let _ = w.channel.send(&ToWorker::Exit, &[]).await;
+        // Hold the channel until it is gone, so it reads the Exit rather
+        // than a hang-up.
+        let _ = tokio::time::timeout(ORPHAN_ANSWER, w.pidfd.exited()).await;
+    });
 }

@@ -264,9 +264,7 @@ async fn answers(args: &Args, ch: &mut Channel<CtlRequest, CtlResponse>) -> Resu
                 return Ok(());
             }
             CtlResponse::Ok => return Ok(()),
-            CtlResponse::SupervisorUpgraded(done) => {
-                return supervisor_upgraded(args, &done).await
-            }
+            CtlResponse::SupervisorUpgraded(done) => return supervisor_upgraded(args, &done).await,
             CtlResponse::Refused { reason } => return Err(Failure::Refused(reason)),
             CtlResponse::Error { message } => return Err(Failure::Refused(message)),
         }

@@ -150,8 +150,7 @@ pub struct Daemon {
     /// A new supervisor serves the control socket: leave it in place.
     handed_over: bool,
     /// Results of adopting the worker back after a failed succession.
-    readoptions:
-        mpsc::UnboundedSender<Result<Option<crate::adopt::Orphan>, crate::adopt::AdoptError>>,
+    readoptions: mpsc::UnboundedSender<Result<crate::adopt::Found, crate::adopt::AdoptError>>,
     /// This process's own executable, for `status`.
     pub(crate) image: crate::status::SelfImage,
 }
@@ -284,9 +283,8 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
     };
     let plan = d.load_persisted();
     d.persister = Some(Persister::start(d.cfg.state_dir.clone()));
-    match orphan {
-        Some(orphan) => d.adopt(orphan)?,
-        None => d.start_first(plan)?,
+    if !d.take_over_orphans(orphan)? {
+        d.start_first(plan)?;
     }
     if let (Some(mut h), Some(at)) = (heir.take(), beside) {
         control::put_in_place(&at, &d.cfg.socket)?;
@@ -415,14 +413,12 @@ impl Daemon {
         });
     }
 
-    fn on_readopted(
-        &mut self,
-        found: Result<Option<crate::adopt::Orphan>, crate::adopt::AdoptError>,
-    ) {
+    fn on_readopted(&mut self, found: Result<crate::adopt::Found, crate::adopt::AdoptError>) {
         let released = self.released.take();
-        let outcome = match found {
-            Ok(Some(orphan)) => self.adopt(orphan).map_err(|e| e.to_string()),
-            Ok(None) => {
+        let outcome = match found.map(|f| self.take_over_orphans(f)) {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(false)) => {
                 let reason = format!(
                     "worker pid {} was gone when taken back from a failed supervisor upgrade",
                     released.unwrap_or(0)
@@ -983,6 +979,7 @@ impl Daemon {
 
     /// Step 4 → 5: A froze; hand everything to B.
     fn on_frozen(&mut self, f: Frozen) {
+        crate::fault::hit(crate::fault::Point::InFreeze);
         let phase = std::mem::take(&mut self.phase);
         let Phase::Freezing { mut up, succ } = phase else {
             // A late answer to an abandoned freeze: still a valid checkpoint.
@@ -1128,6 +1125,7 @@ impl Daemon {
 
     /// Step 6: B is ready. A exits first, then B goes.
     fn commit(&mut self) {
+        crate::fault::hit(crate::fault::Point::AfterReady);
         let phase = std::mem::take(&mut self.phase);
         let Phase::Restoring { mut up, succ } = phase else {
             self.phase = phase;
@@ -1142,7 +1140,10 @@ impl Daemon {
         old.send(ToWorker::Exit, Vec::new());
         old.life = Lifecycle::Exiting;
         self.current = Some(succ.build.clone());
-        succ.send(ToWorker::Go, Vec::new());
+        // (The fault dies once Exit is written: Go must not race it.)
+        if !crate::fault::armed(crate::fault::Point::ExitWritten) {
+            succ.send(ToWorker::Go, Vec::new());
+        }
         self.begin_probation(&old.build, old_hello, &succ);
         up.to_pid = Some(succ.pid);
         // The pause ends when Go is written, not queued.

@@ -32,6 +32,7 @@ pub mod control;
 pub mod ctl;
 pub mod daemon;
 pub mod download;
+pub mod fault;
 pub mod handoff;
 pub mod held;
 pub mod history;

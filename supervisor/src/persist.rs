@@ -46,7 +46,7 @@ pub struct OnDisk {
 /// Write `c` to `out` as a checkpoint file: the magic, the bincode body and
 /// a CRC-32 of both, computed as the bytes go out (the snapshot is written
 /// from its own memory, never copied into a file image first).
-fn encode_into(c: &OnDisk, out: &mut impl Write) -> std::io::Result<()> {
+pub(crate) fn encode_into(c: &OnDisk, out: &mut impl Write) -> std::io::Result<()> {
     struct Hashing<'a, W: Write> {
         out: &'a mut W,
         crc: crc32fast::Hasher,
@@ -74,7 +74,7 @@ fn encode_into(c: &OnDisk, out: &mut impl Write) -> std::io::Result<()> {
     out.write_all(&crc.to_le_bytes())
 }
 
-fn decode(bytes: &[u8]) -> Result<OnDisk, String> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<OnDisk, String> {
     if bytes.len() < MAGIC.len() + 4 || &bytes[..MAGIC.len()] != MAGIC {
         return Err("not a checkpoint file (bad magic)".into());
     }
@@ -105,6 +105,7 @@ pub fn write(dir: &Path, c: &OnDisk) -> Result<(), PersistError> {
     let f = w.into_inner().map_err(|e| io(e.into_error()))?;
     f.sync_all().map_err(io)?;
     drop(f);
+    crate::fault::hit(crate::fault::Point::CheckpointWrite);
     std::fs::rename(&tmp, &path).map_err(io)?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())

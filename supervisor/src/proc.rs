@@ -327,6 +327,9 @@ async fn pump(
                 if matches!(msg, ToWorker::Go) {
                     go_sent.store(handoff_protocol::monotonic_ns(), Ordering::Relaxed);
                 }
+                if matches!(msg, ToWorker::Exit) {
+                    crate::fault::hit(crate::fault::Point::ExitWritten);
+                }
             }
             inc = channel.recv() => match inc.inspect(|_| activity.store(handoff_protocol::monotonic_ns(), Ordering::Relaxed)) {
                 Ok(Some((msg, fds))) => report(WorkerEvent::Message(msg, fds)),

@@ -462,6 +462,12 @@ impl Cluster {
         self.wait_serving(Duration::from_secs(30))
     }
 
+    /// Leave `key` out of the environment of supervisors started from now on
+    /// (a fault hook meant for the first one only, say).
+    pub fn forget_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
     /// `kill -9` the supervisor (its workers live on) and reap it.
     pub fn kill_supervisor(&mut self) -> Result<(), TestkitError> {
         self.signal(Signal::SIGKILL)?;

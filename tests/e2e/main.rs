@@ -12,6 +12,7 @@ mod operator;
 mod orders;
 mod probation;
 mod starvation;
+mod supervisor_crash;
 mod supervisor_loss;
 mod tls;
 mod upgrades;

@@ -17,13 +17,13 @@ use crate::{assert_nothing_lost, cluster, wait_for_more_acks, HOSTILE_FEED};
 
 /// Exactly one worker process of the state directory runs, and it is the
 /// only holder of `serving.lock`.
-fn assert_one_worker(c: &Cluster, pid: u32) {
+pub(crate) fn assert_one_worker(c: &Cluster, pid: u32) {
     assert_eq!(c.worker_processes(), vec![pid], "worker processes");
     assert_eq!(c.serving_lock_holders(), vec![pid], "serving.lock holders");
 }
 
 /// The orders the exchange took match what the worker sent: none twice.
-fn assert_no_order_twice(c: &Cluster) -> Value {
+pub(crate) fn assert_no_order_twice(c: &Cluster) -> Value {
     let summary = wait_for("orders to settle", Duration::from_secs(30), || {
         let s = c.fresh_summary()?;
         Ok((s["open_orders"] == 0).then_some(s))

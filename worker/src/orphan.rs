@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use handoff_protocol::lockfile::{LockError, LockFile};
 use handoff_protocol::state_dir;
-use handoff_protocol::worker::{Adoptable, FromWorker, OrphanState};
+use handoff_protocol::worker::{Adoptable, FromWorker, OrphanState, ToWorker};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
@@ -116,6 +116,41 @@ pub(crate) async fn serving_lock_after_go(dir: &Path) -> Result<LockFile, Worker
 }
 
 impl<A: App> Worker<A> {
+    /// A successor restored and `Ready`: wait for `Go` (true) or to be let
+    /// go (false) without consuming anything. Should the supervisor go away
+    /// meanwhile, wait for the next one as an orphan: it decides whether
+    /// this worker goes live (its predecessor handed over) or exits (its
+    /// predecessor serves on).
+    pub(crate) async fn await_go(&mut self) -> Result<bool, WorkerError> {
+        self.awaiting_go = true;
+        let go = loop {
+            tokio::select! {
+                cmd = crate::link::recv_opt(&mut self.link) => match cmd {
+                    Ok(Some((ToWorker::Go, _))) => break true,
+                    Ok(Some((ToWorker::Exit | ToWorker::Stop, _))) => break false,
+                    Ok(Some((ToWorker::CheckpointNow, _))) => {}
+                    Ok(Some((ToWorker::Adopt { supervisor_pid }, _))) => {
+                        self.adopted(supervisor_pid).await?
+                    }
+                    Ok(Some((other, _))) => {
+                        return Err(WorkerError::Unexpected {
+                            when: "waiting for Go",
+                            what: format!("{other:?}"),
+                        })
+                    }
+                    Ok(None) | Err(_) if self.state_dir.is_none() => break false,
+                    Ok(None) => self.orphaned("supervisor went away before Go"),
+                    Err(e) => self.orphaned(&format!("supervisor channel broken before Go ({e})")),
+                },
+                stream = accept_opt(&self.orphanage), if self.link.is_none() => {
+                    self.offer_adoption(stream).await
+                }
+            }
+        };
+        self.awaiting_go = false;
+        Ok(go)
+    }
+
     /// The supervisor is gone: serve on, and wait to be adopted.
     pub(crate) fn orphaned(&mut self, why: &str) {
         self.link = None;
@@ -143,7 +178,11 @@ impl<A: App> Worker<A> {
         let offer = FromWorker::Adoptable(Adoptable {
             hello: crate::start::hello::<A>(&self.settings),
             generation: self.generation,
-            state: OrphanState::Serving,
+            state: if self.awaiting_go {
+                OrphanState::AwaitingGo
+            } else {
+                OrphanState::Serving
+            },
             conns: self.conns().len() as u32,
             orphaned_ms: since.map_or(0, |s| s.elapsed().as_millis() as u64),
         });

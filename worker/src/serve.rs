@@ -66,6 +66,8 @@ pub(crate) struct Worker<A: App> {
     pub(crate) orphanage: Option<crate::orphan::Orphanage>,
     /// The generation the supervisor gave this worker.
     pub(crate) generation: u64,
+    /// Restored in a handoff and not told `Go` yet.
+    pub(crate) awaiting_go: bool,
     pub(crate) settings: Settings,
     /// Round-robin start for fairness between connections.
     next_poll: usize,
@@ -99,6 +101,7 @@ impl<A: App> Worker<A> {
             serving: None,
             orphanage: None,
             generation,
+            awaiting_go: false,
             settings,
             next_poll: 0,
             effects: FuturesUnordered::new(),
@@ -308,7 +311,9 @@ impl<A: App> Worker<A> {
     /// once (the successor waits for it) and leave the connections as they
     /// are.
     fn handed_over(&mut self) -> Ended {
-        self.serving = None;
+        if let Some(lock) = self.serving.take() {
+            lock.hand_over();
+        }
         Ended::HandedOver
     }
 

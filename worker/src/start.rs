@@ -129,31 +129,19 @@ async fn take_over<A: App>(
     info!(?mode, conns = conns.len(), "restored; ready");
     link.send(&FromWorker::Ready).await?;
     fault::hit(FaultPoint::AfterReady).await;
+    let mut worker = Worker::new(app, settings, Some(link));
+    worker.adopt(conns);
     // Nothing is consumed (or written) before Go: until then the old worker
     // may still be thawed and carry on.
-    loop {
-        match link.recv().await? {
-            Some((ToWorker::Go, _)) => {
-                fault::hit(FaultPoint::AfterGo).await;
-                break;
-            }
-            Some((ToWorker::Exit | ToWorker::Stop, _)) | None => return Ok(Ended::Abandoned),
-            Some((ToWorker::CheckpointNow, _)) => {}
-            Some((other, _)) => {
-                return Err(WorkerError::Unexpected {
-                    when: "waiting for Go",
-                    what: format!("{other:?}"),
-                })
-            }
-        }
+    if !worker.await_go().await? {
+        return Ok(Ended::Abandoned);
     }
-    let mut worker = Worker::new(app, settings, Some(link));
+    fault::hit(FaultPoint::AfterGo).await;
     // Nothing is consumed, and no effect starts, before this worker is the
     // only one serving: the previous one lets go at Exit (or by dying).
     if let Some(dir) = worker.state_dir.clone() {
         worker.serving = Some(crate::orphan::serving_lock_after_go(&dir).await?);
     }
-    worker.adopt(conns);
     worker.drop_stale(stale).await?;
     // Feeds this build wants that the previous one did not hold.
     let missing: Vec<Feed> = feeds
