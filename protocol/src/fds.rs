@@ -121,6 +121,48 @@ pub fn inherit_in_child(cmd: &mut tokio::process::Command, fd: BorrowedFd<'_>) -
     raw
 }
 
+/// Arrange for `fds[i]` to be descriptor `first + i` in the child that `cmd`
+/// spawns (the layout socket activation uses: systemd hands descriptors
+/// over from 3 on), close-on-exec cleared on them in the child only.
+///
+/// The caller must keep `fds` open until the child has been spawned.
+pub fn place_in_child(cmd: &mut std::process::Command, fds: &[BorrowedFd<'_>], first: RawFd) {
+    use std::os::unix::process::CommandExt;
+    let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    let n = raw.len() as RawFd;
+    // SAFETY: the closure runs in the child between fork and exec and makes
+    // only fcntl(2) and dup2(2) calls on descriptor numbers (async-signal-
+    // safe); `raw` was allocated before the fork and is only read. Sources
+    // are first copied above the target range, so placing one never
+    // overwrites another that is still to be placed.
+    unsafe {
+        cmd.pre_exec(move || {
+            let high = first + n;
+            let mut moved = [0 as RawFd; 64];
+            if raw.len() > moved.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "more than 64 descriptors",
+                ));
+            }
+            for (i, &fd) in raw.iter().enumerate() {
+                let r = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, high);
+                if r < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                moved[i] = r;
+            }
+            for (i, &fd) in moved[..raw.len()].iter().enumerate() {
+                // dup2 clears close-on-exec on the new number.
+                if libc::dup2(fd, first + i as RawFd) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Adopt the descriptor the parent handed over under number `raw`, making it
 /// close-on-exec again so it does not leak into this process's own children.
 ///

@@ -62,6 +62,12 @@ pub struct Args {
     /// a short debounce, once per new build).
     #[arg(long)]
     pub watch: bool,
+    /// Keep every held socket and the newest checkpoint in systemd's file
+    /// descriptor store (the unit needs FileDescriptorStoreMax= above the
+    /// connection count + 2): a restart of the supervisor under systemd then
+    /// recovers on the same connections.
+    #[arg(long)]
+    pub fd_store: bool,
     /// Also let this uid use the control socket (repeatable).
     #[arg(long = "allow-uid")]
     pub allow_uids: Vec<u32>,
@@ -104,6 +110,7 @@ pub struct FileConfig {
     pub adopt_timeout: Option<String>,
     pub probation: Option<String>,
     pub watch: Option<bool>,
+    pub fd_store: Option<bool>,
     pub allow_uid: Option<Vec<u32>>,
     pub allow_gid: Option<Vec<u32>>,
     pub metrics: Option<String>,
@@ -213,6 +220,7 @@ impl Args {
             )?,
             metrics: self.metrics.clone().or(file.metrics.clone()),
             watch: self.watch || file.watch.unwrap_or(false),
+            fd_store: self.fd_store || file.fd_store.unwrap_or(false),
             access: crate::control::Access {
                 allow_uids: either(&self.allow_uids, &file.allow_uid),
                 allow_gids: either(&self.allow_gids, &file.allow_gid),
@@ -281,6 +289,9 @@ pub fn init_logging(format: LogFormat) {
 
 /// `main` of the `supervisor` binary.
 pub fn supervisor_main() -> ExitCode {
+    // First, before anything opens a descriptor: what systemd handed back
+    // from its file descriptor store, if anything.
+    let stored = crate::fdstore::FdStore::from_env();
     let args = Args::parse();
     let file = match args.config.as_deref().map(FileConfig::load).transpose() {
         Ok(f) => f.unwrap_or_default(),
@@ -310,7 +321,11 @@ pub fn supervisor_main() -> ExitCode {
     let result = rt.block_on(async {
         let intents = crate::signals::forward_signals()
             .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
-        crate::daemon::run(cfg, intents)
+        let stored = stored.unwrap_or_else(|e| {
+            tracing::error!("ignoring systemd's file descriptor store: {e}");
+            None
+        });
+        crate::daemon::run_with(cfg, intents, stored)
             .await
             .map_err(anyhow::Error::from)
     });

@@ -22,6 +22,9 @@ pub struct Config {
     pub metrics: Option<String>,
     /// Upgrade by itself when the file at `worker` is replaced.
     pub watch: bool,
+    /// Keep every held socket and the newest checkpoint in systemd's file
+    /// descriptor store (`FDSTORE=1`; see [`crate::fdstore`]).
+    pub fd_store: bool,
     /// Who else may use the control socket.
     pub access: crate::control::Access,
 }

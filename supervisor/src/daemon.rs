@@ -149,6 +149,8 @@ pub struct Daemon {
     pub(crate) last_reply: Option<mpsc::Sender<CtlResponse>>,
     /// A new supervisor serves the control socket: leave it in place.
     handed_over: bool,
+    /// Mirrors the held sockets and checkpoints into systemd's store.
+    pub(crate) fdstore: Option<crate::fdstore::Keeper>,
     /// Results of adopting the worker back after a failed succession.
     readoptions: mpsc::UnboundedSender<Result<crate::adopt::Found, crate::adopt::AdoptError>>,
     /// This process's own executable, for `status`.
@@ -165,7 +167,18 @@ pub struct Downloaded {
 
 /// Run the supervisor until a graceful stop completes. `intents` are the
 /// operator's signals (see [`crate::signals`]); tests pass a channel.
-pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(), DaemonError> {
+pub async fn run(cfg: Config, intents: mpsc::Receiver<Intent>) -> Result<(), DaemonError> {
+    run_with(cfg, intents, None).await
+}
+
+/// [`run`], with what systemd handed back from its file descriptor store
+/// (see [`crate::fdstore`]): the held sockets and the newest checkpoint of
+/// the supervisor it restarted, recovered on as after a worker crash.
+pub async fn run_with(
+    cfg: Config,
+    mut intents: mpsc::Receiver<Intent>,
+    stored: Option<crate::fdstore::Received>,
+) -> Result<(), DaemonError> {
     prepare_state_dir(&cfg)?;
     // Started by `upgrade-supervisor`: the lock and a channel to the old
     // supervisor are inherited, and the control socket is bound beside the
@@ -246,6 +259,7 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
         last_reply: None,
         handed_over: false,
         readoptions: readopt_tx,
+        fdstore: None,
     };
     if let Some(b) = heir.as_ref().and_then(|h| h.binary.clone()) {
         d.image.binary = b;
@@ -281,8 +295,15 @@ pub async fn run(cfg: Config, mut intents: mpsc::Receiver<Intent>) -> Result<(),
             return Err(e.into());
         }
     };
-    let plan = d.load_persisted();
+    let mut plan = d.load_persisted();
     d.persister = Some(Persister::start(d.cfg.state_dir.clone()));
+    if let Some(stored) = stored {
+        // A live orphan registers its own sockets.
+        let adopting = !matches!(orphan, crate::adopt::Found::Nobody);
+        plan = d.restore_from_fd_store(stored, adopting).unwrap_or(plan);
+    } else if d.cfg.fd_store {
+        d.keep_fd_store(None, Vec::new(), None);
+    }
     if !d.take_over_orphans(orphan)? {
         d.start_first(plan)?;
     }
@@ -880,12 +901,19 @@ impl Daemon {
                 }
                 if let Some(fd) = fds.pop() {
                     info!(conn = %info.id, name = %info.name, peer = %info.peer, "holding connection");
+                    if let Some(k) = &self.fdstore {
+                        k.conn(&info, &fd);
+                    }
                     self.held.insert(info, fd);
                 }
             }
             FromWorker::Unregister { id, reason } => {
                 info!(conn = %id, %reason, "connection released");
-                self.held.remove(id);
+                if self.held.remove(id).is_some() {
+                    if let Some(k) = &self.fdstore {
+                        k.unconn(id);
+                    }
+                }
             }
             FromWorker::Checkpoint(c) => self.store_checkpoint(c.snapshot, c.summary, false),
             FromWorker::Frozen(f) => self.on_frozen(f),
@@ -942,11 +970,15 @@ impl Daemon {
 
     fn persist(&mut self, snapshot: &Snapshot, summary: &Option<String>) {
         self.persist_pending = false;
+        let c = OnDisk {
+            snapshot: snapshot.clone(),
+            summary: summary.clone(),
+        };
+        if let Some(k) = &self.fdstore {
+            k.checkpoint(c.clone());
+        }
         if let Some(p) = &self.persister {
-            p.save(OnDisk {
-                snapshot: snapshot.clone(),
-                summary: summary.clone(),
-            });
+            p.save(c);
         }
     }
 

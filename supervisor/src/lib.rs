@@ -20,7 +20,9 @@
 //! serving worker holds `STATE_DIR/serving.lock` (one serving worker, which
 //! the kernel enforces). A worker whose supervisor dies serves on and waits
 //! to be adopted; the next supervisor on the state directory adopts it
-//! instead of starting another ([`adopt`]).
+//! instead of starting another ([`adopt`]). Under systemd, the held sockets
+//! and the newest checkpoint can also outlive the supervisor's own restart in
+//! systemd's file descriptor store ([`fdstore`]).
 #![forbid(unsafe_code)]
 
 pub mod adopt;
@@ -33,6 +35,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod download;
 pub mod fault;
+pub mod fdstore;
 pub mod handoff;
 pub mod held;
 pub mod history;

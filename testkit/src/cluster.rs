@@ -468,6 +468,52 @@ impl Cluster {
         self.env.retain(|(k, _)| k != key);
     }
 
+    /// `kill -9` the supervisor and every worker it started (its process
+    /// group), as systemd's `KillMode=mixed` does once the main process is
+    /// gone, and reap the supervisor.
+    pub fn kill_unit(&mut self) -> Result<(), TestkitError> {
+        let pid = self.supervisor.as_ref().map(|c| c.id()).unwrap_or(0);
+        killpg(Pid::from_raw(pid as i32), Signal::SIGKILL)
+            .map_err(|e| TestkitError::Protocol(format!("killpg {pid}: {e}")))?;
+        self.wait_exit().map(|_| ())
+    }
+
+    /// Start the supervisor again the way systemd restarts a unit with a
+    /// file descriptor store: `fds` as descriptors 3, 4, …, named in
+    /// `LISTEN_FDNAMES`, with `LISTEN_FDS` and `LISTEN_PID` (set by a shell
+    /// that then execs the supervisor, so the pid is its own). Waits until
+    /// its worker serves.
+    pub fn restart_supervisor_with_fds(
+        &mut self,
+        fds: Vec<(String, std::os::fd::OwnedFd)>,
+    ) -> Result<Value, TestkitError> {
+        use std::os::fd::AsFd;
+        let names: Vec<&str> = fds.iter().map(|(n, _)| n.as_str()).collect();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("export LISTEN_PID=$$; exec \"$0\" \"$@\"")
+            .arg(&self.bins.supervisor)
+            .args(&self.supervisor_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("LISTEN_FDS", fds.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"))
+            .stdin(Stdio::null())
+            .process_group(0);
+        if self.quiet {
+            cmd.stderr(Stdio::null()).stdout(Stdio::null());
+        }
+        let borrowed: Vec<_> = fds.iter().map(|(_, fd)| fd.as_fd()).collect();
+        handoff_protocol::fds::place_in_child(&mut cmd, &borrowed, 3);
+        let child = cmd.spawn().map_err(|e| TestkitError::Spawn {
+            what: "supervisor",
+            source: e,
+        })?;
+        drop(fds);
+        self.groups.push(child.id());
+        self.supervisor = Some(child);
+        self.wait_serving(Duration::from_secs(30))
+    }
+
     /// `kill -9` the supervisor (its workers live on) and reap it.
     pub fn kill_supervisor(&mut self) -> Result<(), TestkitError> {
         self.signal(Signal::SIGKILL)?;

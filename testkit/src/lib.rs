@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod sim;
+pub mod systemd;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use thiserror::Error;
 
 pub use cluster::{process_alive, Bins, Cluster, ClusterBuilder, CtlOutput};
 pub use sim::Sim;
+pub use systemd::FakeSystemd;
 
 /// What went wrong driving the processes.
 #[derive(Debug, Error)]

@@ -8,6 +8,7 @@ mod control;
 mod crashes;
 mod failed_upgrades;
 mod fault_matrix;
+mod fd_store;
 mod operator;
 mod orders;
 mod probation;
