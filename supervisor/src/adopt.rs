@@ -190,8 +190,14 @@ async fn knock(path: &Path) -> Result<Option<Orphan>, String> {
     let stream = match UnixStream::connect(path).await {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            info!(socket = %name, "removing the socket of an orphan that is gone");
-            let _ = std::fs::remove_file(path);
+            // Named by its worker's pid: removed once that process is gone.
+            let pid = path
+                .file_stem()
+                .and_then(|s| s.to_str()?.parse::<u32>().ok());
+            if pid.is_some_and(|p| PidFd::open(p).is_err()) {
+                info!(socket = %name, "removing the socket of an orphan that is gone");
+                let _ = std::fs::remove_file(path);
+            }
             return Ok(None);
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -389,4 +395,50 @@ fn dismiss(mut w: Orphan) {
         // than a hang-up.
         let _ = tokio::time::timeout(ORPHAN_ANSWER, w.pidfd.exited()).await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket file nobody listens on: bound, then its listener closed.
+    fn dead_socket(path: &Path) {
+        drop(std::os::unix::net::UnixListener::bind(path).unwrap());
+        assert!(path.exists());
+    }
+
+    #[tokio::test]
+    async fn a_refused_socket_goes_only_once_the_pid_it_names_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        // pid_max is at most 2^22: this pid cannot exist.
+        let gone = dir.path().join("4194305.sock");
+        dead_socket(&gone);
+        assert!(matches!(knock(&gone).await, Ok(None)));
+        assert!(!gone.exists(), "a dead orphan's socket stays");
+        // Named for a live process (this one): refused for now, but kept.
+        let live = dir.path().join(format!("{}.sock", std::process::id()));
+        dead_socket(&live);
+        assert!(matches!(knock(&live).await, Ok(None)));
+        assert!(live.exists(), "a live process's socket was removed");
+    }
+
+    #[tokio::test]
+    async fn nobody_serving_and_no_orphan_means_start_as_usual() {
+        let dir = tempfile::tempdir().unwrap();
+        let found = find(dir.path(), Duration::from_millis(200)).await.unwrap();
+        assert!(matches!(found, Found::Nobody));
+    }
+
+    #[tokio::test]
+    async fn a_held_serving_lock_without_an_orphan_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = LockFile::try_lock(&state_dir::serving_lock(dir.path())).unwrap();
+        match find(dir.path(), Duration::from_millis(200)).await {
+            Err(AdoptError::Unadoptable { holder, .. }) => {
+                assert_eq!(holder, Some(std::process::id()))
+            }
+            Ok(_) => panic!("found something to adopt"),
+            Err(e) => panic!("{e}"),
+        }
+    }
 }

@@ -165,15 +165,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             wait,
             ..
         } => {
-            let binary = match binary {
-                Some(b) => Some(
-                    std::path::absolute(b)
-                        .map_err(|e| Failure::Unreachable(e.into()))?
-                        .display()
-                        .to_string(),
-                ),
-                None => None,
-            };
+            let binary = absolute(binary)?;
             CtlRequest::Upgrade(UpgradeRequest {
                 binary,
                 url: url.clone(),
@@ -190,15 +182,7 @@ async fn run(args: Args) -> Result<(), Failure> {
             sha256,
             wait,
         } => CtlRequest::UpgradeSupervisor(SupervisorUpgradeRequest {
-            binary: match binary {
-                Some(b) => Some(
-                    std::path::absolute(b)
-                        .map_err(|e| Failure::Unreachable(e.into()))?
-                        .display()
-                        .to_string(),
-                ),
-                None => None,
-            },
+            binary: absolute(binary)?,
             sha256: sha256.clone(),
             wait: *wait,
         }),
@@ -225,6 +209,18 @@ async fn run(args: Args) -> Result<(), Failure> {
         Ok(result) => result,
         Err(_) => Err(Failure::GaveUp(limit)),
     }
+}
+
+/// A `--binary` as the supervisor must see it: absolute (it runs elsewhere).
+fn absolute(binary: &Option<PathBuf>) -> Result<Option<String>, Failure> {
+    binary
+        .as_ref()
+        .map(|b| {
+            std::path::absolute(b)
+                .map(|p| p.display().to_string())
+                .map_err(|e| Failure::Unreachable(e.into()))
+        })
+        .transpose()
 }
 
 /// Print progress and act on the final answer.

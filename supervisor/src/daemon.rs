@@ -461,18 +461,29 @@ impl Daemon {
         let first = self.cfg.worker.clone();
         let build = self.store.admit(&first, None)?;
         let gen = self.take_generation();
-        let proc = WorkerProc::spawn(
-            gen,
-            &build,
-            &self.cfg.worker_args,
-            &self.cfg.state_dir,
-            plan,
-            self.events.clone(),
-        )?;
+        let proc = self.spawn_worker(gen, &build, plan)?;
         self.current = Some(build);
         info!(generation = gen, pid = proc.pid, binary = %first.display(), "worker started");
         self.active = Some(proc);
         Ok(())
+    }
+
+    /// Start `build` as worker `gen` with the configured arguments, its
+    /// events coming to this daemon.
+    pub(crate) fn spawn_worker(
+        &self,
+        gen: Generation,
+        build: &Build,
+        plan: StartPlan,
+    ) -> Result<WorkerProc, SpawnError> {
+        WorkerProc::spawn(
+            gen,
+            build,
+            &self.cfg.worker_args,
+            &self.cfg.state_dir,
+            plan,
+            self.events.clone(),
+        )
     }
 
     /// The checkpoint a previous supervisor left in the state directory:
@@ -747,15 +758,8 @@ impl Daemon {
             .map_err(|e| e.to_string())
             .and_then(|build| {
                 let gen = self.take_generation();
-                WorkerProc::spawn(
-                    gen,
-                    &build,
-                    &self.cfg.worker_args,
-                    &self.cfg.state_dir,
-                    StartPlan::Successor,
-                    self.events.clone(),
-                )
-                .map_err(|e| e.to_string())
+                self.spawn_worker(gen, &build, StartPlan::Successor)
+                    .map_err(|e| e.to_string())
             });
         match spawned {
             Ok(succ) => {

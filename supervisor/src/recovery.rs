@@ -187,14 +187,7 @@ mod daemon_side {
                 reason: restart.reason.clone(),
                 after: restart.after,
             };
-            match WorkerProc::spawn(
-                gen,
-                &build,
-                &self.cfg.worker_args,
-                &self.cfg.state_dir,
-                plan,
-                self.events.clone(),
-            ) {
+            match self.spawn_worker(gen, &build, plan) {
                 Ok(proc) => {
                     info!(pid = proc.pid, generation = gen, reason = %restart.reason, "starting a worker in recovery mode");
                     self.restarts += 1;

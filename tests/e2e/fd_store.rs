@@ -8,20 +8,24 @@
 
 use std::time::Duration;
 
-use handoff_testkit::{wait_for, FakeSystemd};
+use handoff_testkit::{wait_for, ClusterBuilder, FakeSystemd};
 
 use crate::supervisor_loss::assert_one_worker;
 use crate::{assert_nothing_lost, cluster, wait_for_more_acks, HOSTILE_FEED};
+
+/// `b` on the hostile feed, its supervisor notifying `systemd` and keeping
+/// its sockets in that store, as `deploy/handoff.service` runs it.
+fn under(systemd: &FakeSystemd, b: ClusterBuilder) -> ClusterBuilder {
+    b.sim_args(HOSTILE_FEED)
+        .env("NOTIFY_SOCKET", systemd.notify_socket().to_str().unwrap())
+        .supervisor_args(["--fd-store"])
+}
 
 #[test]
 fn a_unit_killed_whole_recovers_on_the_connections_systemd_kept() {
     let dir = tempfile::tempdir().unwrap();
     let systemd = FakeSystemd::start(dir.path()).unwrap();
-    let mut c = cluster()
-        .connections(2)
-        .sim_args(HOSTILE_FEED)
-        .env("NOTIFY_SOCKET", systemd.notify_socket().to_str().unwrap())
-        .supervisor_args(["--fd-store"])
+    let mut c = under(&systemd, cluster().connections(2))
         .start()
         .expect("cluster");
     let worker = c.worker_pid().unwrap();
@@ -78,4 +82,41 @@ fn a_unit_killed_whole_recovers_on_the_connections_systemd_kept() {
         1,
         "{names:?}"
     );
+}
+
+#[test]
+fn sigusr1_replaces_the_supervisor_and_systemd_hears_the_new_main_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let systemd = FakeSystemd::start(dir.path()).unwrap();
+    let c = under(&systemd, cluster()).start().expect("cluster");
+    let worker = c.worker_pid().unwrap();
+    let old = c.status().unwrap()["supervisor"]["pid"].as_u64().unwrap();
+    c.signal(nix::sys::signal::Signal::SIGUSR1).unwrap();
+    let s = wait_for("a new supervisor", Duration::from_secs(20), || {
+        let s = c.status()?;
+        Ok((s["supervisor"]["pid"].as_u64() != Some(old)).then_some(s))
+    })
+    .unwrap();
+    let new = s["supervisor"]["pid"].as_u64().unwrap();
+    let said = wait_for(
+        "MAINPID from the old supervisor",
+        Duration::from_secs(10),
+        || {
+            let m = systemd.messages();
+            Ok(m.iter()
+                .any(|m| m.contains(&format!("MAINPID={new}")))
+                .then_some(m))
+        },
+    )
+    .unwrap();
+    assert!(said.iter().any(|m| m.contains("READY=1")), "{said:?}");
+    assert_eq!(s["worker"]["pid"].as_u64(), Some(worker as u64), "{s}");
+    assert_one_worker(&c, worker);
+    // The new supervisor keeps the store: the worker's socket is there.
+    wait_for("the socket in the store", Duration::from_secs(10), || {
+        Ok(systemd.names().iter().any(|n| n == "conn-0").then_some(()))
+    })
+    .unwrap();
+    wait_for_more_acks(&c.sim, "acks after the supervisor upgrade");
+    assert_nothing_lost(&c.sim, 1);
 }

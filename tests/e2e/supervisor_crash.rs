@@ -10,7 +10,7 @@ use std::time::Duration;
 use handoff_testkit::{wait_for, Cluster};
 use serde_json::Value;
 
-use crate::supervisor_loss::{assert_no_order_twice, assert_one_worker};
+use crate::supervisor_loss::{assert_no_order_twice, assert_one_worker, with_orders};
 use crate::{assert_nothing_lost, cluster, wait_for_more_acks, HOSTILE_FEED};
 
 const FAULT: &str = "HANDOFF_SUPERVISOR_FAULT";
@@ -22,10 +22,7 @@ const FAULT: &str = "HANDOFF_SUPERVISOR_FAULT";
 fn dies_mid_upgrade(fault: &str, orders: bool) -> (Cluster, Value, u32, Option<u32>) {
     let mut b = cluster().sim_args(HOSTILE_FEED).env(FAULT, fault);
     if orders {
-        b = b
-            .rest()
-            .sim_args(["--order-latency-ms", "15"])
-            .worker_args(["--cooldown-trades", "3"]);
+        b = with_orders(b);
     }
     let mut c = b.start().expect("cluster");
     let old = c.worker_pid().unwrap();

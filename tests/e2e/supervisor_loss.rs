@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use handoff_testkit::{wait_for, Cluster};
+use handoff_testkit::{wait_for, Cluster, ClusterBuilder};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -20,6 +20,14 @@ use crate::{assert_nothing_lost, cluster, wait_for_more_acks, HOSTILE_FEED};
 pub(crate) fn assert_one_worker(c: &Cluster, pid: u32) {
     assert_eq!(c.worker_processes(), vec![pid], "worker processes");
     assert_eq!(c.serving_lock_holders(), vec![pid], "serving.lock holders");
+}
+
+/// `b` with REST orders, slow enough to answer that a freeze or an adoption
+/// often finds one in flight.
+pub(crate) fn with_orders(b: ClusterBuilder) -> ClusterBuilder {
+    b.rest()
+        .sim_args(["--order-latency-ms", "15"])
+        .worker_args(["--cooldown-trades", "3"])
 }
 
 /// The orders the exchange took match what the worker sent: none twice.
@@ -44,11 +52,7 @@ pub(crate) fn assert_no_order_twice(c: &Cluster) -> Value {
 
 #[test]
 fn kill_9_of_an_idle_supervisor_and_a_restart_adopt_the_serving_worker() {
-    let mut c = cluster()
-        .rest()
-        .sim_args(HOSTILE_FEED)
-        .sim_args(["--order-latency-ms", "15"])
-        .worker_args(["--cooldown-trades", "3"])
+    let mut c = with_orders(cluster().sim_args(HOSTILE_FEED))
         .start()
         .expect("cluster");
     let before = c.status().unwrap();
@@ -182,7 +186,9 @@ fn an_orphan_whose_supervisor_never_returns_serves_on_and_stops_cleanly() {
 
 #[test]
 fn twenty_supervisor_upgrades_in_a_row_keep_the_worker_serving() {
-    let mut c = cluster().sim_args(HOSTILE_FEED).start().expect("cluster");
+    let mut c = with_orders(cluster().sim_args(HOSTILE_FEED))
+        .start()
+        .expect("cluster");
     let worker = c.worker_pid().unwrap();
     let mut supervisor = c.status().unwrap()["supervisor"]["pid"].as_u64().unwrap() as u32;
     for i in 0..20 {
@@ -215,7 +221,39 @@ fn twenty_supervisor_upgrades_in_a_row_keep_the_worker_serving() {
         out.stderr
     );
     wait_for_more_acks(&c.sim, "acks after the upgrades");
+    c.sim.pause().unwrap();
+    let summary = assert_no_order_twice(&c);
+    assert!(summary["orders_sent"].as_u64().unwrap() > 0, "{summary}");
     assert_nothing_lost(&c.sim, 1);
+}
+
+#[test]
+fn a_wss_worker_is_adopted_with_its_tls_sessions_and_hands_them_over_later() {
+    let mut c = cluster()
+        .tls()
+        .connections(2)
+        .sim_args(HOSTILE_FEED)
+        .start()
+        .expect("cluster");
+    let worker = c.worker_pid().unwrap();
+    c.kill_supervisor().unwrap();
+    wait_for_more_acks(&c.sim, "acks from the orphaned worker");
+    let s = c.restart_supervisor().unwrap();
+    assert_eq!(s["worker"]["pid"].as_u64(), Some(worker as u64), "{s}");
+    assert_eq!(s["worker"]["adopted"], true, "{s}");
+    for conn in s["connections"].as_array().unwrap() {
+        assert!(conn["tls"].is_string(), "not held as TLS: {s}");
+    }
+    // The sessions live in the worker; the next upgrade carries them on.
+    for i in 0..3 {
+        let out = c.upgrade(None).unwrap();
+        assert!(out.success(), "upgrade {i} after adoption: {}", out.stderr);
+    }
+    let successor = c.worker_pid().unwrap();
+    assert_one_worker(&c, successor);
+    wait_for_more_acks(&c.sim, "acks after the upgrades");
+    assert_nothing_lost(&c.sim, 2);
+    crate::assert_every_ping_answered(&c.sim);
 }
 
 #[test]

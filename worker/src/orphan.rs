@@ -44,10 +44,14 @@ impl Orphanage {
             .mode(0o700)
             .create(&orphans)?;
         let path = state_dir::orphan_socket(dir, std::process::id());
-        // Ours by name (our pid): a file left there is a dead namesake's.
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        // Bound under another name and renamed into place once it listens:
+        // a supervisor never finds the path without a listener behind it
+        // (it takes a refused connection for a dead orphan's socket).
+        let fresh = path.with_extension("binding");
+        let _ = std::fs::remove_file(&fresh);
+        let listener = UnixListener::bind(&fresh)?;
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&fresh, &path)?;
         Ok(Orphanage {
             listener,
             path,
