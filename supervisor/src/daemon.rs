@@ -122,7 +122,7 @@ pub struct Daemon {
     /// Shown in status: the last automatic decision an operator should know.
     pub(crate) notice: Option<String>,
     /// Writes each checkpoint to the state directory.
-    persister: Option<Persister>,
+    pub(crate) persister: Option<Persister>,
     /// The stored checkpoint is newer than the file (see `store_checkpoint`).
     persist_pending: bool,
     /// systemd's notify socket.
@@ -152,7 +152,8 @@ pub struct Daemon {
     /// Mirrors the held sockets and checkpoints into systemd's store.
     pub(crate) fdstore: Option<crate::fdstore::Keeper>,
     /// Results of adopting the worker back after a failed succession.
-    readoptions: mpsc::UnboundedSender<Result<crate::adopt::Found, crate::adopt::AdoptError>>,
+    pub(crate) readoptions:
+        mpsc::UnboundedSender<Result<crate::adopt::Found, crate::adopt::AdoptError>>,
     /// This process's own executable, for `status`.
     pub(crate) image: crate::status::SelfImage,
 }
@@ -180,24 +181,7 @@ pub async fn run_with(
     stored: Option<crate::fdstore::Received>,
 ) -> Result<(), DaemonError> {
     prepare_state_dir(&cfg)?;
-    // Started by `upgrade-supervisor`: the lock and a channel to the old
-    // supervisor are inherited, and the control socket is bound beside the
-    // old one's until the worker is adopted.
-    let mut heir = crate::succession::Inheritance::from_env(&cfg.state_dir)?;
-    let lock = match heir.as_mut().and_then(|h| h.lock.take()) {
-        Some(l) => l,
-        None => handoff_protocol::lockfile::LockFile::try_lock(
-            &handoff_protocol::state_dir::supervisor_lock(&cfg.state_dir),
-        )
-        .map_err(DaemonError::Locked)?,
-    };
-    let (listener, beside) = match &heir {
-        Some(_) => {
-            let (l, at) = control::bind_beside(&cfg.socket, &cfg.access)?;
-            (l, Some(at))
-        }
-        None => (control::bind(&cfg.socket, &cfg.access)?, None),
-    };
+    let (lock, heir, listener, beside) = crate::startup::claim(&cfg)?;
     let (ctl_tx, mut ctl_rx) = mpsc::channel(64);
     let (watch_tx, mut watch_rx) = mpsc::channel::<WatchTrigger>(1);
     if cfg.watch {
@@ -261,61 +245,11 @@ pub async fn run_with(
         readoptions: readopt_tx,
         fdstore: None,
     };
-    if let Some(b) = heir.as_ref().and_then(|h| h.binary.clone()) {
-        d.image.binary = b;
-    }
-    if let Some(h) = heir.as_mut() {
-        let sha = tokio::task::spawn_blocking(|| {
-            crate::builds::sha256_file(std::path::Path::new("/proc/self/exe"))
-        })
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r)
-        .map_err(|source| crate::succession::SuccessionError::Spawn {
-            path: "/proc/self/exe".into(),
-            source,
-        })?;
-        let _ = d.image.sha256.set(sha.clone());
-        h.announce(sha).await?;
-    }
     if let Some(addr) = d.cfg.metrics.clone() {
         let listener = crate::metrics::bind(&addr, &d.cfg.state_dir).await?;
         tokio::spawn(crate::metrics::serve(listener, metrics_rx));
     }
-    // A worker a previous supervisor left serving is adopted, never
-    // doubled (see `adopt`).
-    let orphan = match crate::adopt::find(&d.cfg.state_dir, d.cfg.timeouts.adopt).await {
-        Ok(o) => o,
-        Err(e) => {
-            if let Some(h) = heir.as_mut() {
-                let reason = e.to_string();
-                h.report(handoff_protocol::succession::FromSuccessor::Failed { reason })
-                    .await;
-            }
-            return Err(e.into());
-        }
-    };
-    let mut plan = d.load_persisted();
-    d.persister = Some(Persister::start(d.cfg.state_dir.clone()));
-    if let Some(stored) = stored {
-        // A live orphan registers its own sockets.
-        let adopting = !matches!(orphan, crate::adopt::Found::Nobody);
-        plan = d.restore_from_fd_store(stored, adopting).unwrap_or(plan);
-    } else if d.cfg.fd_store {
-        d.keep_fd_store(None, Vec::new(), None);
-    }
-    if !d.take_over_orphans(orphan)? {
-        d.start_first(plan)?;
-    }
-    if let (Some(mut h), Some(at)) = (heir.take(), beside) {
-        control::put_in_place(&at, &d.cfg.socket)?;
-        h.report(handoff_protocol::succession::FromSuccessor::Serving)
-            .await;
-        d.history.push(format!(
-            "took over from the previous supervisor (upgrade-supervisor to {})",
-            d.image.binary.display()
-        ));
-    }
+    d.take_office(heir, beside, stored).await?;
 
     let mut heartbeat_check = tokio::time::interval(HEARTBEAT_CHECK_EVERY);
     heartbeat_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -419,102 +353,6 @@ impl Daemon {
     pub(crate) fn handed_over(&mut self) {
         self.handed_over = true;
         self.stopping = Stopping::Done;
-    }
-
-    /// Adopt the worker back (after a failed succession), off the daemon
-    /// task: the search may wait for its orphan socket.
-    pub(crate) fn readopt(&mut self) {
-        let (dir, wait, tx) = (
-            self.cfg.state_dir.clone(),
-            self.cfg.timeouts.adopt,
-            self.readoptions.clone(),
-        );
-        tokio::spawn(async move {
-            let _ = tx.send(crate::adopt::find(&dir, wait).await);
-        });
-    }
-
-    fn on_readopted(&mut self, found: Result<crate::adopt::Found, crate::adopt::AdoptError>) {
-        let released = self.released.take();
-        let outcome = match found.map(|f| self.take_over_orphans(f)) {
-            Ok(Ok(true)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Ok(Ok(false)) => {
-                let reason = format!(
-                    "worker pid {} was gone when taken back from a failed supervisor upgrade",
-                    released.unwrap_or(0)
-                );
-                let plan = StartPlan::Recover { reason, after: 0 };
-                self.start_first(plan).map_err(|e| e.to_string())
-            }
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = outcome {
-            error!(error = %e, "cannot take the worker back");
-            self.notice = Some(format!("cannot take the worker back: {e}"));
-        }
-    }
-
-    /// Start the first worker, in recovery mode when a checkpoint file was
-    /// found (`plan`).
-    pub(crate) fn start_first(&mut self, plan: StartPlan) -> Result<(), DaemonError> {
-        let first = self.cfg.worker.clone();
-        let build = self.store.admit(&first, None)?;
-        let gen = self.take_generation();
-        let proc = self.spawn_worker(gen, &build, plan)?;
-        self.current = Some(build);
-        info!(generation = gen, pid = proc.pid, binary = %first.display(), "worker started");
-        self.active = Some(proc);
-        Ok(())
-    }
-
-    /// Start `build` as worker `gen` with the configured arguments, its
-    /// events coming to this daemon.
-    pub(crate) fn spawn_worker(
-        &self,
-        gen: Generation,
-        build: &Build,
-        plan: StartPlan,
-    ) -> Result<WorkerProc, SpawnError> {
-        WorkerProc::spawn(
-            gen,
-            build,
-            &self.cfg.worker_args,
-            &self.cfg.state_dir,
-            plan,
-            self.events.clone(),
-        )
-    }
-
-    /// The checkpoint a previous supervisor left in the state directory:
-    /// with one, the first worker starts in recovery mode from it.
-    fn load_persisted(&mut self) -> StartPlan {
-        match crate::persist::load(&self.cfg.state_dir) {
-            Ok(Some(c)) => {
-                info!(
-                    bytes = c.snapshot.bytes.len(),
-                    schema = c.snapshot.schema,
-                    "found the previous checkpoint; the worker resumes from it"
-                );
-                self.checkpoint = Some(Stored {
-                    snapshot: c.snapshot,
-                    summary: c.summary,
-                    at: Instant::now(),
-                });
-                StartPlan::Recover {
-                    reason: "the supervisor restarted; state from its checkpoint file".into(),
-                    after: 0,
-                }
-            }
-            Ok(None) => StartPlan::Fresh,
-            Err(e) => {
-                error!(error = %e, "starting without the checkpoint file");
-                self.notice = Some(format!(
-                    "{e}; it was moved aside and the worker started fresh"
-                ));
-                StartPlan::Fresh
-            }
-        }
     }
 
     pub(crate) fn take_generation(&mut self) -> Generation {

@@ -46,6 +46,7 @@ pub mod probation;
 pub mod proc;
 pub mod recovery;
 pub mod signals;
+pub mod startup;
 pub mod status;
 pub mod succession;
 pub mod watch;

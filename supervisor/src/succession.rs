@@ -44,6 +44,8 @@ pub enum SuccessionError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot hash this supervisor's own binary: {0}")]
+    SelfHash(#[source] std::io::Error),
     #[error("the inherited supervisor.lock: {0}")]
     Lock(#[from] LockError),
     #[error("the old supervisor's channel: {0}")]

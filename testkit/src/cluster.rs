@@ -451,12 +451,20 @@ impl Cluster {
     /// Start the supervisor again (after [`Cluster::stop`]) with the same
     /// flags and state directory; waits until its worker serves.
     pub fn restart_supervisor(&mut self) -> Result<Value, TestkitError> {
-        let child = spawn_supervisor(
-            &self.bins.supervisor,
-            &self.supervisor_args,
-            &self.env,
-            self.quiet,
-        )?;
+        self.restart_supervisor_with(&[])
+    }
+
+    /// [`Cluster::restart_supervisor`] with `extra` supervisor flags.
+    pub fn restart_supervisor_with(&mut self, extra: &[&str]) -> Result<Value, TestkitError> {
+        let split = self
+            .supervisor_args
+            .iter()
+            .position(|a| a == "--")
+            .unwrap_or(self.supervisor_args.len());
+        let mut args = self.supervisor_args[..split].to_vec();
+        args.extend(extra.iter().map(Into::into));
+        args.extend(self.supervisor_args[split..].iter().cloned());
+        let child = spawn_supervisor(&self.bins.supervisor, &args, &self.env, self.quiet)?;
         self.groups.push(child.id());
         self.supervisor = Some(child);
         self.wait_serving(Duration::from_secs(30))
@@ -470,12 +478,15 @@ impl Cluster {
 
     /// `kill -9` the supervisor and every worker it started (its process
     /// group), as systemd's `KillMode=mixed` does once the main process is
-    /// gone, and reap the supervisor.
+    /// gone; reap the supervisor and wait until no worker process is left.
     pub fn kill_unit(&mut self) -> Result<(), TestkitError> {
         let pid = self.supervisor.as_ref().map(|c| c.id()).unwrap_or(0);
         killpg(Pid::from_raw(pid as i32), Signal::SIGKILL)
             .map_err(|e| TestkitError::Protocol(format!("killpg {pid}: {e}")))?;
-        self.wait_exit().map(|_| ())
+        self.wait_exit()?;
+        wait_for("the unit's workers to die", Duration::from_secs(10), || {
+            Ok(self.worker_processes().is_empty().then_some(()))
+        })
     }
 
     /// Start the supervisor again the way systemd restarts a unit with a

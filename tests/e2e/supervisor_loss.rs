@@ -283,3 +283,50 @@ fn a_supervisor_upgrade_to_the_wrong_build_is_refused_and_the_old_one_carries_on
     wait_for_more_acks(&c.sim, "acks after the refusal");
     assert_nothing_lost(&c.sim, 1);
 }
+
+#[test]
+fn a_peer_that_connects_to_an_orphan_and_says_nothing_delays_adoption_only() {
+    use std::io::Read;
+    let mut c = cluster().sim_args(HOSTILE_FEED).start().expect("cluster");
+    let worker = c.worker_pid().unwrap();
+    c.kill_supervisor().unwrap();
+    let socket = c.state_dir().join("orphans").join(format!("{worker}.sock"));
+    wait_for("the orphan socket", Duration::from_secs(10), || {
+        Ok(socket.exists().then_some(()))
+    })
+    .unwrap();
+    // Connect, hear the worker's offer, and say nothing.
+    let mut silent = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let mut first = [0u8; 1];
+    silent.read_exact(&mut first).unwrap();
+    wait_for_more_acks(&c.sim, "acks while a silent peer holds the orphan socket");
+    // The worker gives up on it (adoption_timeout) and a supervisor adopts it.
+    let s = c
+        .restart_supervisor_with(&["--adopt-timeout", "30s"])
+        .unwrap();
+    assert_eq!(s["worker"]["pid"].as_u64(), Some(worker as u64), "{s}");
+    assert_eq!(s["worker"]["adopted"], true, "{s}");
+    assert_one_worker(&c, worker);
+    drop(silent);
+    // A graceful stop stops the adopted worker too: close frames, nothing
+    // left running, nothing lost.
+    c.sim.pause().unwrap();
+    let audit = c.sim.audit_when_acked(Duration::from_secs(20)).unwrap();
+    assert_eq!(audit["totals"]["gaps"], 0, "{audit}");
+    assert!(c.stop().unwrap().success());
+    wait_for(
+        "the adopted worker to exit",
+        Duration::from_secs(20),
+        || Ok((!handoff_testkit::process_alive(worker)).then_some(())),
+    )
+    .unwrap();
+    let audit = c.sim.audit().unwrap();
+    assert_eq!(
+        audit["connections"][0]["closed_by"], "close_frame",
+        "{audit}"
+    );
+    assert_eq!(audit["connections_total"], 1, "{audit}");
+    for k in ["gaps", "duplicates", "reordered", "unacked", "malformed"] {
+        assert_eq!(audit["totals"][k], 0, "{k}: {audit}");
+    }
+}

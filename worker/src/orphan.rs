@@ -93,6 +93,14 @@ pub(crate) async fn accept_opt(orphanage: &Option<Orphanage>) -> UnixStream {
     }
 }
 
+/// Resolves at `deadline` (pending forever without one; for `select!`).
+pub(crate) async fn adoption_stalled(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Take `serving.lock` now: a worker told to start fresh must be the only one
 /// serving its state directory, or not start at all.
 pub(crate) fn serving_lock_now(dir: &Path) -> Result<LockFile, WorkerError> {
@@ -149,6 +157,7 @@ impl<A: App> Worker<A> {
                 stream = accept_opt(&self.orphanage), if self.link.is_none() => {
                     self.offer_adoption(stream).await
                 }
+                _ = adoption_stalled(self.adoption_deadline) => self.drop_silent_adopter(),
             }
         };
         self.awaiting_go = false;
@@ -158,6 +167,7 @@ impl<A: App> Worker<A> {
     /// The supervisor is gone: serve on, and wait to be adopted.
     pub(crate) fn orphaned(&mut self, why: &str) {
         self.link = None;
+        self.adoption_deadline = None;
         if self.orphanage.is_some() {
             return;
         }
@@ -194,9 +204,19 @@ impl<A: App> Worker<A> {
             Ok(()) => {
                 info!("a supervisor connected to the orphan socket");
                 self.link = Some(link);
+                self.adoption_deadline =
+                    Some(tokio::time::Instant::now() + self.settings.adoption_timeout);
             }
             Err(e) => warn!(error = %e, "a supervisor connected but could not be answered"),
         }
+    }
+
+    /// The peer on the orphan socket said nothing in time: hang up on it and
+    /// listen again.
+    pub(crate) fn drop_silent_adopter(&mut self) {
+        let limit = self.settings.adoption_timeout;
+        warn!("the peer on the orphan socket did not say Adopt within {limit:?}; listening again");
+        self.orphaned("no adoption");
     }
 
     /// `Adopt`: register every connection with the new supervisor, give it
@@ -223,6 +243,7 @@ impl<A: App> Worker<A> {
             return Ok(());
         }
         self.orphanage = None;
+        self.adoption_deadline = None;
         info!(
             supervisor_pid,
             conns = self.conns().len(),

@@ -68,6 +68,9 @@ pub(crate) struct Worker<A: App> {
     pub(crate) generation: u64,
     /// Restored in a handoff and not told `Go` yet.
     pub(crate) awaiting_go: bool,
+    /// A supervisor connected to the orphan socket and has until then to
+    /// say `Adopt`.
+    pub(crate) adoption_deadline: Option<tokio::time::Instant>,
     pub(crate) settings: Settings,
     /// Round-robin start for fairness between connections.
     next_poll: usize,
@@ -102,6 +105,7 @@ impl<A: App> Worker<A> {
             orphanage: None,
             generation,
             awaiting_go: false,
+            adoption_deadline: None,
             settings,
             next_poll: 0,
             effects: FuturesUnordered::new(),
@@ -195,6 +199,7 @@ impl<A: App> Worker<A> {
                 // supervisor takes it for hung (they are ready only when due).
                 _ = heartbeat.tick(), if linked => self.tell(&FromWorker::Heartbeat).await,
                 stream = crate::orphan::accept_opt(&self.orphanage), if !linked => self.offer_adoption(stream).await,
+                _ = crate::orphan::adoption_stalled(self.adoption_deadline) => self.drop_silent_adopter(),
                 _ = checkpoint.tick(), if linked => self.send_checkpoint().await?,
                 (idx, item) = next_message(&mut self.conns, &mut self.next_poll) => {
                     self.consume(idx, item, &mut awaiting).await?;

@@ -40,6 +40,12 @@ pub struct Settings {
     /// how long a feed stays dark after its peer closed it or a crash tore a
     /// frame in it.
     pub reconnect_interval: Duration,
+    /// How long a supervisor that connected to this worker's orphan socket
+    /// (see [`crate::orphan`]) may take to say `Adopt`. Protects the
+    /// worker's adoptability from a peer that connects and says nothing:
+    /// past it the connection is dropped and the socket listens again. The
+    /// worker serves on throughout.
+    pub adoption_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -55,6 +61,7 @@ impl Default for Settings {
             kernel_tls: KernelTlsMode::Auto,
             close_timeout: Duration::from_secs(2),
             reconnect_interval: Duration::from_secs(1),
+            adoption_timeout: Duration::from_secs(5),
         }
     }
 }
