@@ -6,7 +6,9 @@
 //! answered Frozen; the successor has not been restored), `die-after-ready`
 //! (the successor is Ready; nothing sent since), `die-after-exit` (`Exit` is
 //! written to the old worker; `Go` is never sent), `die-in-checkpoint-write`
-//! (the checkpoint file's new copy is written, not yet renamed into place).
+//! (the checkpoint file's new copy is written, not yet renamed into place),
+//! `die-after-release` (a supervisor started by `upgrade-supervisor`, once
+//! the old one has released the worker to it, before it adopts it).
 
 /// Points in a supervisor's work where it can be made to die.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +17,7 @@ pub enum Point {
     AfterReady,
     ExitWritten,
     CheckpointWrite,
+    AfterRelease,
 }
 
 impl Point {
@@ -24,6 +27,7 @@ impl Point {
             Point::AfterReady => "die-after-ready",
             Point::ExitWritten => "die-after-exit",
             Point::CheckpointWrite => "die-in-checkpoint-write",
+            Point::AfterRelease => "die-after-release",
         }
     }
 }

@@ -71,7 +71,13 @@ pub enum Stage {
     Released { sha256: String },
     /// Given up: the successor is killed; once it is gone the worker (if
     /// it was released) is adopted back.
-    Failing { reason: String, released: bool },
+    Failing {
+        reason: String,
+        released: bool,
+        /// It failed by closing its channel: its exit status, which comes
+        /// next, says more.
+        hung_up: bool,
+    },
 }
 
 /// The old supervisor's side of a running succession.
@@ -212,6 +218,7 @@ impl Inheritance {
         // WorkerReleased, or the old supervisor is gone (its worker is an
         // orphan now): either way, adopt.
         let _ = self.channel.recv().await;
+        crate::fault::hit(crate::fault::Point::AfterRelease);
         Ok(())
     }
 
@@ -344,7 +351,14 @@ impl Daemon {
             }
             SuccessionEvent::Exited(status) => {
                 let (reason, released) = match &s.stage {
-                    Stage::Failing { reason, released } => (reason.clone(), *released),
+                    Stage::Failing {
+                        hung_up: true,
+                        released,
+                        ..
+                    } => (format!("the new supervisor exited ({status})"), *released),
+                    Stage::Failing {
+                        reason, released, ..
+                    } => (reason.clone(), *released),
                     Stage::Released { .. } => {
                         (format!("the new supervisor exited ({status})"), true)
                     }
@@ -356,7 +370,13 @@ impl Daemon {
             SuccessionEvent::Closed if failing => {}
             SuccessionEvent::Closed => {
                 self.succession = Some(s);
-                return self.fail_succession("the new supervisor closed its channel".into());
+                self.fail_succession("the new supervisor closed its channel".into());
+                if let Some(Stage::Failing { hung_up, .. }) =
+                    self.succession.as_mut().map(|s| &mut s.stage)
+                {
+                    *hung_up = true;
+                }
+                return;
             }
         }
         self.succession = Some(s);
@@ -383,7 +403,11 @@ impl Daemon {
             nix::sys::signal::Signal::SIGKILL,
         );
         s.deadline = crate::daemon::far_future();
-        s.stage = Stage::Failing { reason, released };
+        s.stage = Stage::Failing {
+            reason,
+            released,
+            hung_up: false,
+        };
     }
 
     /// The failed successor is gone: answer the operator and, if the worker

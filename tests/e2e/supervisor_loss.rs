@@ -228,6 +228,55 @@ fn twenty_supervisor_upgrades_in_a_row_keep_the_worker_serving() {
 }
 
 #[test]
+fn a_new_supervisor_that_dies_holding_the_released_worker_gives_it_back() {
+    // Every supervisor of this cluster has the hook, but only one started
+    // by upgrade-supervisor reaches it: after the old one let the worker go.
+    let c = cluster()
+        .sim_args(HOSTILE_FEED)
+        .env("HANDOFF_SUPERVISOR_FAULT", "die-after-release")
+        .start()
+        .expect("cluster");
+    let worker = c.worker_pid().unwrap();
+    let before = c.status().unwrap()["supervisor"]["pid"].clone();
+    let out = c.ctl(["upgrade-supervisor", "--wait"]).unwrap();
+    assert!(!out.success(), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("the new supervisor exited"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("this supervisor carries on"),
+        "{}",
+        out.stderr
+    );
+    // The old supervisor took the worker back, from its orphan socket.
+    let s = wait_for(
+        "the worker back under the old supervisor",
+        Duration::from_secs(20),
+        || {
+            let s = c.status()?;
+            Ok((s["worker"]["state"] == "running" && s["worker"]["adopted"] == true).then_some(s))
+        },
+    )
+    .unwrap();
+    assert_eq!(s["supervisor"]["pid"], before, "{s}");
+    assert_eq!(s["worker"]["pid"].as_u64(), Some(worker as u64), "{s}");
+    assert_one_worker(&c, worker);
+    let log = c.ctl(["log"]).unwrap().stdout;
+    assert!(log.contains("upgrade-supervisor to"), "{log}");
+    assert!(
+        log.contains(&format!("adopted worker pid {worker}")),
+        "{log}"
+    );
+    // And it supervises for real: an upgrade goes through.
+    let out = c.upgrade(None).unwrap();
+    assert!(out.success(), "{}", out.stderr);
+    wait_for_more_acks(&c.sim, "acks after taking the worker back");
+    assert_nothing_lost(&c.sim, 1);
+}
+
+#[test]
 fn a_wss_worker_is_adopted_with_its_tls_sessions_and_hands_them_over_later() {
     let mut c = cluster()
         .tls()
