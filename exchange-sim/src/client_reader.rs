@@ -356,6 +356,7 @@ async fn handle_frame(
             Request::Rejected { response } => {
                 let _ = tx.send(Command::Reply(response)).await;
             }
+            Request::Timer { key } => shared.audit(|a| a.timer(key)),
             Request::Other(error) => shared.audit(|a| {
                 if let Some(c) = a.conn(id) {
                     c.other_messages += 1;

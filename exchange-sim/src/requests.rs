@@ -1,4 +1,5 @@
-//! Client requests: SUBSCRIBE (with Binance-style answers) and acks.
+//! Client requests: SUBSCRIBE (with Binance-style answers), acks, and timer
+//! reports.
 
 use serde_json::Value;
 
@@ -24,6 +25,9 @@ pub enum Request {
         /// Trade id.
         t: u64,
     },
+    /// A bot's report that its timer `key` fired (the test feed's way of
+    /// counting timers from outside the bot).
+    Timer { key: String },
     /// Anything else (counted, ignored); the reason if it looked like a bad ack.
     Other(Option<String>),
 }
@@ -82,6 +86,15 @@ pub fn interpret(text: &str, known_streams: &[String]) -> Result<Request, String
                 )))),
             }
         }
+        Some("timer") => match value.get("key").and_then(Value::as_str) {
+            Some(key) => Ok(Request::Timer {
+                key: key.to_owned(),
+            }),
+            None => Ok(Request::Other(Some(format!(
+                "bad timer report (needs a string key): {}",
+                truncate(text, 200)
+            )))),
+        },
         _ => Ok(Request::Other(None)),
     }
 }
@@ -129,6 +142,16 @@ mod tests {
         );
         assert!(matches!(
             interpret(r#"{"method":"ack","t":"5"}"#, &known),
+            Ok(Request::Other(Some(_)))
+        ));
+        assert_eq!(
+            interpret(r#"{"method":"timer","key":"tick-3"}"#, &known),
+            Ok(Request::Timer {
+                key: "tick-3".into()
+            })
+        );
+        assert!(matches!(
+            interpret(r#"{"method":"timer"}"#, &known),
             Ok(Request::Other(Some(_)))
         ));
         assert_eq!(interpret("[1,2]", &known), Ok(Request::Other(None)));

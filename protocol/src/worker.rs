@@ -121,6 +121,16 @@ pub struct Checkpoint {
     pub taken_at_ns: u64,
 }
 
+/// A deadline an app set (the worker library's timers): it fires once, in
+/// the worker that serves when it is due. Wall-clock time, so that it means
+/// the same in the next process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerEntry {
+    pub key: String,
+    /// Milliseconds since the Unix epoch.
+    pub due_unix_ms: u64,
+}
+
 /// Where an orphaned worker stands when a supervisor connects to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrphanState {
@@ -178,6 +188,9 @@ pub enum ToWorker {
     /// Register every connection again (this supervisor holds none), send a
     /// checkpoint, and carry on as before.
     Adopt { supervisor_pid: u32 },
+    /// The timers that go with the state of the `Restore` that follows: the
+    /// pending timers as of that snapshot (see [`FromWorker::Timers`]).
+    Timers(Vec<TimerEntry>),
 }
 
 /// Worker → supervisor.
@@ -212,4 +225,7 @@ pub enum FromWorker {
     Heartbeat,
     /// An orphan's first message to a supervisor that connected to it.
     Adoptable(Adoptable),
+    /// The worker's pending timers, sent right before each `Checkpoint` and
+    /// `Frozen`: they belong to that state, and go wherever it goes.
+    Timers(Vec<TimerEntry>),
 }

@@ -268,6 +268,7 @@ fn kind(m: &FromWorker) -> &'static str {
         FromWorker::FirstConsumed { .. } => "FirstConsumed",
         FromWorker::Heartbeat => "Heartbeat",
         FromWorker::Adoptable(_) => "Adoptable",
+        FromWorker::Timers(_) => "Timers",
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use handoff_protocol::ctl::{CtlRequest, CtlResponse, HandoffReport, Outcome, UpgradeRequest};
 use handoff_protocol::worker::{
-    ConnKind, ConnRestore, FromWorker, Frozen, Hello, Restore, RestoreMode, ToWorker,
+    ConnKind, ConnRestore, FromWorker, Frozen, Hello, Restore, RestoreMode, TimerEntry, ToWorker,
 };
 use handoff_protocol::Snapshot;
 use thiserror::Error;
@@ -68,6 +68,8 @@ pub struct Stored {
     pub snapshot: Snapshot,
     pub summary: Option<String>,
     pub at: Instant,
+    /// The worker's pending timers as of that snapshot.
+    pub timers: Vec<TimerEntry>,
 }
 
 /// Handoff counters.
@@ -149,6 +151,9 @@ pub struct Daemon {
     pub(crate) last_reply: Option<mpsc::Sender<CtlResponse>>,
     /// A new supervisor serves the control socket: leave it in place.
     handed_over: bool,
+    /// The timers the active worker sent ahead of its next checkpoint or
+    /// `Frozen`, which they belong to.
+    pub(crate) timers_ahead: Vec<TimerEntry>,
     /// Mirrors the held sockets and checkpoints into systemd's store.
     pub(crate) fdstore: Option<crate::fdstore::Keeper>,
     /// Results of adopting the worker back after a failed succession.
@@ -244,6 +249,7 @@ pub async fn run_with(
         handed_over: false,
         readoptions: readopt_tx,
         fdstore: None,
+        timers_ahead: Vec::new(),
     };
     if let Some(addr) = d.cfg.metrics.clone() {
         let listener = crate::metrics::bind(&addr, &d.cfg.state_dir).await?;
@@ -298,7 +304,7 @@ pub async fn run_with(
     ctl_task.abort();
     if d.persist_pending {
         if let Some(c) = d.checkpoint.take() {
-            d.persist(&c.snapshot, &c.summary);
+            d.persist(&c.snapshot, &c.summary, &c.timers);
         }
     }
     if let Some(p) = d.persister.take() {
@@ -342,7 +348,7 @@ impl Daemon {
     pub(crate) fn flush_checkpoint(&mut self) {
         if self.persist_pending {
             if let Some(c) = self.checkpoint.take() {
-                self.persist(&c.snapshot, &c.summary);
+                self.persist(&c.snapshot, &c.summary, &c.timers);
                 self.checkpoint = Some(c);
             }
         }
@@ -779,6 +785,7 @@ impl Daemon {
             FromWorker::Adoptable(_) => {
                 warn!("Adoptable from a worker that has a supervisor; ignored")
             }
+            FromWorker::Timers(t) => self.timers_ahead = t,
         }
     }
 
@@ -790,13 +797,14 @@ impl Daemon {
     ) {
         let bytes = snapshot.bytes.len() as u64;
         let schema = snapshot.schema;
+        let timers = std::mem::take(&mut self.timers_ahead);
         // Mid-handoff (a Frozen snapshot) the file waits for the upgrade to
         // end: writing and syncing it would compete with the successor for
         // the CPU and the disk during the blackout. Until then the file
         // holds the previous checkpoint, which is what a restarted
         // supervisor would recover from anyway.
         if !handing_over && matches!(self.phase, Phase::Idle) {
-            self.persist(&snapshot, &summary);
+            self.persist(&snapshot, &summary, &timers);
         } else {
             self.persist_pending = true;
         }
@@ -804,17 +812,19 @@ impl Daemon {
             snapshot,
             summary,
             at: Instant::now(),
+            timers,
         });
         for w in self.checkpoint_waiters.drain(..) {
             let _ = w.try_send(CtlResponse::CheckpointStored { bytes, schema });
         }
     }
 
-    fn persist(&mut self, snapshot: &Snapshot, summary: &Option<String>) {
+    fn persist(&mut self, snapshot: &Snapshot, summary: &Option<String>, timers: &[TimerEntry]) {
         self.persist_pending = false;
         let c = OnDisk {
             snapshot: snapshot.clone(),
             summary: summary.clone(),
+            timers: timers.to_vec(),
         };
         if let Some(k) = &self.fdstore {
             k.checkpoint(c.clone());
@@ -903,6 +913,8 @@ impl Daemon {
             conns,
         };
         self.handed_leftovers = Some(HandedLeftovers::without_secrets(succ.generation, &f.conns));
+        // The frozen state's timers (sent just before Frozen) go first.
+        succ.send(ToWorker::Timers(self.timers_ahead.clone()), Vec::new());
         succ.send(ToWorker::Restore(restore), fds);
         // The snapshot is a slice of the received frame, whose other bytes
         // (the TLS sessions among them) were wiped when it was decoded: the

@@ -12,14 +12,17 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use handoff_protocol::worker::TimerEntry;
 use handoff_protocol::Snapshot;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-/// First bytes of a checkpoint file.
-const MAGIC: &[u8; 8] = b"HOCKPT01";
+/// First bytes of a checkpoint file (format 2: with the pending timers).
+const MAGIC: &[u8; 8] = b"HOCKPT02";
+/// First bytes of a format 1 file (no timers), still read.
+const MAGIC_V1: &[u8; 8] = b"HOCKPT01";
 /// Name of the file in the state directory.
 pub const FILE: &str = "checkpoint.bin";
 
@@ -41,6 +44,15 @@ pub enum PersistError {
 pub struct OnDisk {
     pub snapshot: Snapshot,
     pub summary: Option<String>,
+    /// The worker's pending timers as of that snapshot.
+    pub timers: Vec<TimerEntry>,
+}
+
+/// A format 1 file's body.
+#[derive(Deserialize)]
+struct OnDiskV1 {
+    snapshot: Snapshot,
+    summary: Option<String>,
 }
 
 /// Write `c` to `out` as a checkpoint file: the magic, the bincode body and
@@ -75,7 +87,8 @@ pub(crate) fn encode_into(c: &OnDisk, out: &mut impl Write) -> std::io::Result<(
 }
 
 pub(crate) fn decode(bytes: &[u8]) -> Result<OnDisk, String> {
-    if bytes.len() < MAGIC.len() + 4 || &bytes[..MAGIC.len()] != MAGIC {
+    let magic = bytes.get(..MAGIC.len());
+    if bytes.len() < MAGIC.len() + 4 || (magic != Some(MAGIC) && magic != Some(MAGIC_V1)) {
         return Err("not a checkpoint file (bad magic)".into());
     }
     let (head, tail) = bytes.split_at(bytes.len() - 4);
@@ -83,8 +96,18 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<OnDisk, String> {
     if crc32fast::hash(head) != stored {
         return Err("file checksum mismatch".into());
     }
-    let c: OnDisk =
-        bincode::deserialize(&head[MAGIC.len()..]).map_err(|e| format!("undecodable: {e}"))?;
+    let body = &head[MAGIC.len()..];
+    let undecodable = |e: bincode::Error| format!("undecodable: {e}");
+    let c: OnDisk = if magic == Some(MAGIC_V1) {
+        let v1: OnDiskV1 = bincode::deserialize(body).map_err(undecodable)?;
+        OnDisk {
+            snapshot: v1.snapshot,
+            summary: v1.summary,
+            timers: Vec::new(),
+        }
+    } else {
+        bincode::deserialize(body).map_err(undecodable)?
+    };
     c.snapshot
         .verify(&c.snapshot.app, &[c.snapshot.schema])
         .map_err(|e| e.to_string())?;
@@ -175,7 +198,36 @@ mod tests {
         OnDisk {
             snapshot: Snapshot::seal("bot", 3, vec![1, 2, 3, 4]),
             summary: Some("{}".into()),
+            timers: vec![TimerEntry {
+                key: "tick-7".into(),
+                due_unix_ms: 1_700_000_000_000,
+            }],
         }
+    }
+
+    #[test]
+    fn a_format_1_file_still_reads_with_no_timers() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            snapshot: &'a Snapshot,
+            summary: &'a Option<String>,
+        }
+        let c = sample();
+        let mut file = MAGIC_V1.to_vec();
+        bincode::serialize_into(
+            &mut file,
+            &V1 {
+                snapshot: &c.snapshot,
+                summary: &c.summary,
+            },
+        )
+        .unwrap();
+        let crc = crc32fast::hash(&file);
+        file.extend_from_slice(&crc.to_le_bytes());
+        let read = decode(&file).unwrap();
+        assert_eq!(read.snapshot, c.snapshot);
+        assert_eq!(read.summary, c.summary);
+        assert!(read.timers.is_empty());
     }
 
     #[test]

@@ -253,6 +253,12 @@ mod daemon_side {
             };
             info!(pid = a.pid, conns = conns.len(), checkpoint = snapshot.is_some(), %reason, "recovering");
             a.life = Lifecycle::Recovering { hello };
+            let timers = self
+                .checkpoint
+                .as_ref()
+                .map(|c| c.timers.clone())
+                .unwrap_or_default();
+            a.send(ToWorker::Timers(timers), Vec::new());
             let restore = Restore {
                 mode: RestoreMode::Recovery,
                 snapshot,

@@ -189,6 +189,7 @@ impl Daemon {
                     snapshot: c.snapshot,
                     summary: c.summary,
                     at: Instant::now(),
+                    timers: c.timers,
                 });
                 StartPlan::Recover {
                     reason: "the supervisor restarted; state from its checkpoint file".into(),

@@ -15,6 +15,7 @@ mod probation;
 mod starvation;
 mod supervisor_crash;
 mod supervisor_loss;
+mod timers;
 mod tls;
 mod upgrades;
 

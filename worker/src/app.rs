@@ -7,6 +7,8 @@ use handoff_protocol::worker::{ConnId, ConnInfo, RestoreMode};
 use thiserror::Error;
 use tungstenite::Message;
 
+use crate::timers::{Timer, TimerOp};
+
 /// An app-level failure to snapshot or restore state.
 #[derive(Debug, Error)]
 #[error("{0}")]
@@ -22,11 +24,21 @@ impl AppError {
 /// runtime; its output comes back through [`App::on_done`].
 pub type Effect<D> = Pin<Box<dyn Future<Output = D> + Send + 'static>>;
 
+/// Which connection a queued message goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    Id(ConnId),
+    /// The connection with this name (`feed-0`, say), whichever id it has
+    /// in this worker.
+    Name(String),
+}
+
 /// What an app wants done after a callback returns: messages to write, in
-/// order, and effects to start.
+/// order, effects to start, and timers to set or cancel.
 pub struct Outbox<D = ()> {
-    pub(crate) queued: Vec<(ConnId, Message)>,
+    pub(crate) queued: Vec<(Target, Message)>,
     pub(crate) effects: Vec<Effect<D>>,
+    pub(crate) timers: Vec<TimerOp>,
 }
 
 impl<D> Default for Outbox<D> {
@@ -34,6 +46,7 @@ impl<D> Default for Outbox<D> {
         Outbox {
             queued: Vec::new(),
             effects: Vec::new(),
+            timers: Vec::new(),
         }
     }
 }
@@ -41,7 +54,35 @@ impl<D> Default for Outbox<D> {
 impl<D> Outbox<D> {
     /// Queue `msg` for the connection `conn`.
     pub fn send(&mut self, conn: ConnId, msg: Message) {
-        self.queued.push((conn, msg));
+        self.queued.push((Target::Id(conn), msg));
+    }
+
+    /// Queue `msg` for the connection named `name` (as the feed was named),
+    /// for a callback that has no connection at hand ([`App::on_timer`]).
+    pub fn send_named(&mut self, name: &str, msg: Message) {
+        self.queued.push((Target::Name(name.to_owned()), msg));
+    }
+
+    /// Call [`App::on_timer`] once with `key` at `due_unix_ms` (milliseconds
+    /// since the Unix epoch), in whichever worker serves then: the timer is
+    /// handed over with the state (see [`crate::timers`]). Setting a key
+    /// that is pending moves it.
+    pub fn at(&mut self, due_unix_ms: u64, key: impl Into<String>) {
+        self.timers.push(TimerOp::Set {
+            key: key.into(),
+            due_unix_ms,
+        });
+    }
+
+    /// [`Outbox::at`] `delay` from now.
+    pub fn after(&mut self, delay: std::time::Duration, key: impl Into<String>) {
+        let due = crate::timers::now_unix_ms().saturating_add(delay.as_millis() as u64);
+        self.at(due, key);
+    }
+
+    /// Forget the pending timer `key`, if any.
+    pub fn cancel(&mut self, key: impl Into<String>) {
+        self.timers.push(TimerOp::Cancel { key: key.into() });
     }
 
     /// Start `effect` once the callback returns. Effects run only while this
@@ -56,7 +97,7 @@ impl<D> Outbox<D> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queued.is_empty() && self.effects.is_empty()
+        self.queued.is_empty() && self.effects.is_empty() && self.timers.is_empty()
     }
 }
 
@@ -124,6 +165,13 @@ pub trait App: Sized + Send + 'static {
     /// An effect started with [`Outbox::spawn`] finished.
     fn on_done(&mut self, done: Self::Done, out: &mut Outbox<Self::Done>) {
         let _ = (done, out);
+    }
+
+    /// A timer set with [`Outbox::at`] or [`Outbox::after`] came due. It
+    /// fires once across handoffs; after a crash, one that came due while no
+    /// worker served fires at once with [`Timer::late`] set.
+    fn on_timer(&mut self, timer: &Timer, out: &mut Outbox<Self::Done>) {
+        let _ = (timer, out);
     }
 
     /// This worker took over (after `Go`) in `mode`: reconcile what the

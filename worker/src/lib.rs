@@ -20,6 +20,10 @@
 //!   included), snapshot, and hand over each connection's leftovers; then wait
 //!   to be thawed (a failed upgrade: resume exactly where it stopped) or told
 //!   to exit (without touching the connections);
+//! - **timers** ([`timers`]): the app sets named deadlines with
+//!   [`Outbox::after`] / [`Outbox::at`] and gets [`App::on_timer`]; the
+//!   library hands pending timers over with the state, so each fires once
+//!   across handoffs, in the worker that serves when it is due;
 //! - **orphaned**: should the supervisor go away, the worker serves on and
 //!   waits on an orphan socket in the state directory for the next supervisor
 //!   to adopt it ([`orphan`]); `serving.lock` there, held by the one worker
@@ -75,6 +79,7 @@ pub mod serve;
 pub mod settings;
 pub mod start;
 pub mod stream;
+pub mod timers;
 pub mod tls;
 
 pub use app::{App, AppError, Effect, Outbox};
@@ -83,4 +88,5 @@ pub use error::{RestoreError, WorkerError};
 pub use handoff_protocol as protocol;
 pub use settings::Settings;
 pub use start::{run, Ended};
+pub use timers::Timer;
 pub use tungstenite::Message;

@@ -13,7 +13,7 @@ use tokio::time::{interval, timeout, MissedTickBehavior};
 use tracing::{debug, info, warn};
 use tungstenite::Message;
 
-use crate::app::{App, Effect, Outbox};
+use crate::app::{App, Effect, Outbox, Target};
 use crate::conn::Conn;
 use crate::error::WorkerError;
 use crate::link::{recv_opt, Link};
@@ -71,6 +71,8 @@ pub(crate) struct Worker<A: App> {
     /// A supervisor connected to the orphan socket and has until then to
     /// say `Adopt`.
     pub(crate) adoption_deadline: Option<tokio::time::Instant>,
+    /// The app's pending timers (see [`crate::timers`]).
+    pub(crate) timers: crate::timers::Timers,
     pub(crate) settings: Settings,
     /// Round-robin start for fairness between connections.
     next_poll: usize,
@@ -106,6 +108,7 @@ impl<A: App> Worker<A> {
             generation,
             awaiting_go: false,
             adoption_deadline: None,
+            timers: Default::default(),
             settings,
             next_poll: 0,
             effects: FuturesUnordered::new(),
@@ -201,6 +204,7 @@ impl<A: App> Worker<A> {
                 stream = crate::orphan::accept_opt(&self.orphanage), if !linked => self.offer_adoption(stream).await,
                 _ = crate::orphan::adoption_stalled(self.adoption_deadline) => self.drop_silent_adopter(),
                 _ = checkpoint.tick(), if linked => self.send_checkpoint().await?,
+                _ = crate::timers::until(self.timers.next_due()) => self.fire_due_timers().await,
                 (idx, item) = next_message(&mut self.conns, &mut self.next_poll) => {
                     self.consume(idx, item, &mut awaiting).await?;
                     // Messages already in memory are taken without another
@@ -276,9 +280,14 @@ impl<A: App> Worker<A> {
             EffectGate::Open => self.effects.extend(out.effects),
             EffectGate::Held => self.deferred.extend(out.effects),
         }
-        for (id, msg) in out.queued {
-            let Some(idx) = self.conns.iter().position(|c| c.info.id == id) else {
-                warn!(conn = %id, "app wrote to an unknown connection; dropped");
+        self.timers.apply(out.timers);
+        for (target, msg) in out.queued {
+            let found = match &target {
+                Target::Id(id) => self.conns.iter().position(|c| c.info.id == *id),
+                Target::Name(name) => self.conns.iter().position(|c| c.info.name == *name),
+            };
+            let Some(idx) = found else {
+                warn!(conn = ?target, "app wrote to an unknown connection; dropped");
                 continue;
             };
             if let Err(e) = self.conns[idx].ws.send(msg).await {
@@ -353,6 +362,7 @@ impl<A: App> Worker<A> {
         let snapshot = self.seal(self.checkpoint_schema.unwrap_or(A::SCHEMA))?;
         let summary = self.app.summary();
         let taken_at_ns = monotonic_ns();
+        self.tell(&FromWorker::Timers(self.timers.entries())).await;
         self.tell(&FromWorker::Checkpoint(Checkpoint {
             snapshot,
             summary,
@@ -478,6 +488,7 @@ impl<A: App> Worker<A> {
         frozen_at_ns: u64,
         summary: Option<String>,
     ) -> Result<AfterFreeze, WorkerError> {
+        self.tell(&FromWorker::Timers(self.timers.entries())).await;
         self.tell(&FromWorker::Frozen(Frozen {
             snapshot,
             conns,

@@ -52,10 +52,18 @@ pub async fn run<A: App>(
     };
     fault::hit(FaultPoint::BeforeHello).await;
     link.send(&FromWorker::Hello(hello::<A>(&settings))).await?;
-    let Some((first, fds)) = link.recv().await? else {
-        return Err(WorkerError::SupervisorGone {
-            when: "before the start command",
-        });
+    // The timers of a state to restore come first.
+    let mut timers = Vec::new();
+    let (first, fds) = loop {
+        match link.recv().await? {
+            Some((ToWorker::Timers(t), _)) => timers = t,
+            Some(first) => break first,
+            None => {
+                return Err(WorkerError::SupervisorGone {
+                    when: "before the start command",
+                })
+            }
+        }
     };
     match first {
         ToWorker::StartFresh => {
@@ -67,7 +75,10 @@ pub async fn run<A: App>(
             worker.open_feeds(&feeds).await?;
             worker.serve(Awaiting::Nothing).await
         }
-        ToWorker::Restore(restore) => take_over(fresh(), restore, fds, feeds, settings, link).await,
+        ToWorker::Restore(restore) => {
+            let timers = crate::timers::Timers::from_entries(timers);
+            take_over(fresh(), restore, fds, timers, feeds, settings, link).await
+        }
         ToWorker::Exit | ToWorker::Stop => Ok(Ended::Abandoned),
         other => Err(WorkerError::Unexpected {
             when: "before start",
@@ -104,6 +115,7 @@ async fn take_over<A: App>(
     app: A,
     restore: Restore,
     fds: Vec<OwnedFd>,
+    timers: crate::timers::Timers,
     feeds: Vec<Feed>,
     settings: Settings,
     mut link: Link,
@@ -131,6 +143,7 @@ async fn take_over<A: App>(
     fault::hit(FaultPoint::AfterReady).await;
     let mut worker = Worker::new(app, settings, Some(link));
     worker.adopt(conns);
+    worker.timers = timers;
     // Nothing is consumed (or written) before Go: until then the old worker
     // may still be thawed and carry on.
     if !worker.await_go().await? {
@@ -149,6 +162,10 @@ async fn take_over<A: App>(
         .filter(|f| !worker.conns().iter().any(|c| c.info.name == f.name))
         .collect();
     worker.open_feeds(&missing).await?;
+    if mode == RestoreMode::Recovery {
+        // Deadlines that passed while no worker served fire now, late.
+        worker.timers.late_before(crate::timers::now_unix_ms());
+    }
     worker.took_over(mode).await;
     let awaiting = match mode {
         RestoreMode::Handoff => Awaiting::FirstMessage,

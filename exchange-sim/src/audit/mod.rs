@@ -256,6 +256,9 @@ struct Report<'a> {
     paused: bool,
     connections: Vec<&'a ConnAudit>,
     totals: Totals,
+    /// Each timer key a bot reported (`{"method":"timer","key":…}`), with
+    /// how many times: a timer that fires once across handoffs is 1.
+    timers: &'a BTreeMap<String, u32>,
 }
 
 /// The audit of all connections since start.
@@ -265,6 +268,7 @@ pub struct Audit {
     next_id: u64,
     clock: ActiveClock,
     tls: TlsCounters,
+    timers: BTreeMap<String, u32>,
 }
 
 impl Default for Audit {
@@ -285,7 +289,13 @@ impl Audit {
                 paused_total: Duration::ZERO,
             },
             tls: TlsCounters::default(),
+            timers: BTreeMap::new(),
         }
+    }
+
+    /// A bot reported that its timer `key` fired.
+    pub fn timer(&mut self, key: String) {
+        *self.timers.entry(key).or_default() += 1;
     }
 
     /// Register a new connection; returns its id.
@@ -490,6 +500,7 @@ impl Audit {
             paused: self.clock.paused_since.is_some(),
             connections: self.connections.values().collect(),
             totals: self.totals(),
+            timers: &self.timers,
         };
         serde_json::to_string(&report)
             .unwrap_or_else(|e| format!("{{\"error\":\"cannot serialise audit: {e}\"}}"))

@@ -171,6 +171,7 @@ mod daemon_side {
                     snapshot: c.snapshot.clone(),
                     summary: c.summary.clone(),
                     at: Instant::now(),
+                    timers: c.timers.clone(),
                 });
             }
             if self.cfg.fd_store {

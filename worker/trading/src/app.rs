@@ -13,6 +13,10 @@ use crate::rest::{OrderEvent, RestClient};
 use crate::schema::{self, FullState};
 use crate::state::{Execution, Fill, Order, Strategy};
 
+fn tick_key(n: u64) -> String {
+    format!("tick-{n}")
+}
+
 /// After an order's status came back unknown, how long to wait before asking
 /// again: keeps a struggling exchange from being hammered while the order
 /// stays recorded as in flight (and so is never sent under a new id).
@@ -26,6 +30,9 @@ pub struct Trader<const S: u32> {
     pub strategy: Strategy,
     /// The exchange's order API, in REST mode.
     pub rest: Option<RestClient>,
+    /// With `--timer-every`: a timer `tick-<n>` every so often, each one
+    /// reported to the exchange on `feed-0` (see [`Trader::on_timer`]).
+    pub timer_every: Option<std::time::Duration>,
 }
 
 impl<const S: u32> Trader<S> {
@@ -47,6 +54,7 @@ impl<const S: u32> Trader<S> {
             ack,
             strategy,
             rest,
+            timer_every: None,
         }
     }
 
@@ -179,6 +187,32 @@ impl<const S: u32> App for Trader<S> {
 
     fn on_open(&mut self, conn: &ConnInfo, out: &mut Outbox<OrderEvent>) {
         out.send(conn.id, Message::text(subscribe(&self.symbols)));
+        // The first connection of a fresh start (ids are never reused)
+        // starts the ticks; each tick schedules the next.
+        if let (Some(every), 0) = (self.timer_every, conn.id.0) {
+            out.after(every, tick_key(0));
+        }
+    }
+
+    /// `tick-<n>`: tell the exchange (which counts each key; a tick that
+    /// fired twice, or never, shows there), then set `tick-<n+1>` one
+    /// period after this one was due, so deadlines do not drift.
+    fn on_timer(&mut self, timer: &handoff_worker::Timer, out: &mut Outbox<OrderEvent>) {
+        let Some(n) = timer
+            .key
+            .strip_prefix("tick-")
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let report = serde_json::json!({"method": "timer", "key": timer.key, "late": timer.late});
+        out.send_named("feed-0", Message::text(report.to_string()));
+        if let Some(every) = self.timer_every {
+            out.at(
+                timer.due_unix_ms + every.as_millis() as u64,
+                tick_key(n + 1),
+            );
+        }
     }
 
     fn on_message(&mut self, conn: &ConnInfo, msg: Message, out: &mut Outbox<OrderEvent>) {

@@ -69,6 +69,12 @@ pub struct Args {
     /// How often the state is checkpointed to the supervisor.
     #[arg(long, value_parser = parse_ms, default_value = "1000")]
     pub checkpoint_ms: std::time::Duration,
+    /// Fire a timer every so many milliseconds and report each one to the
+    /// exchange on feed-0 (`{"method":"timer","key":"tick-<n>"}`): the
+    /// simulator counts them, so a timer fired twice or lost across
+    /// handoffs shows in its audit.
+    #[arg(long, value_parser = parse_ms)]
+    pub timer_every: Option<std::time::Duration>,
 }
 
 fn parse_ms(s: &str) -> Result<std::time::Duration, String> {
@@ -117,7 +123,11 @@ fn main_with<const S: u32>() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (symbols, ack) = (args.symbols.clone(), args.ack);
-    let fresh = move || Trader::<S>::new(symbols, ack, strategy, rest);
+    let (symbols, ack, timer_every) = (args.symbols.clone(), args.ack, args.timer_every);
+    let fresh = move || {
+        let mut t = Trader::<S>::new(symbols, ack, strategy, rest);
+        t.timer_every = timer_every;
+        t
+    };
     launch::run_main("trading-worker", &args.feeds, settings, fresh)
 }
