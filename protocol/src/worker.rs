@@ -121,15 +121,13 @@ pub struct Checkpoint {
     pub taken_at_ns: u64,
 }
 
-/// A deadline an app set (the worker library's timers): it fires once, in
-/// the worker that serves when it is due. Wall-clock time, so that it means
-/// the same in the next process.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TimerEntry {
-    pub key: String,
-    /// Milliseconds since the Unix epoch.
-    pub due_unix_ms: u64,
-}
+/// The worker library's own state beside the app's snapshot (its timers,
+/// the feeds it was configured with, the connections the app opened at run
+/// time): opaque to the supervisor, which keeps it with the checkpoint or
+/// `Frozen` it came before and hands it back before a `Restore`. The
+/// library encodes it so that it can grow without a protocol change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Carried(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 /// Where an orphaned worker stands when a supervisor connects to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,9 +186,9 @@ pub enum ToWorker {
     /// Register every connection again (this supervisor holds none), send a
     /// checkpoint, and carry on as before.
     Adopt { supervisor_pid: u32 },
-    /// The timers that go with the state of the `Restore` that follows: the
-    /// pending timers as of that snapshot (see [`FromWorker::Timers`]).
-    Timers(Vec<TimerEntry>),
+    /// What the library carried with the state of the `Restore` that
+    /// follows (see [`FromWorker::Carried`]).
+    Carried(Carried),
 }
 
 /// Worker → supervisor.
@@ -225,7 +223,7 @@ pub enum FromWorker {
     Heartbeat,
     /// An orphan's first message to a supervisor that connected to it.
     Adoptable(Adoptable),
-    /// The worker's pending timers, sent right before each `Checkpoint` and
-    /// `Frozen`: they belong to that state, and go wherever it goes.
-    Timers(Vec<TimerEntry>),
+    /// The library's own state, sent right before each `Checkpoint` and
+    /// `Frozen`: it belongs to that state, and goes wherever it goes.
+    Carried(Carried),
 }

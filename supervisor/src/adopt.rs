@@ -268,7 +268,7 @@ fn kind(m: &FromWorker) -> &'static str {
         FromWorker::FirstConsumed { .. } => "FirstConsumed",
         FromWorker::Heartbeat => "Heartbeat",
         FromWorker::Adoptable(_) => "Adoptable",
-        FromWorker::Timers(_) => "Timers",
+        FromWorker::Carried(_) => "Carried",
     }
 }
 
@@ -375,13 +375,13 @@ mod daemon_side {
             &mut self,
             pid: u32,
         ) -> Result<crate::builds::Build, crate::binary::BinaryError> {
-            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-            let configured = self.store.admit(&self.cfg.worker.clone(), None)?;
-            match exe {
-                Some(exe) if self.store.holds(&exe) && !exe.ends_with(&configured.sha256) => {
-                    self.store.admit(&exe, None)
-                }
-                _ => Ok(configured),
+            // Cheap either way: a stored build is named by its hash, and the
+            // `--worker` file was admitted before the search (see
+            // `Daemon::take_office`): an orphan that answered must be told
+            // Adopt before its adoption_timeout.
+            match std::fs::read_link(format!("/proc/{pid}/exe")) {
+                Ok(exe) if self.store.holds(&exe) => self.store.admit(&exe, None),
+                _ => self.store.admit(&self.cfg.worker.clone(), None),
             }
         }
     }

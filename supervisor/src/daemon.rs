@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use handoff_protocol::ctl::{CtlRequest, CtlResponse, HandoffReport, Outcome, UpgradeRequest};
 use handoff_protocol::worker::{
-    ConnKind, ConnRestore, FromWorker, Frozen, Hello, Restore, RestoreMode, TimerEntry, ToWorker,
+    ConnKind, ConnRestore, FromWorker, Frozen, Hello, Restore, RestoreMode, ToWorker,
 };
 use handoff_protocol::Snapshot;
 use thiserror::Error;
@@ -68,8 +68,8 @@ pub struct Stored {
     pub snapshot: Snapshot,
     pub summary: Option<String>,
     pub at: Instant,
-    /// The worker's pending timers as of that snapshot.
-    pub timers: Vec<TimerEntry>,
+    /// What the worker library carried with that snapshot (its timers…).
+    pub carried: handoff_protocol::worker::Carried,
 }
 
 /// Handoff counters.
@@ -151,9 +151,9 @@ pub struct Daemon {
     pub(crate) last_reply: Option<mpsc::Sender<CtlResponse>>,
     /// A new supervisor serves the control socket: leave it in place.
     handed_over: bool,
-    /// The timers the active worker sent ahead of its next checkpoint or
-    /// `Frozen`, which they belong to.
-    pub(crate) timers_ahead: Vec<TimerEntry>,
+    /// What the active worker's library sent ahead of its next checkpoint
+    /// or `Frozen`, which it belongs to.
+    pub(crate) carried_ahead: handoff_protocol::worker::Carried,
     /// Mirrors the held sockets and checkpoints into systemd's store.
     pub(crate) fdstore: Option<crate::fdstore::Keeper>,
     /// Results of adopting the worker back after a failed succession.
@@ -249,7 +249,7 @@ pub async fn run_with(
         handed_over: false,
         readoptions: readopt_tx,
         fdstore: None,
-        timers_ahead: Vec::new(),
+        carried_ahead: Default::default(),
     };
     if let Some(addr) = d.cfg.metrics.clone() {
         let listener = crate::metrics::bind(&addr, &d.cfg.state_dir).await?;
@@ -304,7 +304,7 @@ pub async fn run_with(
     ctl_task.abort();
     if d.persist_pending {
         if let Some(c) = d.checkpoint.take() {
-            d.persist(&c.snapshot, &c.summary, &c.timers);
+            d.persist(&c.snapshot, &c.summary, &c.carried);
         }
     }
     if let Some(p) = d.persister.take() {
@@ -348,7 +348,7 @@ impl Daemon {
     pub(crate) fn flush_checkpoint(&mut self) {
         if self.persist_pending {
             if let Some(c) = self.checkpoint.take() {
-                self.persist(&c.snapshot, &c.summary, &c.timers);
+                self.persist(&c.snapshot, &c.summary, &c.carried);
                 self.checkpoint = Some(c);
             }
         }
@@ -785,7 +785,7 @@ impl Daemon {
             FromWorker::Adoptable(_) => {
                 warn!("Adoptable from a worker that has a supervisor; ignored")
             }
-            FromWorker::Timers(t) => self.timers_ahead = t,
+            FromWorker::Carried(c) => self.carried_ahead = c,
         }
     }
 
@@ -797,14 +797,14 @@ impl Daemon {
     ) {
         let bytes = snapshot.bytes.len() as u64;
         let schema = snapshot.schema;
-        let timers = std::mem::take(&mut self.timers_ahead);
+        let carried = std::mem::take(&mut self.carried_ahead);
         // Mid-handoff (a Frozen snapshot) the file waits for the upgrade to
         // end: writing and syncing it would compete with the successor for
         // the CPU and the disk during the blackout. Until then the file
         // holds the previous checkpoint, which is what a restarted
         // supervisor would recover from anyway.
         if !handing_over && matches!(self.phase, Phase::Idle) {
-            self.persist(&snapshot, &summary, &timers);
+            self.persist(&snapshot, &summary, &carried);
         } else {
             self.persist_pending = true;
         }
@@ -812,19 +812,24 @@ impl Daemon {
             snapshot,
             summary,
             at: Instant::now(),
-            timers,
+            carried,
         });
         for w in self.checkpoint_waiters.drain(..) {
             let _ = w.try_send(CtlResponse::CheckpointStored { bytes, schema });
         }
     }
 
-    fn persist(&mut self, snapshot: &Snapshot, summary: &Option<String>, timers: &[TimerEntry]) {
+    fn persist(
+        &mut self,
+        snapshot: &Snapshot,
+        summary: &Option<String>,
+        carried: &handoff_protocol::worker::Carried,
+    ) {
         self.persist_pending = false;
         let c = OnDisk {
             snapshot: snapshot.clone(),
             summary: summary.clone(),
-            timers: timers.to_vec(),
+            carried: carried.0.clone(),
         };
         if let Some(k) = &self.fdstore {
             k.checkpoint(c.clone());
@@ -913,8 +918,8 @@ impl Daemon {
             conns,
         };
         self.handed_leftovers = Some(HandedLeftovers::without_secrets(succ.generation, &f.conns));
-        // The frozen state's timers (sent just before Frozen) go first.
-        succ.send(ToWorker::Timers(self.timers_ahead.clone()), Vec::new());
+        // What the library carried with the frozen state goes first.
+        succ.send(ToWorker::Carried(self.carried_ahead.clone()), Vec::new());
         succ.send(ToWorker::Restore(restore), fds);
         // The snapshot is a slice of the received frame, whose other bytes
         // (the TLS sessions among them) were wiped when it was decoded: the

@@ -12,16 +12,16 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use handoff_protocol::worker::TimerEntry;
 use handoff_protocol::Snapshot;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-/// First bytes of a checkpoint file (format 2: with the pending timers).
+/// First bytes of a checkpoint file (format 2: with what the worker library
+/// carried beside the snapshot).
 const MAGIC: &[u8; 8] = b"HOCKPT02";
-/// First bytes of a format 1 file (no timers), still read.
+/// First bytes of a format 1 file (nothing carried), still read.
 const MAGIC_V1: &[u8; 8] = b"HOCKPT01";
 /// Name of the file in the state directory.
 pub const FILE: &str = "checkpoint.bin";
@@ -44,8 +44,9 @@ pub enum PersistError {
 pub struct OnDisk {
     pub snapshot: Snapshot,
     pub summary: Option<String>,
-    /// The worker's pending timers as of that snapshot.
-    pub timers: Vec<TimerEntry>,
+    /// What the worker library carried with that snapshot (opaque here).
+    #[serde(with = "serde_bytes")]
+    pub carried: Vec<u8>,
 }
 
 /// A format 1 file's body.
@@ -103,7 +104,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<OnDisk, String> {
         OnDisk {
             snapshot: v1.snapshot,
             summary: v1.summary,
-            timers: Vec::new(),
+            carried: Vec::new(),
         }
     } else {
         bincode::deserialize(body).map_err(undecodable)?
@@ -198,15 +199,12 @@ mod tests {
         OnDisk {
             snapshot: Snapshot::seal("bot", 3, vec![1, 2, 3, 4]),
             summary: Some("{}".into()),
-            timers: vec![TimerEntry {
-                key: "tick-7".into(),
-                due_unix_ms: 1_700_000_000_000,
-            }],
+            carried: br#"{"timers":[["tick-7",1700000000000]]}"#.to_vec(),
         }
     }
 
     #[test]
-    fn a_format_1_file_still_reads_with_no_timers() {
+    fn a_format_1_file_still_reads_with_nothing_carried() {
         #[derive(Serialize)]
         struct V1<'a> {
             snapshot: &'a Snapshot,
@@ -227,7 +225,7 @@ mod tests {
         let read = decode(&file).unwrap();
         assert_eq!(read.snapshot, c.snapshot);
         assert_eq!(read.summary, c.summary);
-        assert!(read.timers.is_empty());
+        assert!(read.carried.is_empty());
     }
 
     #[test]

@@ -253,12 +253,12 @@ mod daemon_side {
             };
             info!(pid = a.pid, conns = conns.len(), checkpoint = snapshot.is_some(), %reason, "recovering");
             a.life = Lifecycle::Recovering { hello };
-            let timers = self
+            let carried = self
                 .checkpoint
                 .as_ref()
-                .map(|c| c.timers.clone())
+                .map(|c| c.carried.clone())
                 .unwrap_or_default();
-            a.send(ToWorker::Timers(timers), Vec::new());
+            a.send(ToWorker::Carried(carried), Vec::new());
             let restore = Restore {
                 mode: RestoreMode::Recovery,
                 snapshot,

@@ -58,6 +58,16 @@ impl Daemon {
         beside: Option<PathBuf>,
         stored: Option<crate::fdstore::Received>,
     ) -> Result<(), DaemonError> {
+        // Everything slow comes first: admitting the --worker file hashes
+        // and copies it, and the checkpoint file is read and checked. Then
+        // an orphan that answers the search is told Adopt at once (it hangs
+        // up on a supervisor that says nothing for its adoption_timeout),
+        // and a predecessor lets the worker go only once this one is ready.
+        if let Err(e) = self.store.admit(&self.cfg.worker.clone(), None) {
+            tracing::warn!("cannot admit the --worker file (yet): {e}");
+        }
+        let mut plan = self.load_persisted();
+        self.persister = Some(Persister::start(self.cfg.state_dir.clone()));
         if let Some(b) = heir.as_ref().and_then(|h| h.binary.clone()) {
             self.image.binary = b;
         }
@@ -84,8 +94,6 @@ impl Daemon {
                 return Err(e.into());
             }
         };
-        let mut plan = self.load_persisted();
-        self.persister = Some(Persister::start(self.cfg.state_dir.clone()));
         if let Some(stored) = stored {
             // A live orphan registers its own sockets.
             let adopting = !matches!(orphan, crate::adopt::Found::Nobody);
@@ -189,7 +197,7 @@ impl Daemon {
                     snapshot: c.snapshot,
                     summary: c.summary,
                     at: Instant::now(),
-                    timers: c.timers,
+                    carried: handoff_protocol::worker::Carried(c.carried),
                 });
                 StartPlan::Recover {
                     reason: "the supervisor restarted; state from its checkpoint file".into(),

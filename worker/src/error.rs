@@ -42,6 +42,8 @@ pub enum RestoreError {
     FdCount { conns: usize, fds: usize },
     #[error(transparent)]
     Conn(#[from] ConnError),
+    #[error("{0}")]
+    Carried(String),
     #[error("fault injected: reject-restore")]
     Injected,
 }

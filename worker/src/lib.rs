@@ -70,6 +70,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+mod carried;
 pub mod conn;
 pub mod error;
 pub mod fault;

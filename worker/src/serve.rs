@@ -311,6 +311,12 @@ impl<A: App> Worker<A> {
         Ok(())
     }
 
+    /// What the library carries beside the app's snapshot (see
+    /// [`crate::carried`]).
+    fn carried(&self) -> handoff_protocol::worker::Carried {
+        crate::carried::CarriedState::of(&self.timers).encode()
+    }
+
     /// Send `msg` to the supervisor, if there is one. A failed send means it
     /// is gone: this worker serves on as an orphan (see [`crate::orphan`]).
     pub(crate) async fn tell(&mut self, msg: &FromWorker) {
@@ -362,7 +368,7 @@ impl<A: App> Worker<A> {
         let snapshot = self.seal(self.checkpoint_schema.unwrap_or(A::SCHEMA))?;
         let summary = self.app.summary();
         let taken_at_ns = monotonic_ns();
-        self.tell(&FromWorker::Timers(self.timers.entries())).await;
+        self.tell(&FromWorker::Carried(self.carried())).await;
         self.tell(&FromWorker::Checkpoint(Checkpoint {
             snapshot,
             summary,
@@ -488,7 +494,7 @@ impl<A: App> Worker<A> {
         frozen_at_ns: u64,
         summary: Option<String>,
     ) -> Result<AfterFreeze, WorkerError> {
-        self.tell(&FromWorker::Timers(self.timers.entries())).await;
+        self.tell(&FromWorker::Carried(self.carried())).await;
         self.tell(&FromWorker::Frozen(Frozen {
             snapshot,
             conns,

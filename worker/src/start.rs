@@ -52,11 +52,11 @@ pub async fn run<A: App>(
     };
     fault::hit(FaultPoint::BeforeHello).await;
     link.send(&FromWorker::Hello(hello::<A>(&settings))).await?;
-    // The timers of a state to restore come first.
-    let mut timers = Vec::new();
+    // What the library carried with a state to restore comes first.
+    let mut carried = Default::default();
     let (first, fds) = loop {
         match link.recv().await? {
-            Some((ToWorker::Timers(t), _)) => timers = t,
+            Some((ToWorker::Carried(c), _)) => carried = c,
             Some(first) => break first,
             None => {
                 return Err(WorkerError::SupervisorGone {
@@ -76,8 +76,7 @@ pub async fn run<A: App>(
             worker.serve(Awaiting::Nothing).await
         }
         ToWorker::Restore(restore) => {
-            let timers = crate::timers::Timers::from_entries(timers);
-            take_over(fresh(), restore, fds, timers, feeds, settings, link).await
+            take_over(fresh(), restore, fds, carried, feeds, settings, link).await
         }
         ToWorker::Exit | ToWorker::Stop => Ok(Ended::Abandoned),
         other => Err(WorkerError::Unexpected {
@@ -115,18 +114,23 @@ async fn take_over<A: App>(
     app: A,
     restore: Restore,
     fds: Vec<OwnedFd>,
-    timers: crate::timers::Timers,
+    carried: handoff_protocol::worker::Carried,
     feeds: Vec<Feed>,
     settings: Settings,
     mut link: Link,
 ) -> Result<Ended, WorkerError> {
     let mode = restore.mode;
-    let restored = restore_parts(app, restore, fds).await;
+    let restored = match crate::carried::CarriedState::decode(&carried) {
+        Ok(c) => restore_parts(app, restore, fds)
+            .await
+            .map(|parts| (parts, c)),
+        Err(why) => Err(RestoreError::Carried(why)),
+    };
     let restored = match (restored, fault::hit(FaultPoint::AfterRestore).await) {
         (Ok(_), FaultAction::Reject) => Err(RestoreError::Injected),
         (r, _) => r,
     };
-    let (app, conns, stale) = match restored {
+    let ((app, conns, stale), carried) = match restored {
         Ok(parts) => parts,
         Err(e) => {
             let reason = e.to_string();
@@ -143,7 +147,7 @@ async fn take_over<A: App>(
     fault::hit(FaultPoint::AfterReady).await;
     let mut worker = Worker::new(app, settings, Some(link));
     worker.adopt(conns);
-    worker.timers = timers;
+    worker.timers = crate::timers::Timers::from_pairs(carried.timers);
     // Nothing is consumed (or written) before Go: until then the old worker
     // may still be thawed and carry on.
     if !worker.await_go().await? {

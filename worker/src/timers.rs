@@ -3,9 +3,9 @@
 //! [`Outbox::cancel`](crate::Outbox::cancel)) and receives as
 //! [`App::on_timer`](crate::App::on_timer).
 //!
-//! The library keeps them, not the app: they travel beside the snapshot
-//! (`FromWorker::Timers` before each checkpoint and each `Frozen`,
-//! `ToWorker::Timers` before a `Restore`), so a deadline set before a
+//! The library keeps them, not the app: they travel beside the snapshot in
+//! what the library carries (`FromWorker::Carried` before each checkpoint
+//! and each `Frozen`, `ToWorker::Carried` before a `Restore`), so a deadline set before a
 //! handoff fires once, in whichever worker serves when it is due:
 //!
 //! - firing is an input like a message: it happens between two callbacks,
@@ -23,8 +23,6 @@
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use handoff_protocol::worker::TimerEntry;
 
 /// A timer that fired, as the app sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,24 +58,16 @@ pub(crate) struct Timers {
 }
 
 impl Timers {
-    pub(crate) fn from_entries(entries: Vec<TimerEntry>) -> Timers {
+    /// From (key, due in ms since the Unix epoch) pairs.
+    pub(crate) fn from_pairs(pairs: Vec<(String, u64)>) -> Timers {
         Timers {
-            pending: entries
-                .into_iter()
-                .map(|e| (e.key, e.due_unix_ms))
-                .collect(),
+            pending: pairs.into_iter().collect(),
             late_before: None,
         }
     }
 
-    pub(crate) fn entries(&self) -> Vec<TimerEntry> {
-        self.pending
-            .iter()
-            .map(|(key, &due_unix_ms)| TimerEntry {
-                key: key.clone(),
-                due_unix_ms,
-            })
-            .collect()
+    pub(crate) fn pairs(&self) -> Vec<(String, u64)> {
+        self.pending.iter().map(|(k, &t)| (k.clone(), t)).collect()
     }
 
     /// Those due before `at_unix_ms` fire flagged late.
@@ -169,15 +159,15 @@ mod tests {
         let fired: Vec<_> = t.take_due(25).into_iter().map(|x| x.key).collect();
         assert_eq!(fired, ["a", "b"]);
         assert!(t.take_due(25).is_empty(), "fired twice");
-        assert!(t.entries().is_empty());
+        assert!(t.pairs().is_empty());
     }
 
     #[test]
     fn the_table_travels_whole_and_overdue_timers_of_a_recovery_are_late() {
         let mut a = Timers::default();
         a.apply(vec![set("x", 100), set("y", 300)]);
-        let mut b = Timers::from_entries(a.entries());
-        assert_eq!(b.entries(), a.entries());
+        let mut b = Timers::from_pairs(a.pairs());
+        assert_eq!(b.pairs(), a.pairs());
         b.late_before(200);
         let fired = b.take_due(400);
         assert_eq!(fired.len(), 2);

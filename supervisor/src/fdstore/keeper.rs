@@ -171,7 +171,7 @@ mod daemon_side {
                     snapshot: c.snapshot.clone(),
                     summary: c.summary.clone(),
                     at: Instant::now(),
-                    timers: c.timers.clone(),
+                    carried: handoff_protocol::worker::Carried(c.carried.clone()),
                 });
             }
             if self.cfg.fd_store {

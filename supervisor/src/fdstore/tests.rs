@@ -21,7 +21,7 @@ fn checkpoint() -> OnDisk {
     OnDisk {
         snapshot: Snapshot::seal("bot", 3, vec![7; 300]),
         summary: Some("{\"orders\":2}".into()),
-        timers: Vec::new(),
+        carried: Vec::new(),
     }
 }
 
