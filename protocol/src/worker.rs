@@ -226,4 +226,8 @@ pub enum FromWorker {
     /// The library's own state, sent right before each `Checkpoint` and
     /// `Frozen`: it belongs to that state, and goes wherever it goes.
     Carried(Carried),
+    /// A restored worker's configured feeds differ from the connections it
+    /// was handed (matched by name): one line per change it will make after
+    /// `Go`. Sent before `Ready`; the supervisor logs them with the upgrade.
+    FeedChanges(Vec<String>),
 }

@@ -269,6 +269,7 @@ fn kind(m: &FromWorker) -> &'static str {
         FromWorker::Heartbeat => "Heartbeat",
         FromWorker::Adoptable(_) => "Adoptable",
         FromWorker::Carried(_) => "Carried",
+        FromWorker::FeedChanges(_) => "FeedChanges",
     }
 }
 

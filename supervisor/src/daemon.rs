@@ -786,6 +786,12 @@ impl Daemon {
                 warn!("Adoptable from a worker that has a supervisor; ignored")
             }
             FromWorker::Carried(c) => self.carried_ahead = c,
+            FromWorker::FeedChanges(lines) => {
+                for line in lines {
+                    warn!(pid = a.pid, "{line}");
+                    self.history.push(format!("worker pid {}: {line}", a.pid));
+                }
+            }
         }
     }
 
@@ -938,6 +944,13 @@ impl Daemon {
                 format!("the new worker rejected the state: {reason}"),
             ),
             WorkerEvent::Message(FromWorker::Heartbeat, _) => {}
+            WorkerEvent::Message(FromWorker::FeedChanges(lines), _) => {
+                // Said before Ready, done after Go: `upgrade --wait` and
+                // `log` show it with the upgrade's phases.
+                if let Some(up) = self.phase.upgrade_mut() {
+                    up.mark("feeds", Some(lines.join("; ")));
+                }
+            }
             WorkerEvent::Message(other, fds) => {
                 drop(fds);
                 warn!(?other, "unexpected message from the successor; ignored");

@@ -439,6 +439,29 @@ impl Cluster {
         Ok(path)
     }
 
+    /// Write an executable wrapper that runs the worker binary with `args`
+    /// *instead of* those the supervisor passes (a build configured
+    /// differently, e.g. with another feed list).
+    pub fn worker_wrapper_args(
+        &self,
+        name: &str,
+        args: &[String],
+    ) -> Result<PathBuf, TestkitError> {
+        let path = self.dir.path().join(name);
+        let mut script = format!("#!/bin/sh\nexec '{}'", self.bins.worker.display());
+        for a in args {
+            script.push_str(&format!(" '{}'", a.replace('\'', "'\\''")));
+        }
+        script.push('\n');
+        let err = |source| TestkitError::File {
+            path: path.clone(),
+            source,
+        };
+        std::fs::write(&path, script).map_err(err)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
+        Ok(path)
+    }
+
     /// Replace the file at the `--worker` path atomically (write beside it,
     /// rename over it), as a CI job does.
     pub fn replace_worker_with(&self, new: &Path) -> Result<(), TestkitError> {

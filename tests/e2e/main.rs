@@ -9,6 +9,7 @@ mod crashes;
 mod failed_upgrades;
 mod fault_matrix;
 mod fd_store;
+mod feeds;
 mod operator;
 mod orders;
 mod probation;

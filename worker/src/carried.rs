@@ -15,12 +15,19 @@ pub(crate) struct CarriedState {
     /// Pending timers: (key, due in ms since the Unix epoch).
     #[serde(default)]
     pub timers: Vec<(String, u64)>,
+    /// The feeds the writing build was configured with: (name, URL).
+    #[serde(default)]
+    pub feeds: Vec<(String, String)>,
 }
 
 impl CarriedState {
-    pub(crate) fn of(timers: &Timers) -> CarriedState {
+    pub(crate) fn of(timers: &Timers, feeds: &[crate::Feed]) -> CarriedState {
         CarriedState {
             timers: timers.pairs(),
+            feeds: feeds
+                .iter()
+                .map(|f| (f.name.clone(), f.url.clone()))
+                .collect(),
         }
     }
 
@@ -48,9 +55,11 @@ mod tests {
     fn it_round_trips_and_unknown_or_missing_fields_are_fine() {
         let s = CarriedState {
             timers: vec![("a".into(), 5)],
+            feeds: vec![("market".into(), "ws://x/ws".into())],
         };
         let back = CarriedState::decode(&s.encode()).unwrap();
         assert_eq!(back.timers, s.timers);
+        assert_eq!(back.feeds, s.feeds);
         let later = Carried(br#"{"timers":[["b",7]],"from_a_later_build":1}"#.to_vec());
         assert_eq!(
             CarriedState::decode(&later).unwrap().timers,

@@ -74,6 +74,7 @@ mod carried;
 pub mod conn;
 pub mod error;
 pub mod fault;
+pub mod feeds;
 pub mod link;
 pub mod orphan;
 pub mod serve;
@@ -85,6 +86,7 @@ pub mod tls;
 
 pub use app::{App, AppError, Effect, Outbox};
 pub use conn::Feed;
+pub use feeds::FeedSpecError;
 pub use error::{RestoreError, WorkerError};
 pub use handoff_protocol as protocol;
 pub use settings::Settings;

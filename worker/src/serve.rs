@@ -73,6 +73,8 @@ pub(crate) struct Worker<A: App> {
     pub(crate) adoption_deadline: Option<tokio::time::Instant>,
     /// The app's pending timers (see [`crate::timers`]).
     pub(crate) timers: crate::timers::Timers,
+    /// The feeds this build is configured with (see [`crate::feeds`]).
+    pub(crate) configured: Vec<crate::Feed>,
     pub(crate) settings: Settings,
     /// Round-robin start for fairness between connections.
     next_poll: usize,
@@ -109,6 +111,7 @@ impl<A: App> Worker<A> {
             awaiting_go: false,
             adoption_deadline: None,
             timers: Default::default(),
+            configured: Vec::new(),
             settings,
             next_poll: 0,
             effects: FuturesUnordered::new(),
@@ -314,7 +317,7 @@ impl<A: App> Worker<A> {
     /// What the library carries beside the app's snapshot (see
     /// [`crate::carried`]).
     fn carried(&self) -> handoff_protocol::worker::Carried {
-        crate::carried::CarriedState::of(&self.timers).encode()
+        crate::carried::CarriedState::of(&self.timers, &self.configured).encode()
     }
 
     /// Send `msg` to the supervisor, if there is one. A failed send means it

@@ -47,6 +47,7 @@ pub async fn run<A: App>(
     let Some(mut link) = Link::from_env()? else {
         info!("no supervisor: running standalone");
         let mut worker = Worker::new(fresh(), settings, None);
+        worker.configured = feeds.clone();
         worker.open_feeds(&feeds).await?;
         return worker.serve(Awaiting::Nothing).await;
     };
@@ -69,6 +70,7 @@ pub async fn run<A: App>(
         ToWorker::StartFresh => {
             info!("starting fresh");
             let mut worker = Worker::new(fresh(), settings, Some(link));
+            worker.configured = feeds.clone();
             if let Some(dir) = worker.state_dir.clone() {
                 worker.serving = Some(crate::orphan::serving_lock_now(&dir)?);
             }
@@ -142,10 +144,18 @@ async fn take_over<A: App>(
             return Ok(Ended::Rejected(reason));
         }
     };
+    // Feeds by name: what changes after Go is said now (see `feeds`).
+    let handed: Vec<_> = conns.iter().map(|c| c.info.clone()).collect();
+    let feed_plan = crate::feeds::plan(&feeds, &carried.feeds, &handed);
     info!(?mode, conns = conns.len(), "restored; ready");
+    let mut worker = Worker::new(app, settings, Some(link));
+    worker.configured = feeds.clone();
+    worker.report_feed_changes(&feed_plan).await;
+    let Some(link) = worker.link.as_mut() else {
+        return Err(WorkerError::SupervisorGone { when: "before Ready" });
+    };
     link.send(&FromWorker::Ready).await?;
     fault::hit(FaultPoint::AfterReady).await;
-    let mut worker = Worker::new(app, settings, Some(link));
     worker.adopt(conns);
     worker.timers = crate::timers::Timers::from_pairs(carried.timers);
     // Nothing is consumed (or written) before Go: until then the old worker
@@ -160,7 +170,8 @@ async fn take_over<A: App>(
         worker.serving = Some(crate::orphan::serving_lock_after_go(&dir).await?);
     }
     worker.drop_stale(stale).await?;
-    // Feeds this build wants that the previous one did not hold.
+    worker.close_unwanted(feed_plan).await;
+    // Feeds this build wants that it holds no connection for.
     let missing: Vec<Feed> = feeds
         .into_iter()
         .filter(|f| !worker.conns().iter().any(|c| c.info.name == f.name))

@@ -7,16 +7,6 @@ use std::process::ExitCode;
 
 use handoff_worker::{App, Ended, Feed, Settings};
 
-/// `feed-0`, `feed-1`, … for the URLs, in order.
-pub fn feeds(urls: &[String]) -> Vec<Feed> {
-    urls.iter()
-        .enumerate()
-        .map(|(i, url)| Feed {
-            name: format!("feed-{i}"),
-            url: url.clone(),
-        })
-        .collect()
-}
 
 /// The build label `supervisorctl status` shows: `HANDOFF_BUILD_ID` if a
 /// deploy pipeline set it, else `default`.
@@ -24,12 +14,14 @@ pub fn build_id(default: impl FnOnce() -> String) -> String {
     std::env::var("HANDOFF_BUILD_ID").unwrap_or_else(|_| default())
 }
 
-/// Run `fresh`'s app on `urls` with `settings` until it hands over, stops or
-/// fails. Exit codes: 0 handed over or stopped, 1 failed, 4 takeover
-/// refused. `bin` prefixes what goes to stderr.
+/// Run `fresh`'s app on the feeds `specs` name (`NAME=URL`, or a bare URL
+/// named `feed-<i>` by its position: [`Feed::from_specs`]) with `settings`
+/// until it hands over, stops or fails. Exit codes: 0 handed over or
+/// stopped, 1 failed, 2 bad feed list, 4 takeover refused. `bin` prefixes
+/// what goes to stderr.
 pub fn run_main<A: App>(
     bin: &str,
-    urls: &[String],
+    specs: &[String],
     settings: Settings,
     fresh: impl FnOnce() -> A,
 ) -> ExitCode {
@@ -39,6 +31,13 @@ pub fn run_main<A: App>(
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+    let feeds = match Feed::from_specs(specs) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{bin}: --feed: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -49,7 +48,7 @@ pub fn run_main<A: App>(
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(handoff_worker::run(feeds(urls), settings, fresh)) {
+    match rt.block_on(handoff_worker::run(feeds, settings, fresh)) {
         Ok(Ended::HandedOver | Ended::Stopped | Ended::Abandoned) => ExitCode::SUCCESS,
         Ok(Ended::Rejected(reason)) => {
             eprintln!("{bin}: takeover refused: {reason}");

@@ -32,7 +32,10 @@ pub use app::Trader;
 #[derive(Debug, Parser)]
 #[command(name = "trading-worker", version)]
 pub struct Args {
-    /// A websocket feed (ws://… or wss://…); one connection per flag.
+    /// A websocket feed, `NAME=URL` or a bare URL (named `feed-<i>` by its
+    /// position); ws://… or wss://…, one connection per flag. Connections
+    /// are matched by name between builds: a new build that drops, adds or
+    /// moves a feed closes, opens or reopens just that one.
     #[arg(long = "feed", required = true)]
     pub feeds: Vec<String>,
     /// PEM file of CA certificates trusted for wss:// feeds and an https://
