@@ -61,6 +61,7 @@ impl Bins {
 pub struct ClusterBuilder {
     bins: Bins,
     connections: usize,
+    runtime_feeds: Vec<String>,
     symbols: String,
     sim_args: Vec<String>,
     supervisor_args: Vec<String>,
@@ -82,6 +83,7 @@ impl ClusterBuilder {
         ClusterBuilder {
             bins,
             connections: 1,
+            runtime_feeds: Vec::new(),
             symbols: "btcusdt,ethusdt".into(),
             sim_args: Vec::new(),
             supervisor_args: Vec::new(),
@@ -96,6 +98,14 @@ impl ClusterBuilder {
     }
 
     /// Number of feed connections the worker opens.
+    /// A connection the worker's app opens itself at start, named `name`, to
+    /// the simulator (`--runtime-feed name=URL`): counted among the
+    /// connections the worker must hold to be serving.
+    pub fn runtime_feed(mut self, name: &str) -> Self {
+        self.runtime_feeds.push(name.to_owned());
+        self
+    }
+
     pub fn connections(mut self, n: usize) -> Self {
         self.connections = n;
         self
@@ -207,6 +217,10 @@ impl ClusterBuilder {
             self.symbols.clone().into(),
             "--ack".into(),
         ]);
+        for name in &self.runtime_feeds {
+            args.push("--runtime-feed".into());
+            args.push(format!("{name}={feed_url}").into());
+        }
         args.extend(self.worker_args.iter().map(Into::into));
         if self.tls {
             args.push("--ca-file".into());
@@ -233,7 +247,7 @@ impl ClusterBuilder {
             supervisor: Some(supervisor),
             socket,
             worker_path,
-            connections: self.connections,
+            connections: self.connections + self.runtime_feeds.len(),
             supervisor_args: args,
             env: self.env,
             quiet: self.quiet,

@@ -114,3 +114,67 @@ fn a_build_with_another_feed_list_is_upgraded_into_and_rolled_back_from() {
         assert_eq!(s["acked"], s["sent"], "{name} on feed-0: {audit:?}");
     }
 }
+
+#[test]
+fn connections_the_app_opened_survive_a_hundred_handoffs_and_a_crash() {
+    let c = cluster()
+        .runtime_feed("user")
+        .sim_args(crate::HOSTILE_FEED)
+        .start()
+        .expect("cluster");
+    let s = c.status().unwrap();
+    let names: Vec<_> = s["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        ["feed-0", "user"],
+        "the app's connection is held: {s}"
+    );
+    for i in 0..100 {
+        let out = c.upgrade(None).unwrap();
+        assert!(out.success(), "upgrade {i}: {}", out.stderr);
+        assert!(
+            !out.stdout.contains("feeds "),
+            "upgrade {i} changed feeds: {}",
+            out.stdout
+        );
+    }
+    // Kept by name through every handoff: no new connection, nothing lost.
+    crate::assert_nothing_lost(&c.sim, 2);
+    c.sim.resume().unwrap();
+    // And through a crash: the recovery worker gets it with the others.
+    let dead = c.signal_worker(nix::sys::signal::Signal::SIGKILL).unwrap();
+    let s = crate::crashes::wait_replaced(&c, dead, std::time::Duration::from_secs(10));
+    assert_eq!(s["connections"].as_array().map(Vec::len), Some(2), "{s}");
+    crate::assert_connections_survived(&c, 2);
+}
+
+#[test]
+fn a_connection_past_its_maximum_age_is_reopened_without_an_upgrade() {
+    let c = cluster()
+        .sim_args(["--rate", "300"])
+        .worker_args(["--max-conn-age-ms", "1500"])
+        .start()
+        .expect("cluster");
+    let audit = handoff_testkit::wait_for(
+        "a second connection",
+        std::time::Duration::from_secs(20),
+        || {
+            let a = c.sim.audit()?;
+            Ok((a["connections_total"].as_u64() >= Some(2)).then_some(a))
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        audit["connections"][0]["closed_by"], "close_frame",
+        "{audit}"
+    );
+    let s = c.wait_serving(std::time::Duration::from_secs(10)).unwrap();
+    assert_eq!(s["handoffs"]["completed"], 0, "an upgrade was needed: {s}");
+    wait_for_more_acks(&c.sim, "acks on the new connection");
+    connections(&c);
+}

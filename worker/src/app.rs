@@ -39,6 +39,7 @@ pub struct Outbox<D = ()> {
     pub(crate) queued: Vec<(Target, Message)>,
     pub(crate) effects: Vec<Effect<D>>,
     pub(crate) timers: Vec<TimerOp>,
+    pub(crate) conns: Vec<crate::opened::ConnOp>,
 }
 
 impl<D> Default for Outbox<D> {
@@ -47,6 +48,7 @@ impl<D> Default for Outbox<D> {
             queued: Vec::new(),
             effects: Vec::new(),
             timers: Vec::new(),
+            conns: Vec::new(),
         }
     }
 }
@@ -80,6 +82,23 @@ impl<D> Outbox<D> {
         self.at(due, key);
     }
 
+    /// Open a connection named `name` to `url` (`ws://` or `wss://`) once
+    /// the callback returns: registered with the supervisor and handed over
+    /// like a configured feed; [`App::on_open`] follows once it is open. A
+    /// name already in use is refused (logged).
+    pub fn open(&mut self, name: impl Into<String>, url: impl Into<String>) {
+        self.conns.push(crate::opened::ConnOp::Open(crate::Feed {
+            name: name.into(),
+            url: url.into(),
+        }));
+    }
+
+    /// Close the connection named `name` with a close frame (it is not
+    /// opened again); [`App::on_closed`] follows.
+    pub fn close(&mut self, name: impl Into<String>) {
+        self.conns.push(crate::opened::ConnOp::Close(name.into()));
+    }
+
     /// Forget the pending timer `key`, if any.
     pub fn cancel(&mut self, key: impl Into<String>) {
         self.timers.push(TimerOp::Cancel { key: key.into() });
@@ -97,7 +116,10 @@ impl<D> Outbox<D> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queued.is_empty() && self.effects.is_empty() && self.timers.is_empty()
+        self.queued.is_empty()
+            && self.effects.is_empty()
+            && self.timers.is_empty()
+            && self.conns.is_empty()
     }
 }
 
@@ -172,6 +194,17 @@ pub trait App: Sized + Send + 'static {
     /// worker served fires at once with [`Timer::late`] set.
     fn on_timer(&mut self, timer: &Timer, out: &mut Outbox<Self::Done>) {
         let _ = (timer, out);
+    }
+
+    /// A connection ended (see [`crate::opened::Closed`] for why, and
+    /// whether it is opened again).
+    fn on_closed(
+        &mut self,
+        conn: &ConnInfo,
+        why: &crate::opened::Closed,
+        out: &mut Outbox<Self::Done>,
+    ) {
+        let _ = (conn, why, out);
     }
 
     /// This worker took over (after `Go`) in `mode`: reconcile what the

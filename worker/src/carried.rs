@@ -18,16 +18,27 @@ pub(crate) struct CarriedState {
     /// The feeds the writing build was configured with: (name, URL).
     #[serde(default)]
     pub feeds: Vec<(String, String)>,
+    /// Connections the app opened at run time: (name, URL).
+    #[serde(default)]
+    pub opened: Vec<(String, String)>,
+    /// When each connection was opened: (name, ms since the Unix epoch).
+    #[serde(default)]
+    pub since: Vec<(String, u64)>,
 }
 
 impl CarriedState {
-    pub(crate) fn of(timers: &Timers, feeds: &[crate::Feed]) -> CarriedState {
+    pub(crate) fn of(
+        timers: &Timers,
+        feeds: &[crate::Feed],
+        opened: &crate::opened::Opened,
+    ) -> CarriedState {
+        let pairs =
+            |fs: &[crate::Feed]| fs.iter().map(|f| (f.name.clone(), f.url.clone())).collect();
         CarriedState {
             timers: timers.pairs(),
-            feeds: feeds
-                .iter()
-                .map(|f| (f.name.clone(), f.url.clone()))
-                .collect(),
+            feeds: pairs(feeds),
+            opened: pairs(&opened.feeds),
+            since: opened.since.iter().map(|(n, &t)| (n.clone(), t)).collect(),
         }
     }
 
@@ -56,10 +67,13 @@ mod tests {
         let s = CarriedState {
             timers: vec![("a".into(), 5)],
             feeds: vec![("market".into(), "ws://x/ws".into())],
+            opened: vec![("user".into(), "ws://x/ws/key".into())],
+            since: vec![("market".into(), 42)],
         };
         let back = CarriedState::decode(&s.encode()).unwrap();
         assert_eq!(back.timers, s.timers);
         assert_eq!(back.feeds, s.feeds);
+        assert_eq!((back.opened, back.since), (s.opened, s.since));
         let later = Carried(br#"{"timers":[["b",7]],"from_a_later_build":1}"#.to_vec());
         assert_eq!(
             CarriedState::decode(&later).unwrap().timers,

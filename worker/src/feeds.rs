@@ -84,9 +84,18 @@ pub(crate) struct FeedPlan {
 
 /// Compare this build's `mine` with the `handed` connections (the previous
 /// build's feeds were `previous`, as it carried them).
-pub(crate) fn plan(mine: &[Feed], previous: &[(String, String)], handed: &[ConnInfo]) -> FeedPlan {
+pub(crate) fn plan(
+    mine: &[Feed],
+    previous: &[(String, String)],
+    opened: &[(String, String)],
+    handed: &[ConnInfo],
+) -> FeedPlan {
     let mut p = FeedPlan::default();
     for c in handed {
+        // Opened by the app at run time: the app's, not the configuration's.
+        if opened.iter().any(|(name, _)| *name == c.name) {
+            continue;
+        }
         match mine.iter().find(|f| f.name == c.name) {
             Some(f) if f.url == c.url => {}
             Some(f) => {
@@ -210,7 +219,7 @@ mod tests {
             conn(1, "book", "ws://x/old"),
             conn(2, "gone", "ws://x/g"),
         ];
-        let p = plan(&mine, &previous, &handed);
+        let p = plan(&mine, &previous, &[], &handed);
         assert_eq!(
             p.close.iter().map(|(id, _)| id.0).collect::<Vec<_>>(),
             [1, 2]
@@ -220,10 +229,19 @@ mod tests {
         assert!(p.changes[1].contains("gone (ws://x/g): not in this build's configuration"));
         assert!(p.changes[2].contains("extra (ws://x/e): new in this build"));
         // The same configuration on both sides: nothing to say or do.
-        let same = plan(&mine[..1], &previous[..1], &handed[..1]);
+        let same = plan(&mine[..1], &previous[..1], &[], &handed[..1]);
         assert_eq!(same, FeedPlan::default());
         // A feed the previous build had but whose connection is gone (a
         // crash tore it) is opened again without being called new.
-        assert!(plan(&mine[..1], &previous[..1], &[]).changes.is_empty());
+        assert!(plan(&mine[..1], &previous[..1], &[], &[])
+            .changes
+            .is_empty());
+        // A connection the app opened at run time is the app's: kept.
+        let opened = [("user".to_string(), "ws://x/u".to_string())];
+        let user = [conn(5, "user", "ws://x/u")];
+        assert_eq!(
+            plan(&mine[..1], &previous[..1], &opened, &user),
+            FeedPlan::default()
+        );
     }
 }

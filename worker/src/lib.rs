@@ -24,6 +24,9 @@
 //!   [`Outbox::after`] / [`Outbox::at`] and gets [`App::on_timer`]; the
 //!   library hands pending timers over with the state, so each fires once
 //!   across handoffs, in the worker that serves when it is due;
+//! - **connections at run time** ([`opened`]): [`Outbox::open`] and
+//!   [`Outbox::close`] by name, handed over like configured feeds (matched
+//!   by name: [`feeds`]); [`App::on_closed`] for every end;
 //! - **orphaned**: should the supervisor go away, the worker serves on and
 //!   waits on an orphan socket in the state directory for the next supervisor
 //!   to adopt it ([`orphan`]); `serving.lock` there, held by the one worker
@@ -76,6 +79,7 @@ pub mod error;
 pub mod fault;
 pub mod feeds;
 pub mod link;
+pub mod opened;
 pub mod orphan;
 pub mod serve;
 pub mod settings;
@@ -86,9 +90,10 @@ pub mod tls;
 
 pub use app::{App, AppError, Effect, Outbox};
 pub use conn::Feed;
-pub use feeds::FeedSpecError;
 pub use error::{RestoreError, WorkerError};
+pub use feeds::FeedSpecError;
 pub use handoff_protocol as protocol;
+pub use opened::Closed;
 pub use settings::Settings;
 pub use start::{run, Ended};
 pub use timers::Timer;

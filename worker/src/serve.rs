@@ -75,6 +75,9 @@ pub(crate) struct Worker<A: App> {
     pub(crate) timers: crate::timers::Timers,
     /// The feeds this build is configured with (see [`crate::feeds`]).
     pub(crate) configured: Vec<crate::Feed>,
+    /// Connections the app opened, and every connection's age (see
+    /// [`crate::opened`]).
+    pub(crate) opened: crate::opened::Opened,
     pub(crate) settings: Settings,
     /// Round-robin start for fairness between connections.
     next_poll: usize,
@@ -83,7 +86,7 @@ pub(crate) struct Worker<A: App> {
     deferred: Vec<Effect<A::Done>>,
     gate: EffectGate,
     /// Feeds whose connection was lost, to re-open (and re-subscribe).
-    lost: Vec<crate::conn::Feed>,
+    pub(crate) lost: Vec<crate::conn::Feed>,
     /// Schema of checkpoints, when the supervisor asked for another one.
     checkpoint_schema: Option<u32>,
     /// Lowest id a new connection may take: ids are never reused by a
@@ -112,6 +115,7 @@ impl<A: App> Worker<A> {
             adoption_deadline: None,
             timers: Default::default(),
             configured: Vec::new(),
+            opened: Default::default(),
             settings,
             next_poll: 0,
             effects: FuturesUnordered::new(),
@@ -155,6 +159,8 @@ impl<A: App> Worker<A> {
         checkpoint.reset();
         let mut reconnect = interval(self.settings.reconnect_interval);
         reconnect.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut age_check = interval(self.settings.reconnect_interval);
+        age_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut sigterm = signal(SignalKind::terminate()).map_err(WorkerError::Signals)?;
         let mut sigint = signal(SignalKind::interrupt()).map_err(WorkerError::Signals)?;
         if crate::fault::hit(crate::fault::FaultPoint::Serving).await
@@ -226,6 +232,13 @@ impl<A: App> Worker<A> {
                     self.write_outbox(out).await;
                 }
                 _ = reconnect.tick(), if !self.lost.is_empty() => self.reopen_lost().await,
+                _ = std::future::ready(()), if !self.opened.pending.is_empty() => self.open_pending().await,
+                _ = std::future::ready(()), if !self.opened.notices.is_empty() => {
+                    for out in self.tell_app_closed() {
+                        self.write_outbox(out).await;
+                    }
+                }
+                _ = age_check.tick(), if self.settings.max_conn_age.is_some() => self.rotate_aged().await,
                 _ = sigterm.recv() => if self.on_stop_signal("SIGTERM") { return self.stop().await },
                 _ = sigint.recv() => if self.on_stop_signal("SIGINT") { return self.stop().await },
             }
@@ -284,6 +297,7 @@ impl<A: App> Worker<A> {
             EffectGate::Held => self.deferred.extend(out.effects),
         }
         self.timers.apply(out.timers);
+        self.apply_conn_ops(out.conns).await;
         for (target, msg) in out.queued {
             let found = match &target {
                 Target::Id(id) => self.conns.iter().position(|c| c.info.id == *id),
@@ -306,18 +320,22 @@ impl<A: App> Worker<A> {
             name: conn.info.name.clone(),
             url: conn.info.url.clone(),
         });
+        self.opened.since.remove(&conn.info.name);
         self.tell(&FromWorker::Unregister {
             id: conn.info.id,
-            reason,
+            reason: reason.clone(),
         })
         .await;
+        self.opened
+            .notices
+            .push((conn.info, crate::opened::Closed::Lost(reason)));
         Ok(())
     }
 
     /// What the library carries beside the app's snapshot (see
     /// [`crate::carried`]).
     fn carried(&self) -> handoff_protocol::worker::Carried {
-        crate::carried::CarriedState::of(&self.timers, &self.configured).encode()
+        crate::carried::CarriedState::of(&self.timers, &self.configured, &self.opened).encode()
     }
 
     /// Send `msg` to the supervisor, if there is one. A failed send means it

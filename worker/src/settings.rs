@@ -46,6 +46,11 @@ pub struct Settings {
     /// past it the connection is dropped and the socket listens again. The
     /// worker serves on throughout.
     pub adoption_timeout: Duration,
+    /// Close and reopen a connection once it is this old (with a close
+    /// frame, the app told through `on_closed` and `on_open`), without an
+    /// upgrade: Binance cuts every connection after 24 h, and a planned
+    /// reconnect is better than a cut. `None`: never.
+    pub max_conn_age: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -62,6 +67,7 @@ impl Default for Settings {
             close_timeout: Duration::from_secs(2),
             reconnect_interval: Duration::from_secs(1),
             adoption_timeout: Duration::from_secs(5),
+            max_conn_age: None,
         }
     }
 }

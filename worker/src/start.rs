@@ -146,18 +146,26 @@ async fn take_over<A: App>(
     };
     // Feeds by name: what changes after Go is said now (see `feeds`).
     let handed: Vec<_> = conns.iter().map(|c| c.info.clone()).collect();
-    let feed_plan = crate::feeds::plan(&feeds, &carried.feeds, &handed);
+    let feed_plan = crate::feeds::plan(&feeds, &carried.feeds, &carried.opened, &handed);
     info!(?mode, conns = conns.len(), "restored; ready");
     let mut worker = Worker::new(app, settings, Some(link));
     worker.configured = feeds.clone();
     worker.report_feed_changes(&feed_plan).await;
     let Some(link) = worker.link.as_mut() else {
-        return Err(WorkerError::SupervisorGone { when: "before Ready" });
+        return Err(WorkerError::SupervisorGone {
+            when: "before Ready",
+        });
     };
     link.send(&FromWorker::Ready).await?;
     fault::hit(FaultPoint::AfterReady).await;
     worker.adopt(conns);
     worker.timers = crate::timers::Timers::from_pairs(carried.timers);
+    worker.opened.feeds = carried
+        .opened
+        .into_iter()
+        .map(|(name, url)| Feed { name, url })
+        .collect();
+    worker.opened.since = carried.since.into_iter().collect();
     // Nothing is consumed (or written) before Go: until then the old worker
     // may still be thawed and carry on.
     if !worker.await_go().await? {
@@ -171,9 +179,12 @@ async fn take_over<A: App>(
     }
     worker.drop_stale(stale).await?;
     worker.close_unwanted(feed_plan).await;
-    // Feeds this build wants that it holds no connection for.
+    // Feeds this build wants, and connections the app opened, that no
+    // connection is held for (a crash tore it, or it is new).
+    let opened = worker.opened.feeds.clone();
     let missing: Vec<Feed> = feeds
         .into_iter()
+        .chain(opened)
         .filter(|f| !worker.conns().iter().any(|c| c.info.name == f.name))
         .collect();
     worker.open_feeds(&missing).await?;
@@ -253,6 +264,7 @@ impl<A: App> Worker<A> {
             let id = self.next_conn_id();
             let conn = Conn::open(id, feed, &self.settings).await?;
             info!(conn = %conn.info.id, name = %conn.info.name, peer = %conn.info.peer, "connected");
+            self.opened_now(&conn.info.name);
             self.register(&conn).await;
             let mut out = Outbox::default();
             self.app.on_open(&conn.info, &mut out);

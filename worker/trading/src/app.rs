@@ -33,6 +33,9 @@ pub struct Trader<const S: u32> {
     /// With `--timer-every`: a timer `tick-<n>` every so often, each one
     /// reported to the exchange on `feed-0` (see [`Trader::on_timer`]).
     pub timer_every: Option<std::time::Duration>,
+    /// With `--runtime-feed`: connections this app opens itself on a fresh
+    /// start (see [`Trader::on_open`]).
+    pub runtime_feeds: Vec<handoff_worker::Feed>,
 }
 
 impl<const S: u32> Trader<S> {
@@ -55,6 +58,7 @@ impl<const S: u32> Trader<S> {
             strategy,
             rest,
             timer_every: None,
+            runtime_feeds: Vec::new(),
         }
     }
 
@@ -189,9 +193,23 @@ impl<const S: u32> App for Trader<S> {
         out.send(conn.id, Message::text(subscribe(&self.symbols)));
         // The first connection of a fresh start (ids are never reused)
         // starts the ticks; each tick schedules the next.
-        if let (Some(every), 0) = (self.timer_every, conn.id.0) {
-            out.after(every, tick_key(0));
+        if conn.id.0 == 0 {
+            if let Some(every) = self.timer_every {
+                out.after(every, tick_key(0));
+            }
+            for f in &self.runtime_feeds {
+                out.open(f.name.clone(), f.url.clone());
+            }
         }
+    }
+
+    fn on_closed(
+        &mut self,
+        conn: &ConnInfo,
+        why: &handoff_worker::Closed,
+        _out: &mut Outbox<OrderEvent>,
+    ) {
+        tracing::info!(conn = %conn.id, name = %conn.name, ?why, "connection ended");
     }
 
     /// `tick-<n>`: tell the exchange (which counts each key; a tick that

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use handoff_worker::{App, Ended, Feed, Settings};
 
-
 /// The build label `supervisorctl status` shows: `HANDOFF_BUILD_ID` if a
 /// deploy pipeline set it, else `default`.
 pub fn build_id(default: impl FnOnce() -> String) -> String {

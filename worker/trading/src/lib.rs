@@ -78,6 +78,15 @@ pub struct Args {
     /// handoffs shows in its audit.
     #[arg(long, value_parser = parse_ms)]
     pub timer_every: Option<std::time::Duration>,
+    /// A connection the app opens itself once it starts fresh, `NAME=URL`
+    /// (as a bot opens a user-data stream whose URL it learnt at run time):
+    /// not part of the configuration, handed over by name all the same.
+    #[arg(long = "runtime-feed")]
+    pub runtime_feeds: Vec<String>,
+    /// Close and reopen a connection once it is this old, without an
+    /// upgrade (Binance cuts connections at 24 h).
+    #[arg(long, value_parser = parse_ms)]
+    pub max_conn_age_ms: Option<std::time::Duration>,
 }
 
 fn parse_ms(s: &str) -> Result<std::time::Duration, String> {
@@ -110,6 +119,7 @@ fn main_with<const S: u32>() -> ExitCode {
         checkpoint_interval: args.checkpoint_ms,
         ca_file: args.ca_file.clone(),
         kernel_tls: args.kernel_tls,
+        max_conn_age: args.max_conn_age_ms,
         ..Settings::default()
     };
     let mut strategy = state::Strategy::default();
@@ -126,10 +136,18 @@ fn main_with<const S: u32>() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let runtime_feeds = match handoff_worker::Feed::from_specs(&args.runtime_feeds) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("trading-worker: --runtime-feed: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let (symbols, ack, timer_every) = (args.symbols.clone(), args.ack, args.timer_every);
     let fresh = move || {
         let mut t = Trader::<S>::new(symbols, ack, strategy, rest);
         t.timer_every = timer_every;
+        t.runtime_feeds = runtime_feeds;
         t
     };
     launch::run_main("trading-worker", &args.feeds, settings, fresh)
