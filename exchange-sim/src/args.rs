@@ -10,14 +10,17 @@ use std::path::PathBuf;
 #[derive(clap::Parser, Debug, Clone)]
 #[command(
     name = "exchange-sim",
-    about = "Adversarial Binance-style websocket trade feed and REST order API, with audits"
+    about = "Adversarial Binance-style websocket trade feed and REST order API, with audits",
+    after_help = AFTER_HELP
 )]
 pub struct Args {
     /// Address to listen on (websocket and HTTP share the port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
 
-    /// Comma-separated symbols; each is served as the stream `<symbol>@trade`.
+    /// Comma-separated symbols; each is served as the trade stream
+    /// `<symbol>@trade` and the diff streams `<symbol>@depth@100ms` and
+    /// `<symbol>@depth`.
     #[arg(long, value_delimiter = ',', default_value = "btcusdt,ethusdt")]
     pub symbols: Vec<String>,
 
@@ -65,6 +68,35 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub order_reject_every: u64,
 
+    /// Milliseconds between two diff events of each symbol's order book
+    /// (both `@depth@100ms` and `@depth` follow it; paused by `/pause`).
+    #[arg(long, value_name = "MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub depth_every_ms: u64,
+
+    /// A listen key not kept alive (`PUT /api/v3/userDataStream`) within
+    /// this many milliseconds expires (Binance: 60 minutes).
+    #[arg(long, value_name = "MS", default_value_t = 3_600_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub listen_key_ttl_ms: u64,
+
+    /// Close every websocket this many milliseconds after its upgrade
+    /// (user-data streams get a `serverShutdown` event first; Binance: 24 h).
+    /// 0 = never.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub max_conn_age_ms: u64,
+
+    /// Send a ping every this many milliseconds on every websocket, besides
+    /// `--ping-every` (Binance: 20 s). 0 = never.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub ping_every_ms: u64,
+
+    /// With `--ping-every-ms`: close a websocket that has not answered a ping
+    /// with its pong within this many milliseconds (Binance: 1 minute).
+    #[arg(long, value_name = "MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub pong_timeout_ms: u64,
+
     /// Also serve TLS (wss:// and https://) on the same port, with a
     /// self-signed CA and a `localhost`/`127.0.0.1`/`::1` certificate generated
     /// at start (keys stay in memory). A connection whose first byte is a TLS
@@ -105,6 +137,27 @@ pub struct Args {
     pub key_update_every: u64,
 }
 
+/// What `--help` says after the flags: the endpoints (details in the crate
+/// documentation).
+const AFTER_HELP: &str = "\
+Websocket (any path; /ws/<listenKey> is a user-data stream):
+  SUBSCRIBE <symbol>@trade, <symbol>@depth@100ms, <symbol>@depth (diffs every
+  --depth-every-ms, Binance's depthUpdate shape, update ids per symbol and
+  exchange-wide); ack with {\"method\":\"ack\",\"stream\":S,\"t\":T} (trades) or
+  {\"method\":\"ack\",\"stream\":S,\"u\":U} (diffs).
+HTTP on the same port:
+  GET  /audit[?wait_acked_ms=N]  /pause  /resume  /health
+  POST/GET/DELETE /api/v3/order   GET /api/v3/positions   GET /orders/audit
+  GET  /api/v3/depth?symbol=S[&limit=N]      snapshot (default 100, max 5000)
+  GET  /api/v3/depth/digest?symbol=S         {lastUpdateId, digest}: CRC-32 of
+       \"<price>:<qty>;\"... bids best first, \"|\", asks best first, amounts as
+       rust_decimal normalize().to_string()
+  POST /api/v3/userDataStream  PUT|DELETE /api/v3/userDataStream?listenKey=K
+       user-data websocket /ws/<listenKey>: executionReport per order event,
+       listenKeyExpired after --listen-key-ttl-ms without a keep-alive
+  POST|GET /control/depth_burst?symbol=S&n=N  N diffs back to back
+  POST|GET /control/server_shutdown  serverShutdown + close every websocket";
+
 impl Default for Args {
     fn default() -> Self {
         <Args as clap::Parser>::parse_from(["exchange-sim"])
@@ -112,7 +165,8 @@ impl Default for Args {
 }
 
 impl Args {
-    /// Stream names served, in flag order, without duplicates or empty entries.
+    /// Trade stream names served, in flag order, without duplicates or
+    /// empty entries.
     pub fn stream_names(&self) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
         for symbol in &self.symbols {
@@ -156,6 +210,66 @@ mod tests {
             ]
         );
         assert_eq!(a.key_update_every, 0);
+        assert_eq!(a.depth_every_ms, 100);
+        assert_eq!(a.listen_key_ttl_ms, 3_600_000);
+        assert_eq!((a.max_conn_age_ms, a.ping_every_ms), (0, 0));
+        assert_eq!(a.pong_timeout_ms, 60_000);
+    }
+
+    #[test]
+    fn help_lists_the_endpoints() {
+        let help = <Args as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        for needle in [
+            "--depth-every-ms",
+            "--listen-key-ttl-ms",
+            "--max-conn-age-ms",
+            "--ping-every-ms",
+            "--pong-timeout-ms",
+            "@depth@100ms",
+            "/api/v3/depth?symbol=S",
+            "/api/v3/depth/digest",
+            "/api/v3/userDataStream",
+            "/ws/<listenKey>",
+            "/control/depth_burst",
+            "/control/server_shutdown",
+        ] {
+            assert!(help.contains(needle), "--help lacks {needle}");
+        }
+    }
+
+    #[test]
+    fn depth_and_lifetime_flags() {
+        let a = Args::parse_from([
+            "x",
+            "--depth-every-ms",
+            "5",
+            "--listen-key-ttl-ms",
+            "300",
+            "--max-conn-age-ms",
+            "1000",
+            "--ping-every-ms",
+            "20",
+            "--pong-timeout-ms",
+            "200",
+        ]);
+        assert_eq!((a.depth_every_ms, a.listen_key_ttl_ms), (5, 300));
+        assert_eq!(
+            (a.max_conn_age_ms, a.ping_every_ms, a.pong_timeout_ms),
+            (1000, 20, 200)
+        );
+        for bad in [
+            ["--depth-every-ms", "0"],
+            ["--listen-key-ttl-ms", "0"],
+            ["--pong-timeout-ms", "0"],
+            ["--ping-every-ms", "soon"],
+        ] {
+            assert!(
+                Args::try_parse_from(["x", bad[0], bad[1]]).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! protocol error only desynchronises (and stops parsing) its own connection.
 
 use crate::audit::TLS_ERROR_PREFIX;
+use crate::lifetime::Pongs;
 use crate::requests::{interpret, Request};
 use crate::state::{signalled, unix_ms, Shared};
 use crate::tls;
@@ -114,8 +115,8 @@ pub enum Incoming {
     Binary(usize),
     /// A ping with its payload.
     Ping(Vec<u8>),
-    /// A pong.
-    Pong,
+    /// A pong with its payload.
+    Pong(Vec<u8>),
     /// A close frame with its status code, if any.
     Close(Option<u16>),
 }
@@ -138,7 +139,7 @@ impl Assembler {
                 Ok(Some(Incoming::Close(code)))
             }
             9 => Ok(Some(Incoming::Ping(frame.payload))),
-            10 => Ok(Some(Incoming::Pong)),
+            10 => Ok(Some(Incoming::Pong(frame.payload))),
             0 => {
                 let Some((is_text, mut data)) = self.partial.take() else {
                     return Err("continuation frame without a message in progress".into());
@@ -250,6 +251,7 @@ pub async fn read_loop<R: AsyncRead + Unpin>(
     initial: Vec<u8>,
     tx: mpsc::Sender<Command>,
     tls: bool,
+    pongs: &Pongs,
 ) {
     let mut rd = Source { rd, tls };
     let mut shutdown = shared.shutdown();
@@ -267,7 +269,7 @@ pub async fn read_loop<R: AsyncRead + Unpin>(
                 Ok(None) => break,
                 Err(e) => break 'conn desynchronised(shared, id, &e, &mut rd, &mut shutdown).await,
             };
-            match handle_frame(shared, id, &mut assembler, frame, &tx).await {
+            match handle_frame(shared, id, &mut assembler, frame, (&tx, pongs)).await {
                 Ok(None) => {}
                 Ok(Some(reason)) => break 'conn Some(reason),
                 Err(e) => break 'conn desynchronised(shared, id, &e, &mut rd, &mut shutdown).await,
@@ -315,7 +317,7 @@ async fn handle_frame(
     id: u64,
     assembler: &mut Assembler,
     frame: RawFrame,
-    tx: &mpsc::Sender<Command>,
+    (tx, pongs): (&mpsc::Sender<Command>, &Pongs),
 ) -> Result<Option<String>, String> {
     let masked = frame.masked;
     shared.audit(|a| {
@@ -330,11 +332,14 @@ async fn handle_frame(
         Some(Incoming::Ping(payload)) => {
             let _ = tx.send(Command::Pong(payload)).await;
         }
-        Some(Incoming::Pong) => shared.audit(|a| {
-            if let Some(c) = a.conn(id) {
-                c.pongs_received += 1;
-            }
-        }),
+        Some(Incoming::Pong(payload)) => {
+            pongs.received(&payload);
+            shared.audit(|a| {
+                if let Some(c) = a.conn(id) {
+                    c.pongs_received += 1;
+                }
+            });
+        }
         Some(Incoming::Close(code)) => {
             let _ = tx.send(Command::Close(code)).await;
             return Ok(Some("close_frame".into()));
@@ -344,9 +349,15 @@ async fn handle_frame(
                 c.other_messages += 1;
             }
         }),
-        Some(Incoming::Text(text)) => match interpret(&text, &shared.config.streams)? {
+        Some(Incoming::Text(text)) => match interpret(&text, &shared.config.all_streams)? {
             Request::Ack { stream, t } => {
                 shared.audit(|a| a.ack(id, &stream, t, Instant::now(), unix_ms()));
+                shared.notify_progress();
+            }
+            Request::DepthAck { stream, u } => {
+                let depth = &shared.depth;
+                let seq = (depth.index_of_stream(&stream)).and_then(|i| depth.seq_of(i, u));
+                shared.audit(|a| a.depth_ack(id, &stream, (seq, u), Instant::now(), unix_ms()));
                 shared.notify_progress();
             }
             Request::Subscribe { streams, response } => {

@@ -1,13 +1,18 @@
-//! One websocket connection: the writer loop (paced trade feed, replies,
-//! pings, TLS key updates) running alongside the client reader, over a plain
+//! One websocket connection: the writer loop (paced trade feed, diff
+//! streams, user-data events, replies, pings, TLS key updates, the
+//! connection's lifetime) running alongside the client reader, over a plain
 //! or a TLS stream alike.
 
 use crate::audit::TLS_ERROR_PREFIX;
 use crate::client_reader::{self, Command};
+use crate::depth::feed::{DepthSubs, PullError};
 use crate::feed::TradeGenerator;
 use crate::frames::{ChunkedWriter, Encoder};
+use crate::lifetime::{LifeEvent, Lifetime, Pongs};
+use crate::pacer::Pacer;
 use crate::state::{signalled, unix_ms, Shared};
 use crate::tls::{self, KeyUpdates};
+use crate::user_stream::UserEvent;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +20,13 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
+
+/// How long a client may take to answer a close frame the server sent
+/// (after `--max-conn-age-ms`, a pong timeout, a kick) before the socket is
+/// dropped anyway.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Most user-data events written in one go.
+const USER_BATCH: u64 = 256;
 
 /// What a connection runs over.
 #[derive(Debug, Clone, Default)]
@@ -26,8 +38,18 @@ pub struct Transport {
     pub key_updates: Option<(Arc<KeyUpdates>, u64)>,
 }
 
+/// The user-data side of a connection on `/ws/<listenKey>`.
+#[derive(Debug)]
+pub struct UserSide {
+    /// The listen key.
+    pub key: String,
+    /// Events from the registry.
+    pub events: mpsc::UnboundedReceiver<UserEvent>,
+}
+
 /// Serve upgraded connection `id` (already registered in the audit) until it
-/// closes. `initial` holds bytes the client sent right after its upgrade request.
+/// closes. `initial` holds bytes the client sent right after its upgrade
+/// request; `user` is set on a user-data stream.
 pub async fn serve<S>(
     shared: Arc<Shared>,
     id: u64,
@@ -35,64 +57,32 @@ pub async fn serve<S>(
     peer: SocketAddr,
     initial: Vec<u8>,
     transport: Transport,
+    user: Option<UserSide>,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
     tracing::info!(conn = id, %peer, tls = transport.tls, "websocket connection open");
     let (rd, wr) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel(256);
-    tokio::join!(
-        client_reader::read_loop(&shared, id, rd, initial, tx, transport.tls),
-        write_loop(&shared, id, wr, rx, &transport),
-    );
+    let pongs = Pongs::default();
+    let life = Lifetime::new(&shared.config, Instant::now(), shared.kicks());
+    let reader = client_reader::read_loop(&shared, id, rd, initial, tx, transport.tls, &pongs);
+    let writer = write_loop(&shared, id, wr, rx, &transport, user, (life, &pongs));
+    tokio::pin!(reader, writer);
+    let (mut reader_done, mut server_closed) = (false, None);
+    while !reader_done || server_closed.is_none() {
+        tokio::select! {
+            () = &mut reader, if !reader_done => reader_done = true,
+            closed = &mut writer, if server_closed.is_none() => server_closed = Some(closed),
+        }
+        if !reader_done && server_closed == Some(true) {
+            // Our close frame is out: the client gets a moment to answer it.
+            let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader).await;
+            break;
+        }
+    }
     shared.notify_progress();
     tracing::info!(conn = id, "websocket connection done");
-}
-
-/// Paces trade emission at `rate` per second per stream, in batches.
-struct Pacer {
-    rate: u64,
-    base: Instant,
-    emitted: u64,
-}
-
-impl Pacer {
-    fn new(rate: u32) -> Self {
-        Self {
-            rate: u64::from(rate.max(1)),
-            base: Instant::now(),
-            emitted: 0,
-        }
-    }
-
-    /// Restart the schedule (after subscribing or resuming) without a backlog.
-    fn reset(&mut self) {
-        self.base = Instant::now();
-        self.emitted = 0;
-    }
-
-    /// Trades per stream due now. A backlog (slow reader) is capped at 50 ms
-    /// worth: the rate drops, ids are never skipped.
-    fn due(&mut self) -> u64 {
-        let elapsed = Instant::now()
-            .saturating_duration_since(self.base)
-            .as_nanos();
-        let due_total = u64::try_from(elapsed * u128::from(self.rate) / 1_000_000_000)
-            .unwrap_or(u64::MAX)
-            .saturating_add(1);
-        let cap = (self.rate / 20).max(1);
-        let mut n = due_total.saturating_sub(self.emitted);
-        if n > cap {
-            self.emitted = due_total - cap;
-            n = cap;
-        }
-        self.emitted += n;
-        n
-    }
-
-    fn period(&self) -> Duration {
-        Duration::from_nanos(1_000_000_000 / self.rate).max(Duration::from_millis(1))
-    }
 }
 
 fn write_error_reason(e: &io::Error, tls: bool) -> String {
@@ -117,6 +107,9 @@ enum Next {
     Continue,
     /// Flush what is buffered, shut the write side down, and stop.
     Finish,
+    /// Like `Finish`, the server closing on its own account: the reader
+    /// then only gets [`CLOSE_GRACE`] to see the client's answer.
+    Closing,
     /// Stop without writing anything more.
     Stop,
 }
@@ -126,6 +119,9 @@ struct Writer<'a> {
     id: u64,
     encoder: Encoder,
     generators: Vec<TradeGenerator>,
+    depth: DepthSubs,
+    /// The listen key, on a user-data stream.
+    user_key: Option<String>,
     pacer: Pacer,
     buf: Vec<u8>,
     pings: u64,
@@ -155,6 +151,9 @@ impl Writer<'_> {
                 let first = self.generators.is_empty();
                 let cfg = &self.shared.config;
                 for stream in streams {
+                    if self.depth.add(&self.shared.depth, &stream) {
+                        continue;
+                    }
                     if !self.generators.iter().any(|g| g.stream() == stream) {
                         let g = TradeGenerator::new(&stream, cfg.seed, cfg.last_trade);
                         self.generators.push(g);
@@ -180,6 +179,124 @@ impl Writer<'_> {
         self.shared.audit(|a| a.close(self.id, "shutdown"));
         self.encoder.push_close(1001, "shutdown", &mut self.buf)?;
         Ok(Next::Finish)
+    }
+
+    /// Close on the server's account: record `reason`, then a close frame.
+    fn close(&mut self, reason: &str, code: u16, text: &str) -> io::Result<Next> {
+        self.shared.audit(|a| a.close(self.id, reason));
+        self.encoder.push_close(code, text, &mut self.buf)?;
+        Ok(Next::Closing)
+    }
+
+    /// Binance's `serverShutdown` event: raw on a user-data stream, on the
+    /// `!serverShutdown` stream of a market-data (combined) connection.
+    fn server_shutdown_event(&mut self) -> io::Result<()> {
+        let data = format!("{{\"e\":\"serverShutdown\",\"E\":{}}}", unix_ms());
+        let text = match self.user_key {
+            Some(_) => data,
+            None => format!("{{\"stream\":\"!serverShutdown\",\"data\":{data}}}"),
+        };
+        self.push_text(text)
+    }
+
+    /// What the connection's lifetime asks for.
+    fn lifetime(
+        &mut self,
+        event: LifeEvent,
+        life: &mut Lifetime,
+        pongs: &Pongs,
+    ) -> io::Result<Next> {
+        match event {
+            LifeEvent::Recheck => Ok(Next::Continue),
+            LifeEvent::Ping => {
+                self.encoder.push_ping(&mut self.buf)?;
+                self.pings += 1;
+                life.pinged(pongs);
+                Ok(Next::Continue)
+            }
+            LifeEvent::PongTimeout => self.close(event.close_reason(), 1008, "pong timeout"),
+            LifeEvent::MaxAge => {
+                if self.user_key.is_some() {
+                    self.server_shutdown_event()?;
+                }
+                self.close(event.close_reason(), 1001, "max connection age")
+            }
+            LifeEvent::Kicked => {
+                self.server_shutdown_event()?;
+                self.close(event.close_reason(), 1001, "server shutdown")
+            }
+        }
+    }
+
+    /// Encode the diffs waiting for this connection (a slice of them);
+    /// records them as sent first, like trades.
+    fn pull_depth(&mut self) -> io::Result<Next> {
+        let shared = self.shared;
+        let mut subs = std::mem::take(&mut self.depth);
+        let pulled = subs.pull(&shared.depth, |event, stream, symbol| {
+            let text = event.encode(stream, symbol, self.encoder.next_pad());
+            self.push_text(text)
+        });
+        self.depth = subs;
+        match pulled {
+            Ok(sent) => {
+                if !sent.is_empty() {
+                    shared.audit(|a| {
+                        for s in &sent {
+                            a.depth_sent(
+                                self.id,
+                                &s.stream,
+                                s.first_seq,
+                                s.count,
+                                (s.first_u, s.last_u),
+                            );
+                        }
+                    });
+                }
+                Ok(Next::Continue)
+            }
+            Err(PullError::Io(e)) => Err(e),
+            Err(PullError::Lagged { stream, behind }) => {
+                let reason = format!("error: slow consumer: {stream} fell {behind} diffs behind");
+                self.close(&reason, 1008, "slow consumer")
+            }
+        }
+    }
+
+    /// A user-data event, and those queued behind it.
+    fn user_event(
+        &mut self,
+        first: Option<UserEvent>,
+        events: &mut mpsc::UnboundedReceiver<UserEvent>,
+    ) -> io::Result<Next> {
+        let mut next = first;
+        let mut sent: u64 = 0;
+        let outcome = loop {
+            match next {
+                Some(UserEvent::Report(text)) => {
+                    self.push_text(text.to_string())?;
+                    sent += 1;
+                }
+                Some(UserEvent::Expired(text)) => {
+                    self.push_text(text.to_string())?;
+                    break self.close("listen_key_expired", 1000, "listenKey expired");
+                }
+                Some(UserEvent::Closed) | None => {
+                    break self.close("listen_key_closed", 1000, "listenKey closed");
+                }
+            }
+            if sent >= USER_BATCH {
+                break Ok(Next::Continue);
+            }
+            match events.try_recv() {
+                Ok(event) => next = Some(event),
+                Err(_) => break Ok(Next::Continue),
+            }
+        };
+        if sent > 0 {
+            self.shared.audit(|a| a.user_events_sent(self.id, sent));
+        }
+        outcome
     }
 
     fn feeding(&self) -> bool {
@@ -248,21 +365,31 @@ async fn write_out<W: AsyncWrite + Unpin>(
     }
 }
 
+/// The writer of connection `id`; true if it ended by closing on the
+/// server's account (the reader then gets [`CLOSE_GRACE`]).
 async fn write_loop<W: AsyncWrite + Unpin>(
     shared: &Shared,
     id: u64,
     wr: W,
     mut rx: mpsc::Receiver<Command>,
     transport: &Transport,
-) {
+    user: Option<UserSide>,
+    (mut life, pongs): (Lifetime, &Pongs),
+) -> bool {
     let cfg = &shared.config;
     let mut out = ChunkedWriter::new(wr, cfg.max_chunk, shaping_seed(cfg.seed, id, 1));
     let key_updates = transport.key_updates.as_ref().map(|(k, _)| k.as_ref());
+    let (user_key, mut user_events) = match user {
+        Some(u) => (Some(u.key), Some(u.events)),
+        None => (None, None),
+    };
     let mut w = Writer {
         shared,
         id,
         encoder: Encoder::new(cfg.shaping, shaping_seed(cfg.seed, id, 2)),
         generators: Vec::new(),
+        depth: DepthSubs::default(),
+        user_key,
         pacer: Pacer::new(cfg.rate),
         buf: Vec::new(),
         pings: 0,
@@ -272,35 +399,57 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let mut paused_rx = shared.paused();
     let mut paused = *paused_rx.borrow_and_update();
     let mut pause_switch_alive = true;
+    let mut depth_rx = shared.depth.watch();
+    let mut depth_alive = true;
     let mut shutdown = shared.shutdown();
     let mut ticker = tokio::time::interval(w.pacer.period());
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // A lifetime event that fired while a write was in progress.
+    let mut held: Option<LifeEvent> = None;
     loop {
         let feeding = !paused && w.feeding();
-        let next = tokio::select! {
-            biased;
-            () = signalled(&mut shutdown) => w.going_away(),
-            cmd = rx.recv() => {
-                // The reader also stops on shutdown, and tokio's task budget can
-                // let its hang-up win over the (biased) shutdown branch.
-                if cmd.is_none() && *shutdown.borrow() {
-                    w.going_away()
-                } else {
-                    w.handle(cmd)
-                }
-            }
-            changed = paused_rx.changed(), if pause_switch_alive => {
-                pause_switch_alive = changed.is_ok();
-                if pause_switch_alive {
-                    let was = paused;
-                    paused = *paused_rx.borrow_and_update();
-                    if was && !paused {
-                        w.pacer.reset();
+        let depth_waits = depth_alive && !w.depth.is_empty() && !w.depth.pending();
+        let next = if let Some(event) = held.take() {
+            w.lifetime(event, &mut life, pongs)
+        } else {
+            tokio::select! {
+                biased;
+                () = signalled(&mut shutdown) => w.going_away(),
+                cmd = rx.recv() => {
+                    // The reader also stops on shutdown, and tokio's task budget can
+                    // let its hang-up win over the (biased) shutdown branch.
+                    if cmd.is_none() && *shutdown.borrow() {
+                        w.going_away()
+                    } else {
+                        w.handle(cmd)
                     }
                 }
-                Ok(Next::Continue)
+                event = life.next(pongs, true) => w.lifetime(event, &mut life, pongs),
+                changed = paused_rx.changed(), if pause_switch_alive => {
+                    pause_switch_alive = changed.is_ok();
+                    if pause_switch_alive {
+                        let was = paused;
+                        paused = *paused_rx.borrow_and_update();
+                        if was && !paused {
+                            w.pacer.reset();
+                        }
+                    }
+                    Ok(Next::Continue)
+                }
+                event = recv_user(&mut user_events) => match user_events.as_mut() {
+                    Some(events) => w.user_event(event, events),
+                    None => Ok(Next::Continue),
+                },
+                changed = depth_rx.changed(), if depth_waits => match changed {
+                    Ok(()) => w.pull_depth(),
+                    Err(_) => {
+                        depth_alive = false;
+                        Ok(Next::Continue)
+                    }
+                },
+                () = std::future::ready(()), if w.depth.pending() => w.pull_depth(),
+                _ = ticker.tick(), if feeding => w.produce().map(|()| Next::Continue),
             }
-            _ = ticker.tick(), if feeding => w.produce().map(|()| Next::Continue),
         };
         let next = match next {
             Ok(next) => next,
@@ -311,7 +460,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
         };
         if matches!(next, Next::Stop) {
-            return;
+            return false;
         }
         if w.pings > 0 {
             let pings = std::mem::take(&mut w.pings);
@@ -322,7 +471,26 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             });
         }
         if !w.buf.is_empty() {
-            let result = write_out(&mut out, &w.buf, &w.key_update_marks, key_updates).await;
+            let closing = matches!(next, Next::Finish | Next::Closing);
+            let guard = (&mut life, pongs, !closing);
+            let result =
+                match write_guarded(&mut out, (&w.buf, &w.key_update_marks), key_updates, guard)
+                    .await
+                {
+                    Written::Done(result, event) => {
+                        held = event;
+                        result
+                    }
+                    Written::Dropped(event) => {
+                        tracing::info!(
+                            conn = id,
+                            "{} while a write was blocked",
+                            event.close_reason()
+                        );
+                        shared.audit(|a| a.close(id, event.close_reason()));
+                        return true;
+                    }
+                };
             w.buf.clear();
             w.key_update_marks.clear();
             if let Some(sent) = key_updates.map(KeyUpdates::take_sent).filter(|n| *n > 0) {
@@ -332,12 +500,52 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 tracing::info!(conn = id, "write failed: {e}");
                 shared.audit(|a| a.close(id, &write_error_reason(&e, transport.tls)));
                 shared.notify_progress();
-                return;
+                return false;
             }
         }
-        if matches!(next, Next::Finish) {
+        if matches!(next, Next::Finish | Next::Closing) {
             let _ = out.shutdown().await;
-            return;
+            return matches!(next, Next::Closing);
         }
+    }
+}
+
+/// How a guarded write ended.
+enum Written {
+    /// Written (or failed), maybe with a lifetime event that fired meanwhile.
+    Done(io::Result<()>, Option<LifeEvent>),
+    /// Still blocked [`CLOSE_GRACE`] after a lifetime event: give up.
+    Dropped(LifeEvent),
+}
+
+/// [`write_out`], unless `guarded` is false, watched by the lifetime: a
+/// client that stopped reading can block a write for good, so a deadline
+/// passing meanwhile gives the write [`CLOSE_GRACE`] more, then gives up
+/// (no close frame can go out then).
+async fn write_guarded<W: AsyncWrite + Unpin>(
+    out: &mut ChunkedWriter<W>,
+    (buf, marks): (&[u8], &[usize]),
+    key_updates: Option<&KeyUpdates>,
+    (life, pongs, guarded): (&mut Lifetime, &Pongs, bool),
+) -> Written {
+    let write = write_out(out, buf, marks, key_updates);
+    tokio::pin!(write);
+    tokio::select! {
+        biased;
+        result = &mut write => Written::Done(result, None),
+        event = life.fatal(pongs), if guarded => {
+            match tokio::time::timeout(CLOSE_GRACE, &mut write).await {
+                Ok(result) => Written::Done(result, Some(event)),
+                Err(_) => Written::Dropped(event),
+            }
+        }
+    }
+}
+
+/// The next user-data event; never resolves on a market-data connection.
+async fn recv_user(events: &mut Option<mpsc::UnboundedReceiver<UserEvent>>) -> Option<UserEvent> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

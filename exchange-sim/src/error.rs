@@ -75,6 +75,20 @@ pub enum ApiError {
     /// `DELETE` of an order that does not exist or is no longer open (`-2011`).
     #[error("Unknown order sent.")]
     UnknownOrder,
+    /// A parameter with characters outside its legal range (`-1100`).
+    #[error("Illegal characters found in parameter '{name}'; legal range is '{legal}'.")]
+    IllegalChars {
+        /// The parameter's name as the client spells it.
+        name: &'static str,
+        /// The legal range, as a regular expression.
+        legal: &'static str,
+    },
+    /// The same parameter sent twice (`-1101`).
+    #[error("Duplicate values for a parameter detected.")]
+    DuplicateParam,
+    /// A listen key that was never issued, expired or was closed (`-1125`).
+    #[error("This listenKey does not exist.")]
+    InvalidListenKey,
     /// Unknown path under the API (`-1000`, HTTP 404).
     #[error("No such endpoint {0}.")]
     NoSuchPath(String),
@@ -92,7 +106,10 @@ impl ApiError {
     /// The Binance-style error code.
     pub fn code(&self) -> i32 {
         match self {
+            Self::IllegalChars { .. } => -1100,
+            Self::DuplicateParam => -1101,
             Self::Param { .. } | Self::Body(_) => -1102,
+            Self::InvalidListenKey => -1125,
             Self::PriceNotRequired => -1106,
             Self::InvalidSymbol => -1121,
             Self::Duplicate | Self::Rejected => -2010,

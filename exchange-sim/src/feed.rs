@@ -109,17 +109,24 @@ impl TradeGenerator {
             trade.qty_units % 100_000_000,
             trade.buyer_is_maker,
         );
-        if pad_to > 0 {
-            const PAD_OVERHEAD: usize = ",\"pad\":\"\"}".len();
-            let pad = pad_to.saturating_sub(s.len() + PAD_OVERHEAD);
-            s.reserve(pad + PAD_OVERHEAD);
-            s.push_str(",\"pad\":\"");
-            s.push_str(&"x".repeat(pad));
-            s.push_str("\"}");
-        } else {
-            s.push('}');
-        }
+        finish_padded(&mut s, pad_to);
         s
+    }
+}
+
+/// Close the outer object of a combined-stream message `s` (everything but
+/// its final `}`); `pad_to` > 0 first adds a `"pad"` field so the message is
+/// about that many bytes long.
+pub fn finish_padded(s: &mut String, pad_to: usize) {
+    if pad_to > 0 {
+        const PAD_OVERHEAD: usize = ",\"pad\":\"\"}".len();
+        let pad = pad_to.saturating_sub(s.len() + PAD_OVERHEAD);
+        s.reserve(pad + PAD_OVERHEAD);
+        s.push_str(",\"pad\":\"");
+        s.push_str(&"x".repeat(pad));
+        s.push_str("\"}");
+    } else {
+        s.push('}');
     }
 }
 

@@ -123,7 +123,8 @@ impl Encoder {
         cuts
     }
 
-    fn push_ping(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+    /// Append a ping with payload `ping-<n>` (n counts this connection's pings).
+    pub fn push_ping(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
         self.pings += 1;
         put(
             Frame::ping(format!("ping-{}", self.pings).into_bytes()),

@@ -1,10 +1,10 @@
 //! The HTTP side of the port: request-head parsing, the websocket upgrade
 //! answer, rendering of (keep-alive) answers, and the control/audit endpoints
-//! (`/audit`, `/pause`, `/resume`, `/health`); the order API lives in
-//! [`crate::rest`].
+//! (`/audit`, `/pause`, `/resume`, `/health`); the REST API lives in
+//! [`crate::rest`], `/control/…` in [`crate::control`].
 
-use crate::rest;
 use crate::state::Shared;
+use crate::{control, rest};
 use std::time::Duration;
 
 /// Largest request head accepted.
@@ -194,6 +194,9 @@ fn wait_acked(query: &str) -> Result<Option<Duration>, String> {
 pub async fn route(shared: &Shared, head: &Head, body: &[u8]) -> Reply {
     if rest::serves(&head.path) {
         return rest::route(shared, head, body).await;
+    }
+    if control::serves(&head.path) {
+        return control::route(shared, head);
     }
     if head.method != "GET" {
         return Reply::error(405, &format!("method {} not allowed", head.method));

@@ -21,6 +21,8 @@
 //! served as JSON over HTTP (plain, or TLS with `--tls`) on the same port
 //! (`GET /audit`, optionally `?wait_acked_ms=N` to wait until everything sent
 //! has been acked), next to `GET /pause`, `GET /resume` and `GET /health`.
+//! The simulator-only controls `/control/depth_burst` and
+//! `/control/server_shutdown` take `GET` or `POST` (below).
 //!
 //! # Order API
 //!
@@ -62,6 +64,148 @@
 //! `--order-reject-every N` refuses every Nth placement (duplicates and
 //! malformed requests not counted) with `-2010 Insufficient balance.`, and a
 //! rejected order's client id stays free.
+//!
+//! # Depth: order book diffs (Binance's diff. depth stream)
+//!
+//! The simulator keeps one order book per served symbol, shared by every
+//! connection: at most 48 price levels per side (never fewer than 24) on a
+//! grid around a mid price that walks on its own seeded path from the trade
+//! feed's starting price (grid step 0.01 × max(1, ⌊start price in cents /
+//! 100 000⌋): 0.42 for BTCUSDT, 0.02 for ETHUSDT). The book and every
+//! change to it follow from `--seed` alone: the k-th diff of a symbol is the
+//! same on every run, whatever the timing. The book is never crossed.
+//!
+//! - **Streams.** `SUBSCRIBE` to `<symbol>@depth@100ms` and/or
+//!   `<symbol>@depth` (besides or instead of `<symbol>@trade`). Both carry
+//!   the same events every `--depth-every-ms` (default 100; Binance sends
+//!   `@depth` every 1000 ms). A subscription starts with the first event
+//!   made after the writer handles it; each message is
+//!   `{"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":<ms>,
+//!   "s":"BTCUSDT","U":<first update id>,"u":<final update id>,
+//!   "b":[["42000.42000000","0.12345678"],…],"a":[…]}}` with prices and
+//!   quantities as strings with 8 decimals, bids best (highest) first, asks
+//!   best (lowest) first, and quantity `"0.00000000"` removing the level (a
+//!   level may be added and removed within one event: it then comes as a
+//!   removal). Update ids are per symbol and exchange-wide (the same on
+//!   every connection): an event spans one update id per level it lists, so
+//!   `u - U + 1` = `b.len() + a.len()`, and each event's `U` is the
+//!   previous event's `u + 1`. The book starts at update id 1000 (the
+//!   first event has `U` 1001). `--fragment-every`, `--ping-every`,
+//!   `--big-every` (a `"pad"` field beside `stream` and `data`),
+//!   `--max-chunk` and `--key-update-every` count and shape diff messages
+//!   like trades.
+//! - **Pause.** `/pause` stops the diffs of every book (and the trades);
+//!   `/resume` continues the same sequence. Diffs made before the pause
+//!   still reach every subscriber.
+//! - **Snapshot.** `GET /api/v3/depth?symbol=BTCUSDT&limit=N` answers
+//!   `{"lastUpdateId":…,"bids":[["price","qty"],…],"asks":[…]}` (bids
+//!   descending, asks ascending, at most N levels each; `limit` default
+//!   100, a larger one than 5000 gives 5000 as on Binance; the whole book
+//!   is under 100 levels a side). It is taken at an event boundary:
+//!   applying every diff with `u > lastUpdateId` to it gives the book the
+//!   simulator has (Binance's "how to manage a local order book" procedure
+//!   works as documented). Refusals, HTTP 400: no or an empty `symbol`, or
+//!   one not of upper-case letters and digits, `-1102`; an unserved symbol
+//!   `-1121 Invalid symbol.`; `limit` not 1 to 20 digits `-1100 Illegal
+//!   characters found in parameter 'limit'; legal range is
+//!   '^[0-9]{1,20}$'.`; `limit=0` `-1102`; a parameter sent twice `-1101`.
+//! - **Digest** (simulator-only). `GET /api/v3/depth/digest?symbol=BTCUSDT`
+//!   answers `{"lastUpdateId":…,"digest":"<8 hex>"}` (same refusals as the
+//!   snapshot): the CRC-32 of the whole book at `lastUpdateId`, computed as
+//!   follows. Build a text: for each bid from best (highest price) to worst,
+//!   `"<price>:<qty>;"`; then `"|"`; then for each ask from best (lowest
+//!   price) to worst, `"<price>:<qty>;"`. Each price and quantity is the
+//!   `rust_decimal::Decimal` parsed from its 8-decimal string, written with
+//!   `Decimal::normalize()` then `to_string()`: trailing zeros and a bare
+//!   decimal point dropped, never an exponent (`"100.50000000"` → `100.5`,
+//!   `"42000.00000000"` → `42000`, `"0.00000001"` → `0.00000001`). The
+//!   digest is the CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320,
+//!   initial value and final XOR 0xFFFFFFFF: `crc32fast::hash`) of the
+//!   text's UTF-8 (ASCII) bytes, written as 8 lower-case hex digits with
+//!   leading zeros. Example: bids 100.50 × 1.5 and 100.00 × 0.00000001, one
+//!   ask 101.00 × 1 give the text `100.5:1.5;100:0.00000001;|101:1;`; an
+//!   empty book gives `|`.
+//! - **Bursts** (simulator-only). `POST` (or `GET`)
+//!   `/control/depth_burst?symbol=BTCUSDT&n=N` (symbol in any case, N from
+//!   1 to 50 000) makes N events of that symbol at once, delivered back to
+//!   back to every subscriber as fast as its socket takes them (even while
+//!   paused), and answers `{"ok":true,"symbol":"BTCUSDT","n":N,"U":<first
+//!   U>,"u":<last u>}`; bad parameters get 400 `{"error":…}`.
+//! - **Slow consumers.** The last 65 536 events of each symbol are kept for
+//!   connections that are behind; one further behind is closed (close code
+//!   1008, `closed_by` `error: slow consumer: …`).
+//! - **Acks and audit.** A client may ack diffs with
+//!   `{"method":"ack","stream":"btcusdt@depth@100ms","u":<u>}` (the `u` of
+//!   the diff). Each connection's diffs of a stream are numbered from 1 and
+//!   the audit counts in those numbers exactly as for trade ids: in the
+//!   stream's entry `sent`, `last_sent`, `acked`, `last_acked`, `gaps`
+//!   (diff events skipped), `duplicates`, `reordered`, `unknown_acks` (a
+//!   `u` that ends no diff sent on this connection), plus `first_u` (`U` of
+//!   the first diff sent), `last_u` and `last_acked_u`. Acking is optional:
+//!   `wait_acked_ms` waits for a diff stream only once its client acked one
+//!   of its diffs. The audit's `totals` keep counting trades only; their
+//!   `depth` object sums the diff streams (`sent`, `acked`, `unacked`,
+//!   `gaps`, `duplicates`, `reordered`, `unknown_acks`).
+//!
+//! # User-data streams (listen keys)
+//!
+//! - `POST /api/v3/userDataStream` (no parameters, no API key) →
+//!   `{"listenKey":"<60 letters and digits>"}`: a new key each time.
+//! - `PUT /api/v3/userDataStream?listenKey=K` → 200 `{}` and the key lives
+//!   `--listen-key-ttl-ms` (default 3 600 000, Binance's 60 minutes) from
+//!   now. `DELETE` (same parameter) → 200 `{}`: its streams get a close
+//!   frame (1000, `closed_by` `listen_key_closed`) and the key is gone.
+//!   The key may also come in a form-encoded body (`listenKey=K`). An
+//!   unknown, expired or closed key: 400 `{"code":-1125,"msg":"This
+//!   listenKey does not exist."}`; none: 400 `-1102`; twice: `-1101`.
+//! - A websocket to `/ws/<listenKey>` (any path `/ws/<segment>` without
+//!   `@` or `/`) on a live key receives, raw (no `stream` wrapper), an
+//!   `executionReport` for every order placed, filled or cancelled through
+//!   `/api/v3/order` from its upgrade on, in the order the book changed;
+//!   every stream of every live key gets every report (one account). A dead
+//!   key's upgrade is refused: HTTP 400 with the `-1125` body.
+//! - Reports carry Binance's fields in Binance's order: `e`
+//!   (`executionReport`), `E`, `s`, `c` (client order id), `S`, `o`, `f`
+//!   (`GTC`), `q`, `p` (the limit price, `0.00000000` for `MARKET`), `P`,
+//!   `F`, `g` (-1), `C` (`""`, or on a cancel the cancelled order's client
+//!   id), `x`, `X`, `r` (`NONE`), `i` (order id), `l`, `z`, `L`, `n` (`"0"`),
+//!   `N` (`null`), `T` (when the order last changed), `t` (-1, or the order
+//!   id on the trade), `I` (an increasing execution id), `w`, `m` (false),
+//!   `M`, `O` (creation time), `Z` (`z × L`), `Y` (`l × L`), `Q`, `W` (only
+//!   while on the book), `V` (`NONE`); amounts with 8 decimals. A placement
+//!   sends `x`/`X` `NEW`/`NEW` (`w` true if it rests), then, if it filled,
+//!   `TRADE`/`FILLED` with `l` = `z` = the quantity and `L` the fill price;
+//!   a cancel sends `CANCELED`/`CANCELED` with `c` = `cancel-<orderId>` and
+//!   `C` the order's client id. Refused placements send nothing.
+//! - A key not kept alive within the TTL expires: its streams get
+//!   `{"e":"listenKeyExpired","E":<ms>,"listenKey":"<K>"}` and a close frame
+//!   (1000, `closed_by` `listen_key_expired`).
+//! - The audit's `listen_keys` maps each key to `created_ms`, `keepalives`,
+//!   `last_keepalive_ms`, `closed_by` (`null`, `expired`, `deleted`),
+//!   `streams_opened` and `events_sent`; each connection has `listen_key`
+//!   (`null` on market data) and `user_events_sent`.
+//!
+//! # Connection lifetime
+//!
+//! - `--max-conn-age-ms N`: every websocket is closed N ms after its
+//!   upgrade with a close frame 1001 (`closed_by` `max_age`); a user-data
+//!   stream first gets `{"e":"serverShutdown","E":<ms>}`.
+//! - `POST` (or `GET`) `/control/server_shutdown` closes every websocket
+//!   open now (1001, `closed_by` `server_shutdown`) after a
+//!   `serverShutdown` event: raw on user-data streams, as Binance's combined
+//!   stream `{"stream":"!serverShutdown","data":{"e":"serverShutdown",
+//!   "E":<ms>}}` on market data. It answers `{"ok":true,"connections":N}`
+//!   and the simulator serves on (keys stay alive).
+//! - `--ping-every-ms N` (default off; Binance: 20 s) sends a ping every N
+//!   ms, besides `--ping-every`'s pings every Nth message. Every ping's
+//!   payload is `ping-<n>`; only a pong echoing such a payload counts, as on
+//!   Binance (unsolicited pongs do not). A timed ping unanswered for
+//!   `--pong-timeout-ms` (default 60 000) closes the connection with 1008
+//!   (`closed_by` `pong_timeout`).
+//! - After any such close frame the client gets 5 s to answer it; a
+//!   connection whose write is blocked (a client that stopped reading) when
+//!   one of these deadlines passes gets 5 s more, then is dropped without
+//!   a close frame.
 //!
 //! # TLS (`--tls`)
 //!
@@ -116,14 +260,19 @@
 
 mod args;
 pub mod audit;
+mod cli;
 mod client_reader;
 mod connection;
+mod control;
+mod depth;
 mod error;
 pub mod feed;
 mod frames;
 mod http;
+mod lifetime;
 mod money;
 mod orders;
+mod pacer;
 mod params;
 mod positions;
 mod prices;
@@ -133,17 +282,17 @@ mod rng;
 mod server;
 mod state;
 mod tls;
+mod user_stream;
 
 pub use args::Args;
+pub use cli::{cli_main, run};
 pub use error::{ApiError, SimError};
 pub use tls::{TlsCipher, TlsInfo, TlsVersion, SERVER_NAMES as TLS_SERVER_NAMES};
 
 use state::{Config, Shared};
 use std::future::Future;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::Arc;
 use tls::TlsServer;
 use tokio::net::TcpListener;
@@ -193,6 +342,27 @@ impl SimHandle {
     /// `--tls` is on (the same text `--tls-ca-out` writes).
     pub fn tls_ca_pem(&self) -> Option<String> {
         self.shared.tls.as_ref().map(|t| t.ca_pem().to_owned())
+    }
+
+    /// Same as `/control/server_shutdown`: every open websocket gets
+    /// `serverShutdown` and is closed; the simulator serves on.
+    pub fn server_shutdown(&self) {
+        self.shared.kick_all();
+    }
+
+    /// Same as `/control/depth_burst`: `n` diffs of `symbol` (upper case)
+    /// back to back; the first `U` and the last `u`, or `None` if the
+    /// symbol is not served.
+    pub fn depth_burst(&self, symbol: &str, n: u64) -> Option<(u64, u64)> {
+        let index = self.shared.depth.index_of_symbol(symbol)?;
+        self.shared.depth.burst(index, n, state::unix_ms())
+    }
+
+    /// Same as `GET /api/v3/depth/digest`: `symbol`'s (upper case)
+    /// `lastUpdateId` and the CRC-32 of its whole book.
+    pub fn depth_digest(&self, symbol: &str) -> Option<(u64, u32)> {
+        let index = self.shared.depth.index_of_symbol(symbol)?;
+        self.shared.depth.digest(index)
     }
 
     /// Set the reference price of `symbol` (upper case, e.g. `BTCUSDT`) to
@@ -281,10 +451,28 @@ impl Sim {
         }
     }
 
-    /// Serve until [`SimHandle::shutdown`].
+    /// Serve until [`SimHandle::shutdown`] (the depth books change and
+    /// listen keys expire from now on).
     pub async fn serve(self) -> Result<(), SimError> {
+        let every = self.shared.config.depth_every;
+        let _background = AbortOnDrop(vec![
+            tokio::spawn(depth::run(self.shared.clone(), every)),
+            tokio::spawn(user_stream::reap(self.shared.clone())),
+        ]);
         server::accept_loop(self.shared, self.listener).await;
         Ok(())
+    }
+}
+
+/// Background tasks of a serving simulator, stopped with it (also when its
+/// `serve` future is dropped).
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -301,77 +489,4 @@ pub async fn bind(
 > {
     let sim = Sim::bind(args).await?;
     Ok((sim.local_addr(), sim.serve()))
-}
-
-/// Bind, print `listening ADDR` on stdout (then, with `--tls-ca-out`,
-/// `tls-ca PATH`), and serve until SIGINT or SIGTERM.
-pub async fn run(args: Args) -> Result<(), SimError> {
-    let ca_out = args.tls_ca_out.clone().filter(|_| args.tls);
-    let sim = Sim::bind(args).await?;
-    {
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening {}", sim.local_addr()).map_err(SimError::Stdout)?;
-        if let Some(path) = ca_out {
-            writeln!(stdout, "tls-ca {}", path.display()).map_err(SimError::Stdout)?;
-        }
-        stdout.flush().map_err(SimError::Stdout)?;
-    }
-    let handle = sim.handle();
-    let signals = shutdown_signal()?;
-    tokio::spawn(async move {
-        signals.await;
-        tracing::info!("shutting down");
-        handle.shutdown();
-    });
-    sim.serve().await
-}
-
-#[cfg(unix)]
-fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, SimError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(SimError::Runtime)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(SimError::Runtime)?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    })
-}
-
-#[cfg(not(unix))]
-fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, SimError> {
-    Ok(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-}
-
-/// The `exchange-sim` binary: parse flags, log to stderr (`RUST_LOG`, default
-/// `warn`), run on a multi-thread runtime.
-pub fn cli_main() -> ExitCode {
-    let args = <Args as clap::Parser>::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(filter)
-        .try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("exchange-sim: {}", SimError::Runtime(e));
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("exchange-sim: {e}");
-            ExitCode::FAILURE
-        }
-    }
 }

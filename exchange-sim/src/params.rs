@@ -30,6 +30,17 @@ pub fn query_pairs(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The value of parameter `name` in `pairs`, if sent; sent twice is
+/// Binance's `-1101`.
+pub fn single<'a>(pairs: &'a [(String, String)], name: &str) -> Result<Option<&'a str>, ApiError> {
+    let mut values = pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v);
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::DuplicateParam);
+    }
+    Ok(first.map(String::as_str))
+}
+
 fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -60,7 +71,7 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// Check a `symbol` value: upper-case letters and digits.
-fn symbol(value: Option<&str>) -> Result<String, ApiError> {
+pub fn symbol(value: Option<&str>) -> Result<String, ApiError> {
     let s = value.unwrap_or_default();
     if s.is_empty() {
         return Err(ApiError::param("symbol", "missing"));

@@ -1,5 +1,5 @@
-//! Client requests: SUBSCRIBE (with Binance-style answers), acks, and timer
-//! reports.
+//! Client requests: SUBSCRIBE (with Binance-style answers), acks of trades
+//! and of diffs, and timer reports.
 
 use serde_json::Value;
 
@@ -24,6 +24,13 @@ pub enum Request {
         stream: String,
         /// Trade id.
         t: u64,
+    },
+    /// An ack of the diff whose final update id is `u` on diff stream `stream`.
+    DepthAck {
+        /// Stream name (`<symbol>@depth[@100ms]`).
+        stream: String,
+        /// The diff's `u`.
+        u: u64,
     },
     /// A bot's report that its timer `key` fired (the test feed's way of
     /// counting timers from outside the bot).
@@ -74,12 +81,23 @@ pub fn interpret(text: &str, known_streams: &[String]) -> Result<Request, String
         }
         Some("ack") => {
             let stream = value.get("stream").and_then(Value::as_str);
-            let t = value.get("t").and_then(Value::as_u64);
-            match (stream, t) {
+            let depth = stream.is_some_and(crate::depth::is_depth_stream);
+            let id = value
+                .get(if depth { "u" } else { "t" })
+                .and_then(Value::as_u64);
+            match (stream, id) {
+                (Some(stream), Some(u)) if depth => Ok(Request::DepthAck {
+                    stream: stream.to_owned(),
+                    u,
+                }),
                 (Some(stream), Some(t)) => Ok(Request::Ack {
                     stream: stream.to_owned(),
                     t,
                 }),
+                _ if depth => Ok(Request::Other(Some(format!(
+                    "bad diff ack (needs integer u): {}",
+                    truncate(text, 200)
+                )))),
                 _ => Ok(Request::Other(Some(format!(
                     "bad ack (needs string stream and integer t): {}",
                     truncate(text, 200)
@@ -144,6 +162,26 @@ mod tests {
             interpret(r#"{"method":"ack","t":"5"}"#, &known),
             Ok(Request::Other(Some(_)))
         ));
+        assert_eq!(
+            interpret(
+                r#"{"method":"ack","stream":"btcusdt@depth@100ms","u":1042}"#,
+                &known
+            ),
+            Ok(Request::DepthAck {
+                stream: "btcusdt@depth@100ms".into(),
+                u: 1042
+            })
+        );
+        for bad in [
+            r#"{"method":"ack","stream":"btcusdt@depth","t":5}"#,
+            r#"{"method":"ack","stream":"btcusdt@depth","u":-1}"#,
+            r#"{"method":"ack","stream":"btcusdt@trade","u":5}"#,
+        ] {
+            assert!(
+                matches!(interpret(bad, &known), Ok(Request::Other(Some(_)))),
+                "{bad}"
+            );
+        }
         assert_eq!(
             interpret(r#"{"method":"timer","key":"tick-3"}"#, &known),
             Ok(Request::Timer {

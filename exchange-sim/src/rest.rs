@@ -1,17 +1,22 @@
-//! The REST order API: `POST`/`GET`/`DELETE /api/v3/order`,
-//! `GET /api/v3/positions` and `GET /orders/audit`. Answers are JSON; refusals
-//! are Binance-style `{"code":…,"msg":…}` (see [`ApiError`]).
+//! The REST API: `POST`/`GET`/`DELETE /api/v3/order`,
+//! `GET /api/v3/positions`, `GET /orders/audit`, the depth snapshot and
+//! digest ([`crate::depth::rest`]) and the listen keys
+//! ([`crate::user_stream::rest`]). Answers are JSON; refusals are
+//! Binance-style `{"code":…,"msg":…}` (see [`ApiError`]). Placements and
+//! cancellations also go to the user-data streams as `executionReport`s.
 //!
 //! `/api/v3/order` answers (refusals included) are held back by
 //! `--order-latency-ms` after the book has been updated, so a client can time
 //! out on an order the exchange already has.
 
+use crate::depth::rest::{self as depth_rest, DEPTH_PATH, DIGEST_PATH};
 use crate::error::ApiError;
 use crate::http::{Head, Reply};
 use crate::money;
 use crate::orders::{Book, Order};
 use crate::params;
 use crate::state::{unix_ms, Shared};
+use crate::user_stream::{self, report};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -40,7 +45,14 @@ pub async fn route(shared: &Shared, head: &Head, body: &[u8]) -> Reply {
             }
             answer
         }
-        POSITIONS_PATH | AUDIT_PATH if head.method != "GET" => Err(not_allowed(head)),
+        user_stream::rest::PATH => {
+            user_stream::rest::route(shared, &head.method, &head.query, body)
+        }
+        POSITIONS_PATH | AUDIT_PATH | DEPTH_PATH | DIGEST_PATH if head.method != "GET" => {
+            Err(not_allowed(head))
+        }
+        DEPTH_PATH => depth_rest::snapshot(shared, &head.query),
+        DIGEST_PATH => depth_rest::digest(shared, &head.query),
         POSITIONS_PATH => Ok(shared.orders(positions_json)),
         AUDIT_PATH => Ok(shared.orders(|book| book.audit_json())),
         other => Err(ApiError::NoSuchPath(other.to_owned())),
@@ -68,7 +80,10 @@ fn place(shared: &Shared, body: &[u8]) -> Result<String, ApiError> {
         .unwrap_or_default();
     let now = unix_ms();
     shared.orders(|book| match parsed {
-        Ok(req) => book.place(req, reference, now).map(order_json),
+        Ok(req) => book.place(req, reference, now).map(|order| {
+            (shared.users).order_events(order, report::placement(order), now);
+            order_json(order)
+        }),
         Err(e) => {
             book.record_invalid();
             Err(e)
@@ -84,7 +99,12 @@ fn query(shared: &Shared, query: &str) -> Result<String, ApiError> {
 fn cancel(shared: &Shared, query: &str) -> Result<String, ApiError> {
     let (symbol, key) = params::order_query(query)?;
     let now = unix_ms();
-    shared.orders(|book| book.cancel(&symbol, &key, now).map(order_json))
+    shared.orders(|book| {
+        book.cancel(&symbol, &key, now).map(|order| {
+            (shared.users).order_events(order, &[report::Exec::Canceled], now);
+            order_json(order)
+        })
+    })
 }
 
 /// An order as every `/api/v3/order` endpoint answers it.

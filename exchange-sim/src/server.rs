@@ -1,9 +1,11 @@
 //! Accepting sockets, telling TLS from plain connections by their first
 //! byte, reading HTTP/1.1 requests (keep-alive, `Content-Length` bodies) and
-//! telling websocket upgrades from plain requests.
+//! telling websocket upgrades (market data, or a user-data stream on
+//! `/ws/<listenKey>`) from plain requests.
 
 use crate::audit::Audit;
-use crate::connection::{self, Transport};
+use crate::connection::{self, Transport, UserSide};
+use crate::error::ApiError;
 use crate::http::{self, Head, Reply};
 use crate::state::{signalled, Shared};
 use crate::tls::{KeyUpdates, TlsConn, TlsInfo, TlsVersion};
@@ -186,12 +188,34 @@ where
         first = false;
         match &head.upgrade {
             Some(Some(key)) => {
+                // A user-data stream needs a live listen key: attached before
+                // the answer, so that no event placed after it is missed.
+                let user = match user_stream_key(&head.path) {
+                    None => None,
+                    Some(listen_key) => {
+                        match shared.users.attach(listen_key, tokio::time::Instant::now()) {
+                            Some(events) => Some(UserSide {
+                                key: listen_key.to_owned(),
+                                events,
+                            }),
+                            None => {
+                                let e = ApiError::InvalidListenKey;
+                                let reply = Reply::json(e.status(), e.body());
+                                respond_and_close(&mut stream, &reply).await;
+                                return;
+                            }
+                        }
+                    }
+                };
                 // Registered before answering, so ids follow handshake order.
                 let info = tls.as_ref().map(|t| t.info.clone());
                 let id = shared.audit(|a| {
                     let id = a.open(peer.to_string(), head.path.clone());
                     if let Some(info) = info {
                         a.set_tls(id, info);
+                    }
+                    if let Some(user) = &user {
+                        a.set_listen_key(id, &user.key);
                     }
                     id
                 });
@@ -209,7 +233,7 @@ where
                     tls: is_tls,
                     key_updates: tls.and_then(|t| t.key_updates),
                 };
-                connection::serve(shared, id, stream, peer, buf, transport).await;
+                connection::serve(shared, id, stream, peer, buf, transport, user).await;
                 return;
             }
             Some(None) => {
@@ -255,6 +279,13 @@ where
             return;
         }
     }
+}
+
+/// The listen key of a user-data stream path: `/ws/<listenKey>` (any
+/// segment without `@` or `/`; market-data paths are `/ws`, `/stream`, `/`).
+fn user_stream_key(path: &str) -> Option<&str> {
+    let key = path.strip_prefix("/ws/")?;
+    (!key.is_empty() && !key.contains(['@', '/'])).then_some(key)
 }
 
 /// An HTTP request cut short by a TLS failure.
@@ -333,5 +364,26 @@ async fn read_body<S: AsyncRead + AsyncWrite + Unpin>(
 async fn respond_and_close<S: AsyncWrite + Unpin>(stream: &mut S, reply: &Reply) {
     if stream.write_all(&reply.render(false)).await.is_ok() {
         let _ = stream.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::user_stream_key;
+
+    #[test]
+    fn user_stream_paths() {
+        assert_eq!(user_stream_key("/ws/abc"), Some("abc"));
+        for market in [
+            "/ws",
+            "/ws/",
+            "/stream",
+            "/",
+            "/ws/btcusdt@trade",
+            "/ws/a/b",
+            "/x/abc",
+        ] {
+            assert_eq!(user_stream_key(market), None, "{market}");
+        }
     }
 }

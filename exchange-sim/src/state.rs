@@ -1,12 +1,15 @@
 //! State shared by all tasks: the ack audit and the order book behind
-//! mutexes, the reference prices, the pause switch, the shutdown signal, and
-//! a progress signal that wakes `wait_acked_ms` waiters.
+//! mutexes, the reference prices, the depth books, the listen keys, the
+//! pause switch, the shutdown and kick signals, and a progress signal that
+//! wakes `wait_acked_ms` waiters.
 
 use crate::audit::Audit;
+use crate::depth::DepthMarket;
 use crate::frames::Shaping;
 use crate::orders::Book;
 use crate::prices::ReferencePrices;
 use crate::tls::TlsServer;
+use crate::user_stream::UserStreams;
 use crate::Args;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -15,7 +18,7 @@ use tokio::sync::watch;
 /// Immutable configuration derived from [`Args`].
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Stream names served (`<symbol>@trade`).
+    /// Trade stream names served (`<symbol>@trade`).
     pub streams: Vec<String>,
     /// Trades per second per stream per connection.
     pub rate: u32,
@@ -31,13 +34,42 @@ pub struct Config {
     pub order_latency: Duration,
     /// Reject every Nth order placement (0 = never).
     pub order_reject_every: u64,
+    /// Every stream name a client may subscribe to: the trade streams, then
+    /// the diff streams of each symbol.
+    pub all_streams: Vec<String>,
+    /// The served symbols, lower case, in flag order.
+    pub symbols: Vec<String>,
+    /// Period of the diff events of each book.
+    pub depth_every: Duration,
+    /// How long a listen key lives past its last keep-alive.
+    pub listen_key_ttl: Duration,
+    /// Websockets are closed this long after their upgrade (`None`: never).
+    pub max_conn_age: Option<Duration>,
+    /// Period of the timed pings (`None`: none).
+    pub ping_every: Option<Duration>,
+    /// How long a timed ping may stay unanswered.
+    pub pong_timeout: Duration,
 }
 
 impl Config {
     /// Derive the configuration from the flags.
     pub fn from_args(args: &Args) -> Self {
+        let streams = args.stream_names();
+        let symbols: Vec<String> = (streams.iter())
+            .map(|s| s.split('@').next().unwrap_or(s).to_owned())
+            .collect();
+        let mut all_streams = streams.clone();
+        all_streams.extend(symbols.iter().flat_map(|s| crate::depth::stream_names(s)));
+        let millis = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
         Self {
-            streams: args.stream_names(),
+            all_streams,
+            symbols,
+            depth_every: Duration::from_millis(args.depth_every_ms.max(1)),
+            listen_key_ttl: Duration::from_millis(args.listen_key_ttl_ms.max(1)),
+            max_conn_age: millis(args.max_conn_age_ms),
+            ping_every: millis(args.ping_every_ms),
+            pong_timeout: Duration::from_millis(args.pong_timeout_ms.max(1)),
+            streams,
             rate: args.rate.max(1),
             seed: args.seed,
             last_trade: args.trades,
@@ -71,6 +103,12 @@ pub struct Shared {
     pub prices: ReferencePrices,
     /// The TLS side (`--tls`), if on.
     pub tls: Option<TlsServer>,
+    /// The order book of every symbol, behind the diff streams.
+    pub depth: DepthMarket,
+    /// Listen keys and their user-data streams.
+    pub users: UserStreams,
+    /// Bumped by `/control/server_shutdown`: every websocket open then closes.
+    kicks: watch::Sender<u64>,
     progress: watch::Sender<u64>,
     paused: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
@@ -88,7 +126,12 @@ impl Shared {
     pub fn new(config: Config, tls: Option<TlsServer>) -> Self {
         let prices = ReferencePrices::new(&config.streams);
         let book = Book::new(prices.symbols(), config.order_reject_every);
+        let depth = DepthMarket::new(config.symbols.iter().map(String::as_str), config.seed);
+        let users = UserStreams::new(config.listen_key_ttl, config.seed);
         Self {
+            depth,
+            users,
+            kicks: watch::Sender::new(0),
             config,
             audit: Mutex::new(Audit::new(Instant::now())),
             orders: Mutex::new(book),
@@ -117,13 +160,14 @@ impl Shared {
         self.progress.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// Stop generating trades.
+    /// Stop generating trades and diffs (`/control/depth_burst` still works).
     pub fn pause(&self) {
         self.audit(|a| a.pause(Instant::now()));
         self.paused.send_replace(true);
+        self.depth.barrier();
     }
 
-    /// Resume generating trades.
+    /// Resume generating trades and diffs.
     pub fn resume(&self) {
         self.audit(|a| a.resume(Instant::now()));
         self.paused.send_replace(false);
@@ -132,6 +176,17 @@ impl Shared {
     /// Receiver of the pause switch (`true` = paused).
     pub fn paused(&self) -> watch::Receiver<bool> {
         self.paused.subscribe()
+    }
+
+    /// Close every open websocket now (`serverShutdown` first), and go on
+    /// serving.
+    pub fn kick_all(&self) {
+        self.kicks.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Receiver of the kicks: changes when every connection open must close.
+    pub fn kicks(&self) -> watch::Receiver<u64> {
+        self.kicks.subscribe()
     }
 
     /// Ask every task to stop.

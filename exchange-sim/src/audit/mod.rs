@@ -1,7 +1,15 @@
 //! The audit: what was sent on every connection and how the client acked it.
 //!
 //! Pure bookkeeping (no I/O, no locking); the simulator wraps it in a
-//! mutex. Serialises to the `GET /audit` JSON.
+//! mutex. Serialises to the `GET /audit` JSON. Per-stream accounting (trade
+//! and diff streams alike) is in `stream.rs`, listen keys in
+//! `listen_keys.rs`.
+
+mod listen_keys;
+mod stream;
+
+pub use listen_keys::{ListenKeyAudit, ListenKeys};
+pub use stream::{AckOutcome, DepthIds, DepthTotals, StreamAudit};
 
 use crate::tls::TlsInfo;
 use serde::Serialize;
@@ -15,128 +23,6 @@ pub const TLS_ERROR_PREFIX: &str = "error: tls:";
 const MAX_ERRORS: usize = 16;
 /// At most this many distinct stream names are tracked per connection.
 const MAX_STREAMS: usize = 64;
-/// At most this many ranges of missing (gapped) ids are remembered per stream;
-/// the oldest are forgotten first (a late ack for them counts as a duplicate).
-const MAX_MISSING_RANGES: usize = 4096;
-
-/// Ids skipped by the client's acks, as inclusive ranges `start -> end`.
-#[derive(Debug, Default, Clone)]
-struct MissingIds {
-    ranges: BTreeMap<u64, u64>,
-}
-
-impl MissingIds {
-    /// Remember `start..=end` (always above every remembered id).
-    fn insert(&mut self, start: u64, end: u64) {
-        self.ranges.insert(start, end);
-        while self.ranges.len() > MAX_MISSING_RANGES {
-            self.ranges.pop_first();
-        }
-    }
-
-    /// Forget `id`; true if it was remembered.
-    fn remove(&mut self, id: u64) -> bool {
-        let Some((&start, &end)) = self.ranges.range(..=id).next_back() else {
-            return false;
-        };
-        if end < id {
-            return false;
-        }
-        self.ranges.remove(&start);
-        if start < id {
-            self.ranges.insert(start, id - 1);
-        }
-        if id < end {
-            self.ranges.insert(id + 1, end);
-        }
-        true
-    }
-}
-
-/// How one ack was classified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckOutcome {
-    /// The next expected id.
-    InOrder,
-    /// Ahead of the expected id: the ids in between are counted as gaps.
-    Gap,
-    /// A previously skipped id arriving late.
-    Reordered,
-    /// An id already acked.
-    Duplicate,
-    /// An id that was never sent on this connection and stream.
-    Unknown,
-}
-
-/// Per-connection, per-stream accounting.
-#[derive(Debug, Clone, Serialize)]
-pub struct StreamAudit {
-    /// Trades sent.
-    pub sent: u64,
-    /// Highest trade id sent (0 before the first).
-    pub last_sent: u64,
-    /// Acks that advanced the ack cursor (in order, or jumping over a gap).
-    pub acked: u64,
-    /// Highest id the ack cursor has passed (0 before the first ack).
-    pub last_acked: u64,
-    /// Ids skipped by acks (cumulative; a late ack does not decrease it).
-    pub gaps: u64,
-    /// Acks for ids already acked.
-    pub duplicates: u64,
-    /// Late acks for previously skipped ids.
-    pub reordered: u64,
-    /// Acks for ids never sent.
-    pub unknown_acks: u64,
-    #[serde(skip)]
-    missing: MissingIds,
-}
-
-impl StreamAudit {
-    fn new() -> Self {
-        Self {
-            sent: 0,
-            last_sent: 0,
-            acked: 0,
-            last_acked: 0,
-            gaps: 0,
-            duplicates: 0,
-            reordered: 0,
-            unknown_acks: 0,
-            missing: MissingIds::default(),
-        }
-    }
-
-    /// Trades sent but not yet passed by the ack cursor.
-    pub fn unacked(&self) -> u64 {
-        self.sent.saturating_sub(self.acked + self.gaps)
-    }
-
-    /// Classify and count the ack of trade `t`.
-    pub fn ack(&mut self, t: u64) -> AckOutcome {
-        let expected = self.last_acked + 1;
-        if t == 0 || t > self.last_sent {
-            self.unknown_acks += 1;
-            AckOutcome::Unknown
-        } else if t == expected {
-            self.acked += 1;
-            self.last_acked = t;
-            AckOutcome::InOrder
-        } else if t > expected {
-            self.gaps += t - expected;
-            self.missing.insert(expected, t - 1);
-            self.acked += 1;
-            self.last_acked = t;
-            AckOutcome::Gap
-        } else if self.missing.remove(t) {
-            self.reordered += 1;
-            AckOutcome::Reordered
-        } else {
-            self.duplicates += 1;
-            AckOutcome::Duplicate
-        }
-    }
-}
-
 /// Everything known about one websocket connection.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnAudit {
@@ -178,6 +64,10 @@ pub struct ConnAudit {
     pub errors: Vec<String>,
     /// Per-stream accounting.
     pub streams: BTreeMap<String, StreamAudit>,
+    /// The listen key of a user-data stream (`/ws/<listenKey>`), else `null`.
+    pub listen_key: Option<String>,
+    /// Events written on a user-data stream (`executionReport`s).
+    pub user_events_sent: u64,
     #[serde(skip)]
     reading_stopped: bool,
     #[serde(skip)]
@@ -192,9 +82,10 @@ impl ConnAudit {
         }
     }
 
-    /// Whether every trade sent has been passed by the ack cursor.
+    /// Whether every trade sent has been passed by the ack cursor (and
+    /// every diff, on diff streams the client acks).
     fn all_acked(&self) -> bool {
-        self.streams.values().all(|s| s.unacked() == 0)
+        self.streams.values().all(|s| s.awaited() == 0)
     }
 }
 
@@ -216,7 +107,8 @@ impl ActiveClock {
     }
 }
 
-/// Sums over all connections.
+/// Sums over all connections: the trade streams' (as before diff streams
+/// existed), then the diff streams' under `depth`.
 #[derive(Debug, Default, Serialize)]
 pub struct Totals {
     pub sent: u64,
@@ -238,6 +130,8 @@ pub struct Totals {
     /// Websocket connections closed by a TLS failure (`error: tls: …`), plus
     /// HTTP requests cut short by one.
     pub tls_errors: u64,
+    /// Sums over the diff streams (`<symbol>@depth[@100ms]`).
+    pub depth: DepthTotals,
 }
 
 /// TLS events that are not tied to a websocket connection.
@@ -259,6 +153,8 @@ struct Report<'a> {
     /// Each timer key a bot reported (`{"method":"timer","key":…}`), with
     /// how many times: a timer that fires once across handoffs is 1.
     timers: &'a BTreeMap<String, u32>,
+    /// Every listen key issued, by key.
+    listen_keys: &'a ListenKeys,
 }
 
 /// The audit of all connections since start.
@@ -269,6 +165,8 @@ pub struct Audit {
     clock: ActiveClock,
     tls: TlsCounters,
     timers: BTreeMap<String, u32>,
+    /// Every listen key issued.
+    pub listen_keys: ListenKeys,
 }
 
 impl Default for Audit {
@@ -290,6 +188,7 @@ impl Audit {
             },
             tls: TlsCounters::default(),
             timers: BTreeMap::new(),
+            listen_keys: ListenKeys::default(),
         }
     }
 
@@ -323,6 +222,8 @@ impl Audit {
                 last_ack_ms: None,
                 errors: Vec::new(),
                 streams: BTreeMap::new(),
+                listen_key: None,
+                user_events_sent: 0,
                 reading_stopped: false,
                 last_ack_active: None,
             },
@@ -400,7 +301,7 @@ impl Audit {
                 if !c.subscribed.contains(s) {
                     c.subscribed.push(s.clone());
                 }
-                c.streams.entry(s.clone()).or_insert_with(StreamAudit::new);
+                (c.streams.entry(s.clone())).or_insert_with(|| StreamAudit::for_stream(s));
             }
         }
     }
@@ -413,6 +314,21 @@ impl Audit {
         }
     }
 
+    /// Record `count` diffs sent on diff stream `stream`: exchange-wide
+    /// events from `first_seq` on, update ids `first_u` to `last_u`.
+    pub fn depth_sent(
+        &mut self,
+        id: u64,
+        stream: &str,
+        first_seq: u64,
+        count: u64,
+        (first_u, last_u): (u64, u64),
+    ) {
+        if let Some(s) = self.conn(id).and_then(|c| c.streams.get_mut(stream)) {
+            s.depth_sent(first_seq, count, first_u, last_u);
+        }
+    }
+
     /// Classify an ack received at `now` (wall clock `wall_ms`).
     pub fn ack(
         &mut self,
@@ -421,6 +337,31 @@ impl Audit {
         t: u64,
         now: Instant,
         wall_ms: u64,
+    ) -> Option<AckOutcome> {
+        self.ack_with(id, stream, now, wall_ms, |s| s.ack(t))
+    }
+
+    /// Classify the ack of the diff of `stream` whose final update id is
+    /// `u`, exchange-wide event `seq` (`None`: no diff ends at `u`).
+    pub fn depth_ack(
+        &mut self,
+        id: u64,
+        stream: &str,
+        (seq, u): (Option<u64>, u64),
+        now: Instant,
+        wall_ms: u64,
+    ) -> Option<AckOutcome> {
+        self.ack_with(id, stream, now, wall_ms, |s| s.depth_ack(seq, u))
+    }
+
+    /// The ack timing shared by trade and diff acks, then `classify`.
+    fn ack_with(
+        &mut self,
+        id: u64,
+        stream: &str,
+        now: Instant,
+        wall_ms: u64,
+        classify: impl FnOnce(&mut StreamAudit) -> AckOutcome,
     ) -> Option<AckOutcome> {
         let active = self.clock.now(now);
         let c = self.connections.get_mut(&id)?;
@@ -436,9 +377,29 @@ impl Audit {
                 c.push_error(format!("ack for untracked stream {stream:?}"));
                 return Some(AckOutcome::Unknown);
             }
-            c.streams.insert(stream.to_owned(), StreamAudit::new());
+            c.streams
+                .insert(stream.to_owned(), StreamAudit::for_stream(stream));
         }
-        c.streams.get_mut(stream).map(|s| s.ack(t))
+        c.streams.get_mut(stream).map(classify)
+    }
+
+    /// Connection `id` is the user-data stream of `key`.
+    pub fn set_listen_key(&mut self, id: u64, key: &str) {
+        self.listen_keys.stream_opened(key);
+        if let Some(c) = self.conn(id) {
+            c.listen_key = Some(key.to_owned());
+        }
+    }
+
+    /// `count` events written on user-data stream `id`.
+    pub fn user_events_sent(&mut self, id: u64, count: u64) {
+        let Some(c) = self.connections.get_mut(&id) else {
+            return;
+        };
+        c.user_events_sent += count;
+        if let Some(key) = &c.listen_key {
+            self.listen_keys.events_sent(key, count);
+        }
     }
 
     /// Start excluding time from ack gaps (idempotent).
@@ -462,6 +423,13 @@ impl Audit {
             .all(ConnAudit::all_acked)
     }
 
+    /// Websocket connections not closed yet.
+    pub fn open_connections(&self) -> usize {
+        (self.connections.values())
+            .filter(|c| c.closed_by.is_none())
+            .count()
+    }
+
     /// Sums over all connections.
     pub fn totals(&self) -> Totals {
         let mut t = Totals {
@@ -476,6 +444,10 @@ impl Audit {
             t.unmasked += c.unmasked;
             t.closed += u64::from(c.closed_by.is_some());
             for s in c.streams.values() {
+                if s.is_depth() {
+                    t.depth.add(s);
+                    continue;
+                }
                 t.sent += s.sent;
                 t.acked += s.acked;
                 t.unacked += s.unacked();
@@ -492,15 +464,12 @@ impl Audit {
     pub fn to_json(&self) -> String {
         let report = Report {
             connections_total: self.connections.len(),
-            connections_open: self
-                .connections
-                .values()
-                .filter(|c| c.closed_by.is_none())
-                .count(),
+            connections_open: self.open_connections(),
             paused: self.clock.paused_since.is_some(),
             connections: self.connections.values().collect(),
             totals: self.totals(),
             timers: &self.timers,
+            listen_keys: &self.listen_keys,
         };
         serde_json::to_string(&report)
             .unwrap_or_else(|e| format!("{{\"error\":\"cannot serialise audit: {e}\"}}"))

@@ -1,5 +1,6 @@
 //! Unit tests of the audit bookkeeping.
 
+use super::stream::{MissingIds, MAX_MISSING_RANGES};
 use super::*;
 
 fn stream_with_sent(n: u64) -> StreamAudit {
@@ -147,4 +148,93 @@ fn tls_parameters_and_counters() {
     assert_eq!(t["tls_handshake_failures"], 1);
     assert_eq!(t["tls_key_updates"], 3);
     assert_eq!(t["tls_errors"], 2, "one connection, one HTTP request: {t}");
+}
+
+#[test]
+fn diff_streams_count_events_and_keep_update_ids() {
+    let t0 = Instant::now();
+    let mut a = Audit::new(t0);
+    let id = a.open("127.0.0.1:1".into(), "/ws".into());
+    let s = "btcusdt@depth@100ms";
+    a.subscribe(id, &[s.into(), "btcusdt@trade".into()]);
+    // Exchange-wide events 7..=9 then 10..=11, update ids 1050..=1090.
+    a.depth_sent(id, s, 7, 3, (1050, 1070));
+    a.depth_sent(id, s, 10, 2, (1071, 1090));
+    a.sent(id, "btcusdt@trade", 1, 1);
+    assert!(!a.all_acked(), "the trade is unacked");
+    a.ack(id, "btcusdt@trade", 1, t0, 1);
+    assert!(a.all_acked(), "diffs nobody acks are not waited for");
+    let ack = |a: &mut Audit, seq, u| a.depth_ack(id, s, (seq, u), t0, 2);
+    assert_eq!(ack(&mut a, Some(7), 1055), Some(AckOutcome::InOrder));
+    assert!(!a.all_acked(), "acked once: now waited for");
+    assert_eq!(ack(&mut a, Some(9), 1070), Some(AckOutcome::Gap));
+    assert_eq!(ack(&mut a, Some(8), 1062), Some(AckOutcome::Reordered));
+    assert_eq!(
+        ack(&mut a, Some(6), 1049),
+        Some(AckOutcome::Unknown),
+        "before this connection's first"
+    );
+    assert_eq!(
+        ack(&mut a, None, 1000),
+        Some(AckOutcome::Unknown),
+        "no diff ends there"
+    );
+    assert_eq!(
+        ack(&mut a, Some(12), 1099),
+        Some(AckOutcome::Unknown),
+        "not sent yet"
+    );
+    assert_eq!(ack(&mut a, Some(11), 1090), Some(AckOutcome::Gap));
+    assert!(a.all_acked());
+    let v: serde_json::Value = serde_json::from_str(&a.to_json()).expect("json");
+    let d = &v["connections"][0]["streams"][s];
+    assert_eq!(
+        (d["sent"].as_u64(), d["last_sent"].as_u64()),
+        (Some(5), Some(5))
+    );
+    assert_eq!(
+        (
+            d["acked"].as_u64(),
+            d["gaps"].as_u64(),
+            d["reordered"].as_u64()
+        ),
+        (Some(3), Some(2), Some(1))
+    );
+    assert_eq!(d["unknown_acks"], 3);
+    assert_eq!(
+        (
+            d["first_u"].as_u64(),
+            d["last_u"].as_u64(),
+            d["last_acked_u"].as_u64()
+        ),
+        (Some(1050), Some(1090), Some(1090))
+    );
+    let t = &v["connections"][0]["streams"]["btcusdt@trade"];
+    assert!(
+        t.get("first_u").is_none() && t.get("last_acked_u").is_none(),
+        "{t}"
+    );
+    assert_eq!(v["totals"]["sent"], 1, "trades only");
+    assert_eq!(v["totals"]["depth"]["sent"], 5);
+    assert_eq!(v["totals"]["depth"]["unacked"], 0);
+    a.listen_keys.created("k", 1);
+    a.listen_keys.kept_alive("k", 2);
+    let user = a.open("127.0.0.1:2".into(), "/ws/k".into());
+    a.set_listen_key(user, "k");
+    a.user_events_sent(user, 4);
+    a.listen_keys.closed("k", "expired");
+    a.listen_keys.closed("k", "deleted");
+    let v: serde_json::Value = serde_json::from_str(&a.to_json()).expect("json");
+    let k = &v["listen_keys"]["k"];
+    assert_eq!(
+        (
+            k["keepalives"].as_u64(),
+            k["events_sent"].as_u64(),
+            k["streams_opened"].as_u64()
+        ),
+        (Some(1), Some(4), Some(1))
+    );
+    assert_eq!(k["closed_by"], "expired");
+    assert_eq!(v["connections"][1]["listen_key"], "k");
+    assert!(v["connections"][0]["listen_key"].is_null());
 }

@@ -2,11 +2,14 @@
 
 mod acks;
 mod control;
+mod depth;
 mod feed;
 mod http_client;
 mod keep_alive;
+mod lifetime;
 mod orders;
 mod protocol;
 mod raw;
 mod support;
 mod tls;
+mod user_stream;
