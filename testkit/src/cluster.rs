@@ -62,6 +62,7 @@ pub struct ClusterBuilder {
     bins: Bins,
     connections: usize,
     runtime_feeds: Vec<String>,
+    also_held: usize,
     symbols: String,
     sim_args: Vec<String>,
     supervisor_args: Vec<String>,
@@ -84,6 +85,7 @@ impl ClusterBuilder {
             bins,
             connections: 1,
             runtime_feeds: Vec::new(),
+            also_held: 0,
             symbols: "btcusdt,ethusdt".into(),
             sim_args: Vec::new(),
             supervisor_args: Vec::new(),
@@ -103,6 +105,14 @@ impl ClusterBuilder {
     /// connections the worker must hold to be serving.
     pub fn runtime_feed(mut self, name: &str) -> Self {
         self.runtime_feeds.push(name.to_owned());
+        self
+    }
+
+    /// `n` more connections the worker opens on its own at run time (a
+    /// user-data stream, say): counted among those it must hold to be
+    /// serving.
+    pub fn also_held(mut self, n: usize) -> Self {
+        self.also_held += n;
         self
     }
 
@@ -247,7 +257,7 @@ impl ClusterBuilder {
             supervisor: Some(supervisor),
             socket,
             worker_path,
-            connections: self.connections + self.runtime_feeds.len(),
+            connections: self.connections + self.runtime_feeds.len() + self.also_held,
             supervisor_args: args,
             env: self.env,
             quiet: self.quiet,

@@ -19,6 +19,7 @@ mod supervisor_loss;
 mod timers;
 mod tls;
 mod upgrades;
+mod user_stream;
 
 use std::time::Duration;
 

@@ -13,6 +13,11 @@ use crate::rest::{OrderEvent, RestClient};
 use crate::schema::{self, FullState};
 use crate::state::{Execution, Fill, Order, Strategy};
 
+/// The user-data stream's connection name.
+const USER_STREAM: &str = "user";
+/// Prefix of the listen key keep-alive timer (the key follows).
+const KEEPALIVE: &str = "listen-key:";
+
 fn tick_key(n: u64) -> String {
     format!("tick-{n}")
 }
@@ -36,6 +41,9 @@ pub struct Trader<const S: u32> {
     /// With `--runtime-feed`: connections this app opens itself on a fresh
     /// start (see [`Trader::on_open`]).
     pub runtime_feeds: Vec<handoff_worker::Feed>,
+    /// With `--user-stream`: keep a Binance user-data stream (listen key,
+    /// connection `user`, keep-alive timer) open, renewed every so often.
+    pub user_stream: Option<std::time::Duration>,
 }
 
 impl<const S: u32> Trader<S> {
@@ -59,6 +67,7 @@ impl<const S: u32> Trader<S> {
             rest,
             timer_every: None,
             runtime_feeds: Vec::new(),
+            user_stream: None,
         }
     }
 
@@ -190,6 +199,10 @@ impl<const S: u32> App for Trader<S> {
     }
 
     fn on_open(&mut self, conn: &ConnInfo, out: &mut Outbox<OrderEvent>) {
+        if conn.name == USER_STREAM {
+            // A user-data stream takes no subscription: its events come.
+            return;
+        }
         out.send(conn.id, Message::text(subscribe(&self.symbols)));
         // The first connection of a fresh start (ids are never reused)
         // starts the ticks; each tick schedules the next.
@@ -199,6 +212,9 @@ impl<const S: u32> App for Trader<S> {
             }
             for f in &self.runtime_feeds {
                 out.open(f.name.clone(), f.url.clone());
+            }
+            if let (Some(_), Some(rest)) = (self.user_stream, self.rest.clone()) {
+                out.spawn(rest.listen_key());
             }
         }
     }
@@ -216,6 +232,17 @@ impl<const S: u32> App for Trader<S> {
     /// fired twice, or never, shows there), then set `tick-<n+1>` one
     /// period after this one was due, so deadlines do not drift.
     fn on_timer(&mut self, timer: &handoff_worker::Timer, out: &mut Outbox<OrderEvent>) {
+        // The keep-alive timer's key names the listen key: it travels with
+        // the library's timers, so no state of ours is needed for it.
+        if let Some(key) = timer.key.strip_prefix(KEEPALIVE) {
+            if let Some(rest) = self.rest.clone() {
+                out.spawn(rest.keep_alive(key.to_owned()));
+            }
+            if let Some(every) = self.user_stream {
+                out.after(every, timer.key.clone());
+            }
+            return;
+        }
         let Some(n) = timer
             .key
             .strip_prefix("tick-")
@@ -273,6 +300,20 @@ impl<const S: u32> App for Trader<S> {
                 warn!(%client_id, %reason, "order rejected")
             }
             OrderEvent::Filled { .. } | OrderEvent::Accepted { .. } => {}
+            OrderEvent::ListenKey(Ok(key)) => {
+                if let (Some(every), Some(rest)) = (self.user_stream, &self.rest) {
+                    info!("user-data stream: listen key obtained; connecting");
+                    out.open(USER_STREAM, rest.user_stream_url(key));
+                    out.after(every, format!("{KEEPALIVE}{key}"));
+                }
+            }
+            OrderEvent::ListenKey(Err(e)) => {
+                warn!(error = %e, "no listen key; no user-data stream")
+            }
+            OrderEvent::KeptAlive { result: Ok(()), .. } => {}
+            OrderEvent::KeptAlive { result: Err(e), .. } => {
+                warn!(error = %e, "listen key keep-alive failed")
+            }
         }
     }
 

@@ -87,6 +87,15 @@ pub struct Args {
     /// upgrade (Binance cuts connections at 24 h).
     #[arg(long, value_parser = parse_ms)]
     pub max_conn_age_ms: Option<std::time::Duration>,
+    /// Keep a Binance user-data stream open (needs --rest): a listen key
+    /// from the REST API, the stream as connection `user` (opened at run
+    /// time), and a keep-alive every --listen-key-keepalive-ms.
+    #[arg(long, requires = "rest")]
+    pub user_stream: bool,
+    /// How often the listen key is kept alive (Binance: at least hourly;
+    /// it suggests every 30 minutes).
+    #[arg(long, value_parser = parse_ms, default_value = "1800000")]
+    pub listen_key_keepalive_ms: std::time::Duration,
 }
 
 fn parse_ms(s: &str) -> Result<std::time::Duration, String> {
@@ -144,10 +153,12 @@ fn main_with<const S: u32>() -> ExitCode {
         }
     };
     let (symbols, ack, timer_every) = (args.symbols.clone(), args.ack, args.timer_every);
+    let user_stream = args.user_stream.then_some(args.listen_key_keepalive_ms);
     let fresh = move || {
         let mut t = Trader::<S>::new(symbols, ack, strategy, rest);
         t.timer_every = timer_every;
         t.runtime_feeds = runtime_feeds;
+        t.user_stream = user_stream;
         t
     };
     launch::run_main("trading-worker", &args.feeds, settings, fresh)

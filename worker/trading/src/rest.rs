@@ -35,6 +35,13 @@ pub enum OrderEvent {
         client_id: String,
         error: String,
     },
+    /// A user-data stream's listen key (`POST /api/v3/userDataStream`).
+    ListenKey(Result<String, String>),
+    /// The answer to a listen key's keep-alive (`PUT`).
+    KeptAlive {
+        key: String,
+        result: Result<(), String>,
+    },
 }
 
 /// Why the REST client could not be set up.
@@ -115,6 +122,64 @@ impl RestClient {
             .send()
             .await;
         Self::interpret(client_id, sent).await
+    }
+
+    /// A listen key for a user-data stream.
+    pub async fn listen_key(self) -> OrderEvent {
+        #[derive(Deserialize)]
+        struct Answer {
+            #[serde(rename = "listenKey")]
+            listen_key: String,
+        }
+        let sent = self
+            .http
+            .post(format!("{}/api/v3/userDataStream", self.base))
+            .send()
+            .await;
+        let key = async {
+            let resp = sent.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            if !status.is_success() {
+                return Err(format!(
+                    "HTTP {status}: {}",
+                    resp.text().await.unwrap_or_default()
+                ));
+            }
+            let a: Answer = resp.json().await.map_err(|e| e.to_string())?;
+            Ok(a.listen_key)
+        };
+        OrderEvent::ListenKey(key.await)
+    }
+
+    /// Keep listen key `key` alive (Binance: within every 60 min).
+    pub async fn keep_alive(self, key: String) -> OrderEvent {
+        let sent = self
+            .http
+            .put(format!("{}/api/v3/userDataStream", self.base))
+            .query(&[("listenKey", key.as_str())])
+            .send()
+            .await;
+        let result = match sent {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!(
+                "HTTP {}: {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        OrderEvent::KeptAlive { key, result }
+    }
+
+    /// The websocket URL of the user-data stream of `key`
+    /// (`ws[s]://host/ws/<key>` beside the REST API).
+    pub fn user_stream_url(&self, key: &str) -> String {
+        let ws = match self.base.split_once("://") {
+            Some(("https", rest)) => format!("wss://{rest}"),
+            Some((_, rest)) => format!("ws://{rest}"),
+            None => format!("ws://{}", self.base),
+        };
+        format!("{ws}/ws/{key}")
     }
 
     /// Ask what became of `client_id`.

@@ -217,7 +217,10 @@ impl State {
                 None
             }
             // Still unknown: the order stays in flight for reconciliation.
-            OrderEvent::NotFound { .. } | OrderEvent::Unknown { .. } => None,
+            OrderEvent::NotFound { .. }
+            | OrderEvent::Unknown { .. }
+            | OrderEvent::ListenKey(_)
+            | OrderEvent::KeptAlive { .. } => None,
         }
     }
 
