@@ -510,7 +510,7 @@ impl App for Bench {
         }
         out.send(
             conn.id,
-            Message::text(trading_worker::market::subscribe(&self.symbols)),
+            Message::text(trading_worker::market::subscribe(&self.symbols, false)),
         );
     }
 

@@ -3,6 +3,7 @@
 //! (`supervisorctl`, signals) and judged by what the exchange saw (the
 //! simulator's audit of every ack, frame and close).
 
+mod book;
 mod continuity;
 mod control;
 mod crashes;

@@ -44,6 +44,8 @@ pub struct Trader<const S: u32> {
     /// With `--user-stream`: keep a Binance user-data stream (listen key,
     /// connection `user`, keep-alive timer) open, renewed every so often.
     pub user_stream: Option<std::time::Duration>,
+    /// With `--book`: a local order book per symbol (see [`crate::depth`]).
+    pub books: Option<crate::depth::Books>,
 }
 
 impl<const S: u32> Trader<S> {
@@ -68,6 +70,7 @@ impl<const S: u32> Trader<S> {
             timer_every: None,
             runtime_feeds: Vec::new(),
             user_stream: None,
+            books: None,
         }
     }
 
@@ -139,7 +142,7 @@ impl<const S: u32> Trader<S> {
             })
             .collect();
         let b = &self.state.base;
-        serde_json::json!({
+        let mut summary = serde_json::json!({
             "schema": S,
             "trades_processed": b.total_trades(),
             "orders_sent": b.orders_sent,
@@ -148,7 +151,40 @@ impl<const S: u32> Trader<S> {
             "positions": positions,
             "streams": streams,
             "digest": schema::digest(&self.state),
-        })
+        });
+        if let Some(books) = &self.books {
+            let book: serde_json::Map<String, serde_json::Value> = books
+                .books
+                .iter()
+                .map(|(sym, b)| {
+                    let best =
+                        |l: Option<(&Decimal, &Decimal)>| l.map(|(p, _)| p.normalize().to_string());
+                    (
+                        sym.clone(),
+                        serde_json::json!({
+                            "last_update_id": b.last_update_id,
+                            "bids": b.bids.len(),
+                            "asks": b.asks.len(),
+                            "best_bid": best(b.bids.iter().next_back()),
+                            "best_ask": best(b.asks.iter().next()),
+                            "digest": crate::depth::digest(b),
+                            "synced": b.synced,
+                        }),
+                    )
+                })
+                .collect();
+            summary["book"] = book.into();
+            summary["book_resyncs"] = books.resyncs.into();
+        }
+        summary
+    }
+
+    /// Fetch `symbol`'s book snapshot (an effect: only in the serving
+    /// worker, settled before a freeze).
+    fn fetch_depth(&self, symbol: String, out: &mut Outbox<OrderEvent>) {
+        if let Some(rest) = self.rest.clone() {
+            out.spawn(rest.depth(symbol));
+        }
     }
 }
 
@@ -175,7 +211,12 @@ impl<const S: u32> App for Trader<S> {
                 "this build writes schemas up to {S}, not {schema}"
             )));
         }
-        schema::encode(&self.state, schema).map_err(AppError::new)
+        let bytes = schema::encode(&self.state, schema).map_err(AppError::new)?;
+        // The books ride after the schema's bytes (see `depth::split_section`).
+        Ok(crate::depth::append_section(
+            bytes,
+            self.books.as_ref().map(crate::depth::Books::encode),
+        ))
     }
 
     fn restore(&mut self, schema: u32, bytes: &[u8], mode: RestoreMode) -> Result<(), AppError> {
@@ -184,7 +225,11 @@ impl<const S: u32> App for Trader<S> {
                 "schema {schema} is newer than this build's {S}"
             )));
         }
+        let (bytes, books) = crate::depth::split_section(bytes);
         self.state = schema::decode(bytes, schema).map_err(AppError::new)?;
+        if let (Some(mine), Some(section)) = (self.books.as_mut(), books) {
+            *mine = crate::depth::Books::decode(section).map_err(AppError::new)?;
+        }
         info!(
             ?mode,
             schema,
@@ -203,7 +248,10 @@ impl<const S: u32> App for Trader<S> {
             // A user-data stream takes no subscription: its events come.
             return;
         }
-        out.send(conn.id, Message::text(subscribe(&self.symbols)));
+        out.send(
+            conn.id,
+            Message::text(subscribe(&self.symbols, self.books.is_some())),
+        );
         // The first connection of a fresh start (ids are never reused)
         // starts the ticks; each tick schedules the next.
         if conn.id.0 == 0 {
@@ -262,6 +310,18 @@ impl<const S: u32> App for Trader<S> {
 
     fn on_message(&mut self, conn: &ConnInfo, msg: Message, out: &mut Outbox<OrderEvent>) {
         let Message::Text(text) = msg else { return };
+        if let Some(books) = self.books.as_mut() {
+            if let Some((stream, diff)) = crate::depth::parse_diff(text.as_str()) {
+                let u = diff.last;
+                if let Some(symbol) = books.on_diff(diff) {
+                    self.fetch_depth(symbol, out);
+                }
+                if self.ack {
+                    out.send(conn.id, Message::text(crate::market::ack_diff(&stream, u)));
+                }
+                return;
+            }
+        }
         let Some(trade) = parse_trade(text.as_str()) else {
             return;
         };
@@ -309,6 +369,22 @@ impl<const S: u32> App for Trader<S> {
             }
             OrderEvent::ListenKey(Err(e)) => {
                 warn!(error = %e, "no listen key; no user-data stream")
+            }
+            OrderEvent::Depth { symbol, result } => {
+                let Some(books) = self.books.as_mut() else {
+                    return;
+                };
+                match result {
+                    Ok(snap) => {
+                        if let Some(again) = books.on_snapshot(symbol, snap.clone()) {
+                            self.fetch_depth(again, out);
+                        }
+                    }
+                    Err(e) => {
+                        warn!(%symbol, error = %e, "depth snapshot failed; the next diff asks again");
+                        books.fetch_failed(symbol);
+                    }
+                }
             }
             OrderEvent::KeptAlive { result: Ok(()), .. } => {}
             OrderEvent::KeptAlive { result: Err(e), .. } => {

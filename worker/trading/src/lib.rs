@@ -12,6 +12,7 @@
 
 pub mod app;
 pub mod book;
+pub mod depth;
 pub mod launch;
 pub mod market;
 pub mod rest;
@@ -96,6 +97,11 @@ pub struct Args {
     /// it suggests every 30 minutes).
     #[arg(long, value_parser = parse_ms, default_value = "1800000")]
     pub listen_key_keepalive_ms: std::time::Duration,
+    /// Keep a local order book per symbol from `<symbol>@depth@100ms` diffs
+    /// and REST snapshots (needs --rest), Binance's way: a gap is detected,
+    /// counted (`book_resyncs`) and repaired from a fresh snapshot.
+    #[arg(long, requires = "rest")]
+    pub book: bool,
 }
 
 fn parse_ms(s: &str) -> Result<std::time::Duration, String> {
@@ -154,11 +160,13 @@ fn main_with<const S: u32>() -> ExitCode {
     };
     let (symbols, ack, timer_every) = (args.symbols.clone(), args.ack, args.timer_every);
     let user_stream = args.user_stream.then_some(args.listen_key_keepalive_ms);
+    let book = args.book;
     let fresh = move || {
         let mut t = Trader::<S>::new(symbols, ack, strategy, rest);
         t.timer_every = timer_every;
         t.runtime_feeds = runtime_feeds;
         t.user_stream = user_stream;
+        t.books = book.then(crate::depth::Books::default);
         t
     };
     launch::run_main("trading-worker", &args.feeds, settings, fresh)

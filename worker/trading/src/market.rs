@@ -68,12 +68,25 @@ pub fn trade_id(text: &str) -> Option<(&str, u64)> {
 }
 
 /// `{"method":"SUBSCRIBE","params":["btcusdt@trade",..],"id":1}`.
-pub fn subscribe(symbols: &[String]) -> String {
-    let params: Vec<String> = symbols
+pub fn subscribe(symbols: &[String], depth: bool) -> String {
+    let mut params: Vec<String> = symbols
         .iter()
         .map(|s| format!("{}@trade", s.to_lowercase()))
         .collect();
+    if depth {
+        params.extend(
+            symbols
+                .iter()
+                .map(|s| format!("{}@depth@100ms", s.to_lowercase())),
+        );
+    }
     serde_json::json!({"method": "SUBSCRIBE", "params": params, "id": 1}).to_string()
+}
+
+/// `{"method":"ack","stream":"btcusdt@depth@100ms","u":12345}`: a depth
+/// diff taken in, by its final update id.
+pub fn ack_diff(stream: &str, u: u64) -> String {
+    serde_json::json!({"method": "ack", "stream": stream, "u": u}).to_string()
 }
 
 /// `{"method":"ack","stream":"btcusdt@trade","t":12345}`.
@@ -110,7 +123,7 @@ mod tests {
     #[test]
     fn subscribe_and_ack_match_the_contract() {
         assert_eq!(
-            subscribe(&["btcusdt".into(), "ethusdt".into()]),
+            subscribe(&["btcusdt".into(), "ethusdt".into()], false),
             r#"{"id":1,"method":"SUBSCRIBE","params":["btcusdt@trade","ethusdt@trade"]}"#
         );
         assert_eq!(

@@ -42,6 +42,11 @@ pub enum OrderEvent {
         key: String,
         result: Result<(), String>,
     },
+    /// A symbol's order book snapshot (`GET /api/v3/depth`).
+    Depth {
+        symbol: String,
+        result: Result<crate::depth::DepthSnapshot, String>,
+    },
 }
 
 /// Why the REST client could not be set up.
@@ -122,6 +127,30 @@ impl RestClient {
             .send()
             .await;
         Self::interpret(client_id, sent).await
+    }
+
+    /// `symbol`'s order book snapshot, 1000 levels deep (Binance's
+    /// documented procedure for a local book).
+    pub async fn depth(self, symbol: String) -> OrderEvent {
+        let sent = self
+            .http
+            .get(format!("{}/api/v3/depth", self.base))
+            .query(&[("symbol", symbol.as_str()), ("limit", "1000")])
+            .send()
+            .await;
+        let result = async {
+            let resp = sent.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let v: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(format!("HTTP {status}: {v}"));
+            }
+            crate::depth::parse_snapshot(&v).ok_or_else(|| format!("not a depth snapshot: {v}"))
+        };
+        OrderEvent::Depth {
+            result: result.await,
+            symbol,
+        }
     }
 
     /// A listen key for a user-data stream.

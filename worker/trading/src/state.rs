@@ -220,7 +220,8 @@ impl State {
             OrderEvent::NotFound { .. }
             | OrderEvent::Unknown { .. }
             | OrderEvent::ListenKey(_)
-            | OrderEvent::KeptAlive { .. } => None,
+            | OrderEvent::KeptAlive { .. }
+            | OrderEvent::Depth { .. } => None,
         }
     }
 
