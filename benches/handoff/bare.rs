@@ -68,8 +68,10 @@ async fn one_connection(i: usize, url: &str, symbols: &[String], last_id: u64) -
     // on, acks would coalesce into fewer segments and the comparison would
     // measure that instead.
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
-    ws.send(Message::text(trading_worker::market::subscribe(symbols, false)))
-        .await?;
+    ws.send(Message::text(trading_worker::market::subscribe(
+        symbols, false,
+    )))
+    .await?;
     let name = format!("feed-{i}");
     let mut counters: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut done_streams = 0;

@@ -7,6 +7,7 @@ mod book;
 mod continuity;
 mod control;
 mod crashes;
+mod example;
 mod failed_upgrades;
 mod fault_matrix;
 mod fd_store;

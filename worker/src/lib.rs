@@ -70,6 +70,7 @@
 //! handoff_worker::run(feeds, Settings::default(), Counter::default).await?;
 //! # Ok(()) }
 //! ```
+//! A complete bot to start from (a feed, a timer, an order, a snapshot): `examples/minimal_bot.rs`.
 #![forbid(unsafe_code)]
 
 pub mod app;
