@@ -21,6 +21,18 @@ fn worker_book(c: &Cluster, symbol: &str) -> (Value, u64) {
     )
 }
 
+/// Wait until every symbol's book follows the stream.
+fn wait_synced(c: &Cluster) {
+    wait_for("the books to sync", Duration::from_secs(20), || {
+        let s = c.fresh_summary()?;
+        Ok(SYMBOLS
+            .iter()
+            .all(|sym| s["book"][sym]["synced"] == true)
+            .then_some(()))
+    })
+    .unwrap();
+}
+
 /// Pause the feed and wait until the worker's book is at the exchange's
 /// update id; then both digests must be equal.
 fn assert_books_equal(c: &Cluster) -> u64 {
@@ -63,14 +75,7 @@ fn the_local_book_equals_the_exchanges_after_a_hundred_handoffs() {
         .worker_args(["--book"])
         .start()
         .expect("cluster");
-    wait_for("the books to sync", Duration::from_secs(20), || {
-        let s = c.fresh_summary()?;
-        Ok(SYMBOLS
-            .iter()
-            .all(|sym| s["book"][sym]["synced"] == true)
-            .then_some(()))
-    })
-    .unwrap();
+    wait_synced(&c);
     for i in 0..100 {
         let out = c.upgrade(None).unwrap();
         assert!(out.success(), "upgrade {i}: {}", out.stderr);
@@ -94,14 +99,7 @@ fn after_a_sigkill_in_a_burst_of_diffs_the_gap_is_found_and_the_book_resyncs() {
         .worker_args(["--book", "--checkpoint-ms", "600000"])
         .start()
         .expect("cluster");
-    wait_for("the books to sync", Duration::from_secs(20), || {
-        let s = c.fresh_summary()?;
-        Ok(SYMBOLS
-            .iter()
-            .all(|sym| s["book"][sym]["synced"] == true)
-            .then_some(()))
-    })
-    .unwrap();
+    wait_synced(&c);
     // The checkpoint a recovery will restore (no other comes before the kill).
     let (at_checkpoint, _) = worker_book(&c, "BTCUSDT");
     let checkpoint_u = at_checkpoint["last_update_id"].as_u64().unwrap();

@@ -28,6 +28,22 @@ fn connections(c: &handoff_testkit::Cluster) -> Vec<Value> {
     conns
 }
 
+/// Wait until the worker serves holding exactly the connections `names`
+/// (sorted).
+fn wait_held(c: &handoff_testkit::Cluster, names: &[&str]) {
+    handoff_testkit::wait_for(
+        "the connections held",
+        std::time::Duration::from_secs(10),
+        || {
+            let s = c.status()?;
+            let mut held = crate::held_names(&s);
+            held.sort();
+            Ok((s["worker"]["state"] == "running" && held == names).then_some(()))
+        },
+    )
+    .unwrap();
+}
+
 #[test]
 fn a_build_with_another_feed_list_is_upgraded_into_and_rolled_back_from() {
     let c = cluster()
@@ -62,14 +78,8 @@ fn a_build_with_another_feed_list_is_upgraded_into_and_rolled_back_from() {
     );
     assert!(out.stdout.contains("feed extra ("), "{}", out.stdout);
     assert!(out.stdout.contains("new in this build"), "{}", out.stdout);
-    let s = c.wait_serving(std::time::Duration::from_secs(10)).unwrap();
-    let names: Vec<_> = s["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].clone())
-        .collect();
-    assert_eq!(names, ["feed-0", "extra"], "{s}");
+    // The new worker closes and opens after Go: wait for it.
+    wait_held(&c, &["extra", "feed-0"]);
     wait_for_more_acks(&c.sim, "acks in build B");
     let conns = connections(&c);
     assert_eq!(conns.len(), 3, "one connection opened, for extra");
@@ -83,15 +93,7 @@ fn a_build_with_another_feed_list_is_upgraded_into_and_rolled_back_from() {
     let out = c.ctl(["rollback", "--wait"]).unwrap();
     assert!(out.success(), "{}", out.stderr);
     assert!(out.stdout.contains("feed extra ("), "{}", out.stdout);
-    let s = c.wait_serving(std::time::Duration::from_secs(10)).unwrap();
-    let mut names: Vec<_> = s["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap().to_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["feed-0", "feed-1"], "{s}");
+    wait_held(&c, &["feed-0", "feed-1"]);
     wait_for_more_acks(&c.sim, "acks after the rollback");
     let conns = connections(&c);
     assert_eq!(conns.len(), 4, "one connection opened, for feed-1");
@@ -123,12 +125,7 @@ fn connections_the_app_opened_survive_a_hundred_handoffs_and_a_crash() {
         .start()
         .expect("cluster");
     let s = c.status().unwrap();
-    let names: Vec<_> = s["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].clone())
-        .collect();
+    let names = crate::held_names(&s);
     assert_eq!(
         names,
         ["feed-0", "user"],
@@ -147,10 +144,7 @@ fn connections_the_app_opened_survive_a_hundred_handoffs_and_a_crash() {
     crate::assert_nothing_lost(&c.sim, 2);
     c.sim.resume().unwrap();
     // And through a crash: the recovery worker gets it with the others.
-    let dead = c.signal_worker(nix::sys::signal::Signal::SIGKILL).unwrap();
-    let s = crate::crashes::wait_replaced(&c, dead, std::time::Duration::from_secs(10));
-    assert_eq!(s["connections"].as_array().map(Vec::len), Some(2), "{s}");
-    crate::assert_connections_survived(&c, 2);
+    crate::crash_keeps_connections(&c, 2);
 }
 
 #[test]

@@ -121,6 +121,27 @@ pub fn assert_every_ping_answered(sim: &handoff_testkit::Sim) {
     }
 }
 
+/// The names of the connections a status report says are held, in order.
+pub fn held_names(status: &Value) -> Vec<String> {
+    status["connections"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// SIGKILL the worker, wait for its replacement, and check the exchange
+/// kept all `n` connections through it.
+pub fn crash_keeps_connections(c: &handoff_testkit::Cluster, n: usize) -> Value {
+    let dead = c.signal_worker(nix::sys::signal::Signal::SIGKILL).unwrap();
+    let s = crashes::wait_replaced(c, dead, Duration::from_secs(10));
+    assert_eq!(held_names(&s).len(), n, "{s}");
+    assert_connections_survived(c, n)
+}
+
 /// Wait until the exchange has received acks beyond those it has now.
 pub fn wait_for_more_acks(sim: &handoff_testkit::Sim, what: &str) {
     let acked = |a: &Value| a["totals"]["acked"].as_u64().unwrap_or(0);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use handoff_testkit::{wait_for, Cluster};
 use serde_json::Value;
 
-use crate::{assert_connections_survived, cluster, HOSTILE_FEED};
+use crate::{cluster, HOSTILE_FEED};
 
 /// The simulator's one listen key and the connection streaming it.
 fn listen_key(c: &Cluster) -> (Value, Value) {
@@ -49,12 +49,7 @@ fn a_user_data_stream_and_its_keepalives_survive_a_hundred_handoffs_and_a_crash(
         .start()
         .expect("cluster");
     let s = c.status().unwrap();
-    let names: Vec<_> = s["connections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].clone())
-        .collect();
+    let names = crate::held_names(&s);
     assert_eq!(names, ["feed-0", "user"], "{s}");
     for i in 0..100 {
         let out = c.upgrade(None).unwrap();
@@ -87,10 +82,7 @@ fn a_user_data_stream_and_its_keepalives_survive_a_hundred_handoffs_and_a_crash(
     );
     crate::supervisor_loss::assert_no_order_twice(&c);
     // And a crash: the recovering worker gets the stream with the feed.
-    let dead = c.signal_worker(nix::sys::signal::Signal::SIGKILL).unwrap();
-    let s = crate::crashes::wait_replaced(&c, dead, Duration::from_secs(10));
-    assert_eq!(s["connections"].as_array().map(Vec::len), Some(2), "{s}");
-    let audit = assert_connections_survived(&c, 2);
+    let audit = crate::crash_keeps_connections(&c, 2);
     let (stats, _) = listen_key(&c);
     assert!(stats["closed_by"].is_null(), "{stats}: {audit}");
 }
