@@ -172,3 +172,37 @@ fn a_connection_past_its_maximum_age_is_reopened_without_an_upgrade() {
     wait_for_more_acks(&c.sim, "acks on the new connection");
     connections(&c);
 }
+
+#[test]
+fn a_server_shutdown_is_followed_by_a_reconnect_without_an_upgrade() {
+    let c = cluster()
+        .connections(2)
+        .sim_args(["--rate", "300"])
+        .start()
+        .expect("cluster");
+    let worker = c.worker_pid().unwrap();
+    c.sim
+        .get(
+            "/control/server_shutdown",
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap();
+    // Both feeds come back by themselves, in the same worker.
+    handoff_testkit::wait_for(
+        "both feeds again",
+        std::time::Duration::from_secs(20),
+        || {
+            let a = c.sim.audit()?;
+            let open = a["connections_open"].as_u64().unwrap_or(0);
+            Ok((a["connections_total"] == 4 && open == 2).then_some(()))
+        },
+    )
+    .unwrap();
+    wait_held(&c, &["feed-0", "feed-1"]);
+    let s = c.status().unwrap();
+    assert_eq!(s["worker"]["pid"].as_u64(), Some(worker as u64), "{s}");
+    assert_eq!(s["worker"]["restarts"], 0, "{s}");
+    assert_eq!(s["handoffs"]["completed"], 0, "{s}");
+    wait_for_more_acks(&c.sim, "acks on the new connections");
+    connections(&c);
+}
