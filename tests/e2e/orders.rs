@@ -34,7 +34,9 @@ fn orders_across_upgrades(builder: handoff_testkit::ClusterBuilder, upgrades: us
     }
     assert_eq!(c.status().unwrap()["handoffs"]["completed"], upgrades);
     c.sim.pause().unwrap();
-    // Let every order settle: nothing open, nothing in flight.
+    // Every trade sent is processed first (a trade can place an order),
+    // then every order settles: nothing open, nothing in flight.
+    c.sim.audit_when_acked(Duration::from_secs(20)).unwrap();
     let summary = wait_for("orders to settle", Duration::from_secs(30), || {
         let s = c.fresh_summary()?;
         Ok((s["open_orders"] == 0).then_some(s))

@@ -31,7 +31,11 @@ pub(crate) fn with_orders(b: ClusterBuilder) -> ClusterBuilder {
 }
 
 /// The orders the exchange took match what the worker sent: none twice.
+/// Pauses the feed and waits until every trade sent was processed (acked),
+/// so that no order is still to come from one, then for orders to settle.
 pub(crate) fn assert_no_order_twice(c: &Cluster) -> Value {
+    c.sim.pause().unwrap();
+    c.sim.audit_when_acked(Duration::from_secs(20)).unwrap();
     let summary = wait_for("orders to settle", Duration::from_secs(30), || {
         let s = c.fresh_summary()?;
         Ok((s["open_orders"] == 0).then_some(s))
