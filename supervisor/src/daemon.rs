@@ -92,6 +92,9 @@ enum Stopping {
         deadline: tokio::time::Instant,
     },
     Done,
+    /// A new supervisor serves the control socket and the worker: exit
+    /// without touching either (see [`crate::succession`]).
+    HandedOver,
 }
 
 /// All the daemon's state. See the module docs.
@@ -149,8 +152,6 @@ pub struct Daemon {
     /// The final answer of `upgrade-supervisor --wait`: the process exits
     /// once it is written.
     pub(crate) last_reply: Option<mpsc::Sender<CtlResponse>>,
-    /// A new supervisor serves the control socket: leave it in place.
-    handed_over: bool,
     /// What the active worker's library sent ahead of its next checkpoint
     /// or `Frozen`, which it belongs to.
     pub(crate) carried_ahead: handoff_protocol::worker::Carried,
@@ -246,7 +247,6 @@ pub async fn run_with(
         succession_events: succ_tx,
         released: None,
         last_reply: None,
-        handed_over: false,
         readoptions: readopt_tx,
         fdstore: None,
         carried_ahead: Default::default(),
@@ -292,7 +292,7 @@ pub async fn run_with(
             }
         }
         d.publish_metrics();
-        if matches!(d.stopping, Stopping::Done) {
+        if matches!(d.stopping, Stopping::Done | Stopping::HandedOver) {
             break;
         }
     }
@@ -310,7 +310,7 @@ pub async fn run_with(
     if let Some(p) = d.persister.take() {
         p.finish().await;
     }
-    if d.handed_over {
+    if matches!(d.stopping, Stopping::HandedOver) {
         info!("supervisor handed over to its successor");
         return Ok(());
     }
@@ -357,8 +357,7 @@ impl Daemon {
     /// A new supervisor serves: exit without touching the worker or the
     /// control socket.
     pub(crate) fn handed_over(&mut self) {
-        self.handed_over = true;
-        self.stopping = Stopping::Done;
+        self.stopping = Stopping::HandedOver;
     }
 
     pub(crate) fn take_generation(&mut self) -> Generation {

@@ -267,7 +267,7 @@ impl ClusterBuilder {
     }
 }
 
-fn spawn_supervisor(
+pub(crate) fn spawn_supervisor(
     bin: &Path,
     args: &[std::ffi::OsString],
     env: &[(String, String)],
@@ -285,6 +285,17 @@ fn spawn_supervisor(
         what: "supervisor",
         source: e,
     })
+}
+
+/// Write an executable shell script at `path`.
+fn write_script(path: &Path, script: &str) -> Result<PathBuf, TestkitError> {
+    let err = |source| TestkitError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::write(path, script).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
+    Ok(path.to_path_buf())
 }
 
 fn copy_exec(from: &Path, to: &Path) -> Result<(), TestkitError> {
@@ -325,17 +336,17 @@ pub struct Cluster {
     pub bins: Bins,
     pub dir: TempDir,
     pub sim: Sim,
-    supervisor: Option<Child>,
+    pub(crate) supervisor: Option<Child>,
     /// Every supervisor's process group: a worker stays in the group of the
     /// supervisor that started it, even after another one adopted it.
-    groups: Vec<u32>,
+    pub(crate) groups: Vec<u32>,
     pub socket: PathBuf,
     /// The supervisor's `--worker` path.
     pub worker_path: PathBuf,
     pub connections: usize,
-    supervisor_args: Vec<std::ffi::OsString>,
-    env: Vec<(String, String)>,
-    quiet: bool,
+    pub(crate) supervisor_args: Vec<std::ffi::OsString>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) quiet: bool,
 }
 
 impl Cluster {
@@ -454,13 +465,7 @@ impl Cluster {
             script.push_str(&format!("export {k}='{v}'\n"));
         }
         script.push_str(&format!("exec '{}' \"$@\"\n", self.bins.worker.display()));
-        let err = |source| TestkitError::File {
-            path: path.clone(),
-            source,
-        };
-        std::fs::write(&path, script).map_err(err)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
-        Ok(path)
+        write_script(&path, &script)
     }
 
     /// Write an executable wrapper that runs the worker binary with `args`
@@ -477,13 +482,7 @@ impl Cluster {
             script.push_str(&format!(" '{}'", a.replace('\'', "'\\''")));
         }
         script.push('\n');
-        let err = |source| TestkitError::File {
-            path: path.clone(),
-            source,
-        };
-        std::fs::write(&path, script).map_err(err)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
-        Ok(path)
+        write_script(&path, &script)
     }
 
     /// Replace the file at the `--worker` path atomically (write beside it,
@@ -493,191 +492,6 @@ impl Cluster {
         copy_exec(new, &tmp)?;
         std::fs::rename(&tmp, &self.worker_path)
             .map_err(|source| TestkitError::File { path: tmp, source })
-    }
-
-    /// Start the supervisor again (after [`Cluster::stop`]) with the same
-    /// flags and state directory; waits until its worker serves.
-    pub fn restart_supervisor(&mut self) -> Result<Value, TestkitError> {
-        self.restart_supervisor_with(&[])
-    }
-
-    /// [`Cluster::restart_supervisor`] with `extra` supervisor flags.
-    pub fn restart_supervisor_with(&mut self, extra: &[&str]) -> Result<Value, TestkitError> {
-        let split = self
-            .supervisor_args
-            .iter()
-            .position(|a| a == "--")
-            .unwrap_or(self.supervisor_args.len());
-        let mut args = self.supervisor_args[..split].to_vec();
-        args.extend(extra.iter().map(Into::into));
-        args.extend(self.supervisor_args[split..].iter().cloned());
-        let child = spawn_supervisor(&self.bins.supervisor, &args, &self.env, self.quiet)?;
-        self.groups.push(child.id());
-        self.supervisor = Some(child);
-        self.wait_serving(Duration::from_secs(30))
-    }
-
-    /// Leave `key` out of the environment of supervisors started from now on
-    /// (a fault hook meant for the first one only, say).
-    pub fn forget_env(&mut self, key: &str) {
-        self.env.retain(|(k, _)| k != key);
-    }
-
-    /// `kill -9` the supervisor and every worker it started (its process
-    /// group), as systemd's `KillMode=mixed` does once the main process is
-    /// gone; reap the supervisor and wait until no worker process is left.
-    pub fn kill_unit(&mut self) -> Result<(), TestkitError> {
-        let pid = self.supervisor.as_ref().map(|c| c.id()).unwrap_or(0);
-        killpg(Pid::from_raw(pid as i32), Signal::SIGKILL)
-            .map_err(|e| TestkitError::Protocol(format!("killpg {pid}: {e}")))?;
-        self.wait_exit()?;
-        wait_for("the unit's workers to die", Duration::from_secs(10), || {
-            Ok(self.worker_processes().is_empty().then_some(()))
-        })
-    }
-
-    /// Start the supervisor again the way systemd restarts a unit with a
-    /// file descriptor store: `fds` as descriptors 3, 4, …, named in
-    /// `LISTEN_FDNAMES`, with `LISTEN_FDS` and `LISTEN_PID` (set by a shell
-    /// that then execs the supervisor, so the pid is its own). Waits until
-    /// its worker serves.
-    pub fn restart_supervisor_with_fds(
-        &mut self,
-        fds: Vec<(String, std::os::fd::OwnedFd)>,
-    ) -> Result<Value, TestkitError> {
-        use std::os::fd::AsFd;
-        let names: Vec<&str> = fds.iter().map(|(n, _)| n.as_str()).collect();
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg("export LISTEN_PID=$$; exec \"$0\" \"$@\"")
-            .arg(&self.bins.supervisor)
-            .args(&self.supervisor_args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("LISTEN_FDS", fds.len().to_string())
-            .env("LISTEN_FDNAMES", names.join(":"))
-            .stdin(Stdio::null())
-            .process_group(0);
-        if self.quiet {
-            cmd.stderr(Stdio::null()).stdout(Stdio::null());
-        }
-        let borrowed: Vec<_> = fds.iter().map(|(_, fd)| fd.as_fd()).collect();
-        handoff_protocol::fds::place_in_child(&mut cmd, &borrowed, 3);
-        let child = cmd.spawn().map_err(|e| TestkitError::Spawn {
-            what: "supervisor",
-            source: e,
-        })?;
-        drop(fds);
-        self.groups.push(child.id());
-        self.supervisor = Some(child);
-        self.wait_serving(Duration::from_secs(30))
-    }
-
-    /// `kill -9` the supervisor (its workers live on) and reap it.
-    pub fn kill_supervisor(&mut self) -> Result<(), TestkitError> {
-        self.signal(Signal::SIGKILL)?;
-        self.wait_exit().map(|_| ())
-    }
-
-    /// Run one more supervisor with this cluster's flags and state directory
-    /// and `extra` flags (`--flag value` pairs; one the cluster sets already,
-    /// `--socket` say, takes the new value),
-    /// and wait up to `within` for it to exit: its exit status and stderr.
-    /// One that is still running then is killed, and that is an error.
-    pub fn run_another_supervisor(
-        &self,
-        extra: &[&str],
-        within: Duration,
-    ) -> Result<(std::process::ExitStatus, String), TestkitError> {
-        let split = self
-            .supervisor_args
-            .iter()
-            .position(|a| a == "--")
-            .unwrap_or(self.supervisor_args.len());
-        let mut args: Vec<std::ffi::OsString> = self.supervisor_args[..split].to_vec();
-        for pair in extra.chunks(2) {
-            match args.iter().position(|a| a == pair[0]) {
-                Some(i) if pair.len() == 2 && i + 1 < args.len() => args[i + 1] = pair[1].into(),
-                _ => args.extend(pair.iter().map(Into::into)),
-            }
-        }
-        args.extend(self.supervisor_args[split..].iter().cloned());
-        let mut child = Command::new(&self.bins.supervisor)
-            .args(&args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| TestkitError::Spawn {
-                what: "supervisor",
-                source: e,
-            })?;
-        let waited = wait_for("the other supervisor to exit", within, || {
-            child
-                .try_wait()
-                .map_err(|e| TestkitError::Protocol(format!("wait: {e}")))
-        });
-        let status = match waited {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-                let _ = child.wait();
-                return Err(e);
-            }
-        };
-        let mut stderr = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut stderr);
-        }
-        Ok((status, stderr))
-    }
-
-    /// Every live worker process of this cluster's state directory (found
-    /// by the `HANDOFF_STATE_DIR` its supervisor gave it), whoever supervises
-    /// it, if anyone.
-    pub fn worker_processes(&self) -> Vec<u32> {
-        let want = format!("HANDOFF_STATE_DIR={}", self.state_dir().display());
-        let Ok(procs) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        let mut pids: Vec<u32> = procs
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| process_alive(*pid))
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/environ"))
-                    .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == want.as_bytes()))
-            })
-            .collect();
-        pids.sort_unstable();
-        pids
-    }
-
-    /// The processes holding `serving.lock` (from `/proc/locks`): the
-    /// workers that may serve. Never more than one.
-    pub fn serving_lock_holders(&self) -> Vec<u32> {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(meta) = std::fs::metadata(self.state_dir().join("serving.lock")) else {
-            return Vec::new();
-        };
-        let inode = format!(":{}", meta.ino());
-        let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
-        // "1: FLOCK  ADVISORY  WRITE 1234 00:2f:5678 0 EOF"
-        let mut pids: Vec<u32> = locks
-            .lines()
-            .filter(|l| !l.contains("->"))
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.get(1) == Some(&"FLOCK") && f.get(5).is_some_and(|d| d.ends_with(&inode)))
-                    .then(|| f.get(4)?.parse().ok())
-                    .flatten()
-            })
-            .collect();
-        pids.sort_unstable();
-        pids.dedup();
-        pids
     }
 
     /// The state directory.
@@ -715,18 +529,5 @@ impl Drop for Cluster {
         if let Some(mut child) = self.supervisor.take() {
             let _ = child.wait();
         }
-    }
-}
-
-/// Whether `pid` is a live process (a zombie is not).
-pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
     }
 }

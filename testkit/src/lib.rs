@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+mod lifecycle;
+mod procs;
 pub mod sim;
 pub mod systemd;
 
@@ -18,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-pub use cluster::{process_alive, Bins, Cluster, ClusterBuilder, CtlOutput};
+pub use cluster::{Bins, Cluster, ClusterBuilder, CtlOutput};
+pub use procs::process_alive;
 pub use sim::Sim;
 pub use systemd::FakeSystemd;
 

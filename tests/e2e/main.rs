@@ -121,6 +121,30 @@ pub fn assert_every_ping_answered(sim: &handoff_testkit::Sim) {
     }
 }
 
+/// The orders the exchange took match what the worker sent: none twice.
+/// Pauses the feed and waits until every trade sent was processed (acked),
+/// so that no order is still to come from one, then for orders to settle.
+pub fn assert_no_order_twice(c: &handoff_testkit::Cluster) -> (Value, Value) {
+    c.sim.pause().unwrap();
+    c.sim.audit_when_acked(Duration::from_secs(20)).unwrap();
+    let summary = wait_for("orders to settle", Duration::from_secs(30), || {
+        let s = c.fresh_summary()?;
+        Ok((s["open_orders"] == 0).then_some(s))
+    })
+    .unwrap();
+    let exchange = c.sim.get("/orders/audit", Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        exchange["duplicate_client_ids"], 0,
+        "an order was sent twice: {exchange}"
+    );
+    assert_eq!(
+        exchange["orders"].as_u64(),
+        summary["orders_sent"].as_u64(),
+        "orders lost or invented: worker {summary}, exchange {exchange}"
+    );
+    (summary, exchange)
+}
+
 /// The names of the connections a status report says are held, in order.
 pub fn held_names(status: &Value) -> Vec<String> {
     status["connections"]

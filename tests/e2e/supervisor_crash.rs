@@ -10,7 +10,7 @@ use std::time::Duration;
 use handoff_testkit::{wait_for, Cluster};
 use serde_json::Value;
 
-use crate::supervisor_loss::{assert_no_order_twice, assert_one_worker, with_orders};
+use crate::supervisor_loss::{assert_one_worker, with_orders};
 use crate::{assert_nothing_lost, cluster, wait_for_more_acks, HOSTILE_FEED};
 
 const FAULT: &str = "HANDOFF_SUPERVISOR_FAULT";
@@ -80,7 +80,7 @@ fn a_supervisor_killed_between_ready_and_exit_keeps_the_thawed_old_worker() {
     assert!(log.contains("told to exit"), "{log}");
     wait_for_more_acks(&c.sim, "acks after the restart");
     c.sim.pause().unwrap();
-    assert_no_order_twice(&c);
+    crate::assert_no_order_twice(&c);
     assert_nothing_lost(&c.sim, 1);
 }
 
@@ -99,7 +99,7 @@ fn a_supervisor_killed_between_exit_and_go_leaves_the_successor_to_go_live() {
     assert!(log.contains("told to go"), "{log}");
     wait_for_more_acks(&c.sim, "acks from the successor");
     c.sim.pause().unwrap();
-    assert_no_order_twice(&c);
+    crate::assert_no_order_twice(&c);
     assert_nothing_lost(&c.sim, 1);
 }
 

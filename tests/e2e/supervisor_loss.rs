@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use handoff_testkit::{wait_for, Cluster, ClusterBuilder};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::Value;
 
 use crate::{assert_nothing_lost, cluster, wait_for_more_acks, HOSTILE_FEED};
 
@@ -22,36 +21,24 @@ pub(crate) fn assert_one_worker(c: &Cluster, pid: u32) {
     assert_eq!(c.serving_lock_holders(), vec![pid], "serving.lock holders");
 }
 
+/// `kill -9` the supervisor; the path of the socket on which `worker`, now
+/// an orphan serving alone, waits to be adopted (once it is there).
+fn orphaned(c: &mut Cluster, worker: u32) -> std::path::PathBuf {
+    c.kill_supervisor().unwrap();
+    let socket = c.state_dir().join("orphans").join(format!("{worker}.sock"));
+    wait_for("the orphan socket", Duration::from_secs(10), || {
+        Ok(socket.exists().then_some(()))
+    })
+    .unwrap();
+    socket
+}
+
 /// `b` with REST orders, slow enough to answer that a freeze or an adoption
 /// often finds one in flight.
 pub(crate) fn with_orders(b: ClusterBuilder) -> ClusterBuilder {
     b.rest()
         .sim_args(["--order-latency-ms", "15"])
         .worker_args(["--cooldown-trades", "3"])
-}
-
-/// The orders the exchange took match what the worker sent: none twice.
-/// Pauses the feed and waits until every trade sent was processed (acked),
-/// so that no order is still to come from one, then for orders to settle.
-pub(crate) fn assert_no_order_twice(c: &Cluster) -> Value {
-    c.sim.pause().unwrap();
-    c.sim.audit_when_acked(Duration::from_secs(20)).unwrap();
-    let summary = wait_for("orders to settle", Duration::from_secs(30), || {
-        let s = c.fresh_summary()?;
-        Ok((s["open_orders"] == 0).then_some(s))
-    })
-    .unwrap();
-    let exchange = c.sim.get("/orders/audit", Duration::from_secs(5)).unwrap();
-    assert_eq!(
-        exchange["duplicate_client_ids"], 0,
-        "an order was sent twice: {exchange}"
-    );
-    assert_eq!(
-        exchange["orders"].as_u64(),
-        summary["orders_sent"].as_u64(),
-        "orders lost or invented: worker {summary}, exchange {exchange}"
-    );
-    summary
 }
 
 #[test]
@@ -98,7 +85,7 @@ fn kill_9_of_an_idle_supervisor_and_a_restart_adopt_the_serving_worker() {
     assert_one_worker(&c, successor);
     wait_for_more_acks(&c.sim, "acks after the upgrade");
     c.sim.pause().unwrap();
-    let summary = assert_no_order_twice(&c);
+    let (summary, _) = crate::assert_no_order_twice(&c);
     assert!(summary["orders_sent"].as_u64().unwrap() > 0, "{summary}");
     assert_nothing_lost(&c.sim, 1);
 }
@@ -157,12 +144,7 @@ fn a_supervisor_that_cannot_adopt_a_serving_worker_starts_none() {
 fn an_orphan_whose_supervisor_never_returns_serves_on_and_stops_cleanly() {
     let mut c = cluster().sim_args(HOSTILE_FEED).start().expect("cluster");
     let worker = c.worker_pid().unwrap();
-    c.kill_supervisor().unwrap();
-    let socket = c.state_dir().join("orphans").join(format!("{worker}.sock"));
-    wait_for("the orphan socket", Duration::from_secs(10), || {
-        Ok(socket.exists().then_some(()))
-    })
-    .unwrap();
+    let socket = orphaned(&mut c, worker);
     wait_for_more_acks(&c.sim, "acks from the orphaned worker");
     // Everything sent so far is acked, then SIGTERM: a clean stop.
     c.sim.pause().unwrap();
@@ -226,7 +208,7 @@ fn twenty_supervisor_upgrades_in_a_row_keep_the_worker_serving() {
     );
     wait_for_more_acks(&c.sim, "acks after the upgrades");
     c.sim.pause().unwrap();
-    let summary = assert_no_order_twice(&c);
+    let (summary, _) = crate::assert_no_order_twice(&c);
     assert!(summary["orders_sent"].as_u64().unwrap() > 0, "{summary}");
     assert_nothing_lost(&c.sim, 1);
 }
@@ -342,12 +324,7 @@ fn a_peer_that_connects_to_an_orphan_and_says_nothing_delays_adoption_only() {
     use std::io::Read;
     let mut c = cluster().sim_args(HOSTILE_FEED).start().expect("cluster");
     let worker = c.worker_pid().unwrap();
-    c.kill_supervisor().unwrap();
-    let socket = c.state_dir().join("orphans").join(format!("{worker}.sock"));
-    wait_for("the orphan socket", Duration::from_secs(10), || {
-        Ok(socket.exists().then_some(()))
-    })
-    .unwrap();
+    let socket = orphaned(&mut c, worker);
     // Connect, hear the worker's offer, and say nothing.
     let mut silent = std::os::unix::net::UnixStream::connect(&socket).unwrap();
     let mut first = [0u8; 1];

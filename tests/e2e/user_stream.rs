@@ -80,7 +80,7 @@ fn a_user_data_stream_and_its_keepalives_survive_a_hundred_handoffs_and_a_crash(
         conn["user_events_sent"].as_u64().unwrap_or(0) > 0,
         "no executionReport: {conn}"
     );
-    crate::supervisor_loss::assert_no_order_twice(&c);
+    crate::assert_no_order_twice(&c);
     c.sim.resume().unwrap();
     // And a crash: the recovering worker gets the stream with the feed.
     let audit = crate::crash_keeps_connections(&c, 2);
