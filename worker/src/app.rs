@@ -123,6 +123,21 @@ impl<D> Outbox<D> {
     }
 }
 
+/// How an app names itself and its schemas: in `Hello` (so the supervisor
+/// refuses an incompatible successor before anything freezes) and in every
+/// snapshot envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// [`App::NAME`]: a snapshot of another app is refused.
+    pub name: String,
+    /// [`App::SCHEMA`]: what [`App::snapshot`] writes.
+    pub schema: u32,
+    /// [`App::reads_schemas`].
+    pub reads: Vec<u32>,
+    /// [`App::writes_schemas`].
+    pub writes: Vec<u32>,
+}
+
 /// A stateful service driven by the worker runtime.
 ///
 /// The runtime owns the connections and the loop; the app owns its state and
@@ -149,6 +164,18 @@ pub trait App: Sized + Send + 'static {
     /// older ones a previous build reads, so a rollback keeps the state.
     fn writes_schemas() -> Vec<u32> {
         vec![Self::SCHEMA]
+    }
+
+    /// The name and schemas the runtime uses: the constants above. An app
+    /// that learns them only at run time (a Python bot, whose class says
+    /// them) overrides this; the runtime asks once, when the app is built.
+    fn identity(&self) -> Identity {
+        Identity {
+            name: Self::NAME.to_owned(),
+            schema: Self::SCHEMA,
+            reads: Self::reads_schemas(),
+            writes: Self::writes_schemas(),
+        }
     }
 
     /// Serialize the whole state in schema [`App::SCHEMA`].

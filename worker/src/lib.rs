@@ -79,6 +79,7 @@ pub mod conn;
 pub mod error;
 pub mod fault;
 pub mod feeds;
+pub mod launch;
 pub mod link;
 pub mod opened;
 pub mod orphan;
@@ -89,7 +90,7 @@ pub mod stream;
 pub mod timers;
 pub mod tls;
 
-pub use app::{App, AppError, Effect, Outbox};
+pub use app::{App, AppError, Effect, Identity, Outbox};
 pub use conn::Feed;
 pub use error::{RestoreError, WorkerError};
 pub use feeds::FeedSpecError;

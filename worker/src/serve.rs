@@ -79,6 +79,8 @@ pub(crate) struct Worker<A: App> {
     /// [`crate::opened`]).
     pub(crate) opened: crate::opened::Opened,
     pub(crate) settings: Settings,
+    /// The app's name and schemas, asked once.
+    pub(crate) identity: crate::app::Identity,
     /// Round-robin start for fairness between connections.
     next_poll: usize,
     /// The app's requests in flight.
@@ -104,6 +106,7 @@ impl<A: App> Worker<A> {
             .and_then(|g| g.parse().ok())
             .unwrap_or(0);
         Worker {
+            identity: app.identity(),
             app,
             conns: Vec::new(),
             link,
@@ -189,7 +192,7 @@ impl<A: App> Worker<A> {
                         }
                     };
                     match cmd {
-                        ToWorker::Freeze { schema } => match self.freeze(schema.unwrap_or(A::SCHEMA)).await? {
+                        ToWorker::Freeze { schema } => match self.freeze(schema.unwrap_or(self.identity.schema)).await? {
                             AfterFreeze::Thawed => info!("thawed: resuming where we froze"),
                             AfterFreeze::Exit => return Ok(self.handed_over()),
                             AfterFreeze::Stop => return self.stop().await,
@@ -370,13 +373,13 @@ impl<A: App> Worker<A> {
     }
 
     fn seal(&self, schema: u32) -> Result<Snapshot, WorkerError> {
-        let bytes = if schema == A::SCHEMA {
+        let bytes = if schema == self.identity.schema {
             self.app.snapshot()
         } else {
             self.app.snapshot_as(schema)
         };
         Ok(Snapshot::seal(
-            A::NAME,
+            &self.identity.name,
             schema,
             bytes.map_err(WorkerError::Snapshot)?,
         ))
@@ -386,7 +389,15 @@ impl<A: App> Worker<A> {
         if self.link.is_none() {
             return Ok(());
         }
-        let snapshot = self.seal(self.checkpoint_schema.unwrap_or(A::SCHEMA))?;
+        // An app that cannot snapshot now (a Python exception, say) is not
+        // stopped for it: the supervisor keeps the checkpoint it has.
+        let snapshot = match self.seal(self.checkpoint_schema.unwrap_or(self.identity.schema)) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "checkpoint skipped: the app could not snapshot");
+                return Ok(());
+            }
+        };
         let summary = self.app.summary();
         let taken_at_ns = monotonic_ns();
         self.tell(&FromWorker::Carried(self.carried())).await;

@@ -9,7 +9,7 @@ use handoff_protocol::worker::{
 use handoff_protocol::PROTOCOL_VERSION;
 use tracing::{info, warn};
 
-use crate::app::{App, Outbox};
+use crate::app::{App, Identity, Outbox};
 use crate::conn::{Conn, Feed};
 use crate::error::{RestoreError, WorkerError};
 use crate::fault::{self, FaultAction, FaultPoint};
@@ -44,15 +44,18 @@ pub async fn run<A: App>(
 ) -> Result<Ended, WorkerError> {
     fault::hit(FaultPoint::Start).await;
     keep_tls_keys_out_of_core_dumps(&feeds)?;
+    // Built first: its identity is what Hello says.
+    let app = fresh();
     let Some(mut link) = Link::from_env()? else {
         info!("no supervisor: running standalone");
-        let mut worker = Worker::new(fresh(), settings, None);
+        let mut worker = Worker::new(app, settings, None);
         worker.configured = feeds.clone();
         worker.open_feeds(&feeds).await?;
         return worker.serve(Awaiting::Nothing).await;
     };
     fault::hit(FaultPoint::BeforeHello).await;
-    link.send(&FromWorker::Hello(hello::<A>(&settings))).await?;
+    link.send(&FromWorker::Hello(hello(&app.identity(), &settings)))
+        .await?;
     // What the library carried with a state to restore comes first.
     let mut carried = Default::default();
     let (first, fds) = loop {
@@ -69,7 +72,7 @@ pub async fn run<A: App>(
     match first {
         ToWorker::StartFresh => {
             info!("starting fresh");
-            let mut worker = Worker::new(fresh(), settings, Some(link));
+            let mut worker = Worker::new(app, settings, Some(link));
             worker.configured = feeds.clone();
             if let Some(dir) = worker.state_dir.clone() {
                 worker.serving = Some(crate::orphan::serving_lock_now(&dir)?);
@@ -78,7 +81,7 @@ pub async fn run<A: App>(
             worker.serve(Awaiting::Nothing).await
         }
         ToWorker::Restore(restore) => {
-            take_over(fresh(), restore, fds, carried, feeds, settings, link).await
+            take_over(app, restore, fds, carried, feeds, settings, link).await
         }
         ToWorker::Exit | ToWorker::Stop => Ok(Ended::Abandoned),
         other => Err(WorkerError::Unexpected {
@@ -89,15 +92,15 @@ pub async fn run<A: App>(
 }
 
 /// What this build says to a supervisor.
-pub(crate) fn hello<A: App>(settings: &Settings) -> Hello {
+pub(crate) fn hello(id: &Identity, settings: &Settings) -> Hello {
     Hello {
         protocol: PROTOCOL_VERSION,
         pid: std::process::id(),
         build_id: settings.build_id.clone(),
-        app: A::NAME.to_string(),
-        writes_schema: A::SCHEMA,
-        can_write: A::writes_schemas(),
-        reads_schemas: fault::reads_schemas_override().unwrap_or_else(A::reads_schemas),
+        app: id.name.clone(),
+        writes_schema: id.schema,
+        can_write: id.writes.clone(),
+        reads_schemas: fault::reads_schemas_override().unwrap_or_else(|| id.reads.clone()),
     }
 }
 
@@ -221,7 +224,8 @@ async fn restore_parts<A: App>(
     }
     match &restore.snapshot {
         Some(snap) => {
-            snap.verify(A::NAME, &A::reads_schemas())?;
+            let id = app.identity();
+            snap.verify(&id.name, &id.reads)?;
             app.restore(snap.schema, &snap.bytes, restore.mode)
                 .map_err(RestoreError::App)?;
         }

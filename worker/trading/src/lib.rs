@@ -13,7 +13,7 @@
 pub mod app;
 pub mod book;
 pub mod depth;
-pub mod launch;
+pub use handoff_worker::launch;
 pub mod market;
 pub mod rest;
 pub mod schema;

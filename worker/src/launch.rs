@@ -1,11 +1,11 @@
-//! What a worker binary's `main` does around [`handoff_worker::run`], shared
-//! by `trading-worker` and the benchmark's `bench-worker`: logs to stderr
+//! What a worker binary's `main` does around [`crate::run`], shared by
+//! `trading-worker`, the benchmark's `bench-worker` and the Python package: logs to stderr
 //! (`RUST_LOG`, default `info`), one feed per URL, the build label from
 //! `HANDOFF_BUILD_ID`, a single-threaded runtime, and the exit code.
 
 use std::process::ExitCode;
 
-use handoff_worker::{App, Ended, Feed, Settings};
+use crate::{App, Ended, Feed, Settings};
 
 /// The build label `supervisorctl status` shows: `HANDOFF_BUILD_ID` if a
 /// deploy pipeline set it, else `default`.
@@ -24,6 +24,17 @@ pub fn run_main<A: App>(
     settings: Settings,
     fresh: impl FnOnce() -> A,
 ) -> ExitCode {
+    ExitCode::from(run_to_code(bin, specs, settings, fresh))
+}
+
+/// [`run_main`], its exit code as a number (for a caller that is not
+/// `main`: the Python package returns it to the script).
+pub fn run_to_code<A: App>(
+    bin: &str,
+    specs: &[String],
+    settings: Settings,
+    fresh: impl FnOnce() -> A,
+) -> u8 {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -34,7 +45,7 @@ pub fn run_main<A: App>(
         Ok(f) => f,
         Err(e) => {
             eprintln!("{bin}: --feed: {e}");
-            return ExitCode::from(2);
+            return 2;
         }
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -44,19 +55,19 @@ pub fn run_main<A: App>(
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{bin}: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return 1;
         }
     };
-    match rt.block_on(handoff_worker::run(feeds, settings, fresh)) {
-        Ok(Ended::HandedOver | Ended::Stopped | Ended::Abandoned) => ExitCode::SUCCESS,
+    match rt.block_on(crate::run(feeds, settings, fresh)) {
+        Ok(Ended::HandedOver | Ended::Stopped | Ended::Abandoned) => 0,
         Ok(Ended::Rejected(reason)) => {
             eprintln!("{bin}: takeover refused: {reason}");
-            ExitCode::from(4)
+            4
         }
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("{bin}: {e}");
-            ExitCode::FAILURE
+            1
         }
     }
 }
