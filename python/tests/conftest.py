@@ -8,7 +8,6 @@ makes it). Bots run under the interpreter running pytest, as a bot would.
 import json
 import os
 import subprocess
-import sys
 import threading
 import queue
 import urllib.request

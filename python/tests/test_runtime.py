@@ -149,3 +149,23 @@ def test_the_effect_loop_returns_results_and_exceptions():
     hang = loop.submit(asyncio.sleep(3600), lambda r: got.append(r))
     loop.close()
     assert hang.cancelled()
+
+
+def test_the_readme_example_is_this_file_and_runs(sim, spawn):
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Python bots"):]
+    block = section[section.index("```python\n") + len("```python\n"):]
+    block = block[: block.index("```")]
+    example = EXAMPLES / "minimal_bot.py"
+    assert block == example.read_text(), "README's Python example and python/examples/minimal_bot.py differ"
+    bot = spawn([sys.executable, str(example), sim.ws_url])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        audit = sim.get("/audit")
+        if audit["connections_total"] == 1 and audit["totals"]["sent"] > 100:
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail(f"the example never got trades: {audit}")
+    assert bot.stop() == 0, bot.log()
+    assert "Traceback" not in bot.log(), bot.log()

@@ -7,7 +7,7 @@ import pickle
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import Enum
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import pytest
 

@@ -92,6 +92,7 @@ impl BuildStore {
             }
         }
         let tmp = self.dir.join(format!(".incoming-{}", std::process::id()));
+        let mut head = Vec::new();
         let stored = (|| {
             let mut out = std::fs::File::create(&tmp)?;
             let mut hasher = Sha256::new();
@@ -100,6 +101,10 @@ impl BuildStore {
                 let n = file.read(&mut buf)?;
                 if n == 0 {
                     break;
+                }
+                if head.len() < HEAD {
+                    let take = (HEAD - head.len()).min(n);
+                    head.extend_from_slice(&buf[..take]);
                 }
                 hasher.update(&buf[..n]);
                 out.write_all(&buf[..n])?;
@@ -133,6 +138,7 @@ impl BuildStore {
             let _ = std::fs::remove_file(&tmp);
             return Err(unreadable(e));
         }
+        note_script(source, &head);
         self.known.insert(source.to_path_buf(), (id, sha.clone()));
         self.names
             .entry(sha.clone())
@@ -191,6 +197,35 @@ impl BuildStore {
             .retain(|_, (_, sha)| keep.contains(&sha.as_str()));
         self.names.retain(|sha, _| keep.contains(&sha.as_str()));
     }
+}
+
+/// How much of a build's start [`note_script`] reads.
+const HEAD: usize = 4096;
+
+/// A build that is a script (`#!`) is run by an interpreter the store does
+/// not hold, and may import files it does not hold either: say so, unless
+/// it is a zipapp (what `python -m handoff.pack` writes, with the bot's
+/// modules and the handoff package inside: the digest covers them).
+fn note_script(source: &Path, head: &[u8]) {
+    let Some(rest) = head.strip_prefix(b"#!") else {
+        return;
+    };
+    let line_end = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
+    let interpreter = String::from_utf8_lossy(&rest[..line_end]).trim().to_owned();
+    if rest.get(line_end + 1..line_end + 5) == Some(b"PK\x03\x04".as_slice()) {
+        tracing::info!(
+            build = %source.display(),
+            %interpreter,
+            "a zipapp: its code and packed packages are in the stored copy; the interpreter is not"
+        );
+        return;
+    }
+    tracing::warn!(
+        build = %source.display(),
+        %interpreter,
+        "a script: the stored copy and its SHA-256 cover this file only, not the interpreter \
+         or what it imports (a Python bot: pack it with `python -m handoff.pack`)"
+    );
 }
 
 fn hex(digest: &[u8]) -> String {

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::cluster;
 
 /// Trades per stream of the finite, deterministic feed.
-const TRADES: u64 = 3000;
+pub(crate) const TRADES: u64 = 3000;
 
 fn v1() -> PathBuf {
     env!("CARGO_BIN_EXE_trading-worker").into()
@@ -21,7 +21,13 @@ fn v2() -> PathBuf {
 }
 
 fn deterministic_cluster() -> Cluster {
-    cluster()
+    deterministic(cluster())
+}
+
+/// `builder` on the finite, deterministic feed (seeded, [`TRADES`] per
+/// stream).
+pub(crate) fn deterministic(builder: handoff_testkit::ClusterBuilder) -> Cluster {
+    builder
         .sim_args([
             "--trades",
             &TRADES.to_string(),
@@ -35,7 +41,7 @@ fn deterministic_cluster() -> Cluster {
 }
 
 /// Once the worker has processed the whole feed, its checkpoint summary.
-fn final_summary(c: &Cluster) -> Value {
+pub(crate) fn final_summary(c: &Cluster) -> Value {
     let summary = wait_for(
         "the whole feed to be processed",
         Duration::from_secs(60),
@@ -55,7 +61,7 @@ fn final_summary(c: &Cluster) -> Value {
 }
 
 /// The parts of the state every build shares, field for field.
-fn schema1_view(s: &Value) -> Value {
+pub(crate) fn schema1_view(s: &Value) -> Value {
     let mut positions = s["positions"].clone();
     if let Value::Object(m) = &mut positions {
         for p in m.values_mut() {

@@ -15,6 +15,7 @@ mod feeds;
 mod operator;
 mod orders;
 mod probation;
+mod python;
 mod starvation;
 mod supervisor_crash;
 mod supervisor_loss;

@@ -17,7 +17,7 @@ fn over_tls_feeds_and_https_orders_neither_lose_nor_duplicate_an_order() {
     orders_across_upgrades(cluster().tls(), 30);
 }
 
-fn orders_across_upgrades(builder: handoff_testkit::ClusterBuilder, upgrades: usize) {
+pub(crate) fn orders_across_upgrades(builder: handoff_testkit::ClusterBuilder, upgrades: usize) {
     let c = builder
         .connections(2)
         .rest()
