@@ -52,6 +52,9 @@ __all__ = ["to_json", "from_json", "to_plain", "from_plain", "StateError"]
 
 T = TypeVar("T")
 
+# `Optional[X]`, `Union[X, Y]`, and from Python 3.10 on `X | Y`.
+_UNIONS = (typing.Union,) + ((types.UnionType,) if hasattr(types, "UnionType") else ())
+
 
 class StateError(ValueError):
     """The bytes do not hold the state the class describes (the message
@@ -96,7 +99,7 @@ def from_plain(tp: Any, data: Any, where: str = "state") -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return data
-    if origin is typing.Union or origin is getattr(types, "UnionType", None):
+    if origin is not None and origin in _UNIONS:
         if data is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]

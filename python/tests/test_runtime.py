@@ -15,20 +15,21 @@ from conftest import EXAMPLES, REPO
 BOTS = REPO / "python" / "tests" / "bots"
 
 
-def wait_connected(sim, connections, timeout=20):
-    """Until the simulator has seen `connections` connections and a trade
-    acked on them."""
+def wait_sent(sim, connections, sent, timeout=30):
+    """Until the simulator has seen `connections` connections and sent
+    `sent` trades (the whole finite feed) over them."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         audit = sim.get("/audit")
-        if audit["connections_total"] >= connections and audit["totals"]["acked"] > 0:
+        if audit["connections_total"] >= connections and audit["totals"]["sent"] >= sent:
             return
         time.sleep(0.02)
-    pytest.fail(f"the bot never connected and acked: {audit}")
+    pytest.fail(f"the feed did not reach {sent} trades: {audit}")
 
 
-def assert_all_acked(sim, connections=1):
-    wait_connected(sim, connections)
+def assert_all_acked(sim, sent, connections=1):
+    """The whole finite feed (`sent` trades) was acked, each once, in order."""
+    wait_sent(sim, connections, sent)
     audit = sim.audit_when_acked()
     t = audit["totals"]
     assert t["sent"] > 0, audit
@@ -49,14 +50,14 @@ def test_a_bot_alone_acks_every_trade_and_gets_its_effects_back(sim, spawn):
     assert any(r.startswith("done-exception ValueError no such order") for r in results), results
     assert bot.expect("stale-outbox").startswith("stale-outbox this outbox belongs to a callback that has returned")
     assert bot.expect("timer") == "timer tick False"
-    assert_all_acked(sim)
+    assert_all_acked(sim, 300)
     assert bot.stop() == 0, bot.log()
 
 
 @pytest.mark.sim_args("--trades", "200", "--rate", "1000", "--symbols", "btcusdt")
 def test_an_exception_in_a_callback_is_logged_and_the_bot_carries_on(sim, spawn):
     bot = spawn([sys.executable, str(BOTS / "probe_bot.py"), sim.ws_url, "10"])
-    assert_all_acked(sim)
+    assert_all_acked(sim, 200)
     assert bot.proc.poll() is None, "the runtime died of a Python exception"
     assert bot.stop() == 0
     log = bot.log()
@@ -67,7 +68,7 @@ def test_an_exception_in_a_callback_is_logged_and_the_bot_carries_on(sim, spawn)
 @pytest.mark.sim_args("--trades", "400", "--rate", "1000", "--symbols", "btcusdt,ethusdt")
 def test_the_reference_bot_runs_alone_on_the_simulator(sim, spawn):
     bot = spawn([sys.executable, str(EXAMPLES / "trading_bot.py"), "--feed", sim.ws_url, "--symbols", "btcusdt,ethusdt", "--ack"])
-    assert_all_acked(sim)
+    assert_all_acked(sim, 800)
     assert bot.stop() == 0, bot.log()
 
 

@@ -146,6 +146,33 @@ pub fn assert_no_order_twice(c: &handoff_testkit::Cluster) -> (Value, Value) {
     (summary, exchange)
 }
 
+/// Upgrade `n` times, each one successful, its phases printed, and a new
+/// worker process serving after it; the worker pids, first to last.
+pub fn upgrade_n(c: &handoff_testkit::Cluster, n: usize) -> Vec<u32> {
+    let mut pids = vec![c.worker_pid().unwrap()];
+    for i in 0..n {
+        let out = c.upgrade(None).unwrap();
+        assert!(
+            out.success(),
+            "upgrade {i} failed: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(
+            out.stdout.contains("old_stopped"),
+            "phases not printed: {}",
+            out.stdout
+        );
+        let pid = c.worker_pid().unwrap();
+        assert!(
+            !pids.contains(&pid),
+            "upgrade {i} did not replace the worker"
+        );
+        pids.push(pid);
+    }
+    pids
+}
+
 /// The names of the connections a status report says are held, in order.
 pub fn held_names(status: &Value) -> Vec<String> {
     status["connections"]

@@ -124,20 +124,9 @@ fn variant(name: &str, source: &str) -> PathBuf {
     )
 }
 
+/// [`crate::upgrade_n`], then: no failure, and one bot process serves.
 fn upgrade_n(c: &Cluster, n: usize) {
-    let mut pids = vec![c.worker_pid().unwrap()];
-    for i in 0..n {
-        let out = c.upgrade(None).unwrap();
-        assert!(
-            out.success(),
-            "upgrade {i} failed: {}{}",
-            out.stdout,
-            out.stderr
-        );
-        let pid = c.worker_pid().unwrap();
-        assert!(!pids.contains(&pid), "upgrade {i} did not replace the bot");
-        pids.push(pid);
-    }
+    let pids = crate::upgrade_n(c, n);
     let s = c.status().unwrap();
     assert_eq!(s["handoffs"]["completed"], n, "{s}");
     assert_eq!(s["handoffs"]["failed"], 0, "{s}");

@@ -13,28 +13,7 @@ fn hundred_upgrades_under_load_lose_nothing() {
         .sim_args(HOSTILE_FEED)
         .start()
         .expect("cluster");
-    let first_pid = c.worker_pid().unwrap();
-    let mut pids = vec![first_pid];
-    for i in 0..100 {
-        let out = c.upgrade(None).unwrap();
-        assert!(
-            out.success(),
-            "upgrade {i} failed: {}{}",
-            out.stdout,
-            out.stderr
-        );
-        assert!(
-            out.stdout.contains("old_stopped"),
-            "phases not printed: {}",
-            out.stdout
-        );
-        let pid = c.worker_pid().unwrap();
-        assert!(
-            !pids.contains(&pid),
-            "upgrade {i} did not replace the worker"
-        );
-        pids.push(pid);
-    }
+    let pids = crate::upgrade_n(&c, 100);
     let status = c.status().unwrap();
     assert_eq!(status["handoffs"]["completed"], 100, "{status}");
     assert_eq!(status["handoffs"]["failed"], 0, "{status}");
