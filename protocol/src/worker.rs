@@ -230,4 +230,15 @@ pub enum FromWorker {
     /// was handed (matched by name): one line per change it will make after
     /// `Go`. Sent before `Ready`; the supervisor logs them with the upgrade.
     FeedChanges(Vec<String>),
+    /// The worker holds every feed it was configured with and serves: sent
+    /// once, when its event loop starts (fresh, recovered or after `Go`).
+    /// Until a worker has said it, the supervisor counts its exits as
+    /// failed starts.
+    Serving,
+    /// The worker cannot go on and exits: why, in its own words (a feed it
+    /// cannot open names the address and the reason). Sent right before it
+    /// exits, so the supervisor can report it.
+    Failed {
+        reason: String,
+    },
 }

@@ -270,6 +270,8 @@ fn kind(m: &FromWorker) -> &'static str {
         FromWorker::Adoptable(_) => "Adoptable",
         FromWorker::Carried(_) => "Carried",
         FromWorker::FeedChanges(_) => "FeedChanges",
+        FromWorker::Serving => "Serving",
+        FromWorker::Failed { .. } => "Failed",
     }
 }
 
@@ -365,6 +367,8 @@ mod daemon_side {
             self.history.push(line);
             self.current = Some(build);
             self.active = Some(proc);
+            // It was serving when its supervisor went.
+            self.first_start.served();
             self.serving(&format!("serving: worker pid {pid} (adopted)"));
             Ok(())
         }

@@ -58,6 +58,12 @@ pub struct Args {
     /// within it, the previous build takes over automatically [default: 30s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub probation: Option<Duration>,
+    /// Failed starts of a worker that has never served (every feed open)
+    /// before the supervisor gives up and exits non-zero with the worker's
+    /// last error; once a worker has served, crashes are recovered with
+    /// backoff as always [default: 3].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub start_attempts: Option<u32>,
     /// Upgrade by itself when the file at the --worker path is replaced (after
     /// a short debounce, once per new build).
     #[arg(long)]
@@ -109,6 +115,7 @@ pub struct FileConfig {
     pub heartbeat_timeout: Option<String>,
     pub adopt_timeout: Option<String>,
     pub probation: Option<String>,
+    pub start_attempts: Option<u32>,
     pub watch: Option<bool>,
     pub fd_store: Option<bool>,
     pub allow_uid: Option<Vec<u32>>,
@@ -219,6 +226,11 @@ impl Args {
                 Duration::from_secs(30),
             )?,
             metrics: self.metrics.clone().or(file.metrics.clone()),
+            start_attempts: self
+                .start_attempts
+                .or(file.start_attempts)
+                .unwrap_or(3)
+                .max(1),
             watch: self.watch || file.watch.unwrap_or(false),
             fd_store: self.fd_store || file.fd_store.unwrap_or(false),
             access: crate::control::Access {

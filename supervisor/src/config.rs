@@ -27,6 +27,9 @@ pub struct Config {
     pub fd_store: bool,
     /// Who else may use the control socket.
     pub access: crate::control::Access,
+    /// Failed starts of a worker that never served before the supervisor
+    /// gives up and exits non-zero (see [`crate::first_start`]).
+    pub start_attempts: u32,
 }
 
 /// The named limits of each phase.

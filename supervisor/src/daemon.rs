@@ -60,6 +60,8 @@ pub enum DaemonError {
     Adopt(#[from] crate::adopt::AdoptError),
     #[error("taking over from the previous supervisor: {0}")]
     Succession(#[from] crate::succession::SuccessionError),
+    #[error("{0}")]
+    NeverServed(String),
 }
 
 /// The newest checkpoint.
@@ -95,6 +97,9 @@ enum Stopping {
     /// A new supervisor serves the control socket and the worker: exit
     /// without touching either (see [`crate::succession`]).
     HandedOver,
+    /// No worker ever served (see [`crate::first_start`]): exit non-zero
+    /// with this reason.
+    GaveUp(String),
 }
 
 /// All the daemon's state. See the module docs.
@@ -155,6 +160,8 @@ pub struct Daemon {
     /// What the active worker's library sent ahead of its next checkpoint
     /// or `Frozen`, which it belongs to.
     pub(crate) carried_ahead: handoff_protocol::worker::Carried,
+    /// Whether a worker has served yet, and the failed starts until then.
+    pub(crate) first_start: crate::first_start::FirstStart,
     /// Mirrors the held sockets and checkpoints into systemd's store.
     pub(crate) fdstore: Option<crate::fdstore::Keeper>,
     /// Results of adopting the worker back after a failed succession.
@@ -207,6 +214,7 @@ pub async fn run_with(
     let socket = cfg.socket.clone();
     let (metrics_tx, metrics_rx) = watch::channel(MetricsView::default());
     let cfg_state_dir = cfg.state_dir.clone();
+    let cfg_start_attempts = cfg.start_attempts;
     let (dl_tx, mut dl_rx) = mpsc::channel::<Downloaded>(4);
     let (succ_tx, mut succ_rx) = mpsc::unbounded_channel();
     let (readopt_tx, mut readopt_rx) = mpsc::unbounded_channel();
@@ -250,6 +258,7 @@ pub async fn run_with(
         readoptions: readopt_tx,
         fdstore: None,
         carried_ahead: Default::default(),
+        first_start: crate::first_start::FirstStart::new(cfg_start_attempts),
     };
     if let Some(addr) = d.cfg.metrics.clone() {
         let listener = crate::metrics::bind(&addr, &d.cfg.state_dir).await?;
@@ -292,7 +301,10 @@ pub async fn run_with(
             }
         }
         d.publish_metrics();
-        if matches!(d.stopping, Stopping::Done | Stopping::HandedOver) {
+        if matches!(
+            d.stopping,
+            Stopping::Done | Stopping::HandedOver | Stopping::GaveUp(_)
+        ) {
             break;
         }
     }
@@ -315,6 +327,9 @@ pub async fn run_with(
         return Ok(());
     }
     let _ = std::fs::remove_file(&socket);
+    if let Stopping::GaveUp(why) = std::mem::replace(&mut d.stopping, Stopping::Done) {
+        return Err(DaemonError::NeverServed(why));
+    }
     info!("supervisor stopped");
     Ok(())
 }
@@ -663,14 +678,17 @@ impl Daemon {
                 // A worker the supervisor cannot talk to cannot be frozen,
                 // checkpointed or stopped: replace it (its exit starts a
                 // recovery on the held sockets). Usually it is exiting anyway.
+                // It is given `EXIT_STATUS_GRACE` to exit by itself, so that
+                // its own exit status is what is reported; past it,
+                // `check_heartbeat` kills it.
                 if matches!(self.stopping, Stopping::Running) {
                     if let Some(a) = self.active.as_mut() {
                         warn!(
                             pid = a.pid,
                             error = error.as_deref().unwrap_or("closed"),
-                            "lost the channel to the active worker; replacing it"
+                            "lost the channel to the active worker; it is replaced once it exits"
                         );
-                        a.kill();
+                        a.channel_closed = Some(Instant::now());
                     }
                 }
             }
@@ -790,6 +808,13 @@ impl Daemon {
                     warn!(pid = a.pid, "{line}");
                     self.history.push(format!("worker pid {}: {line}", a.pid));
                 }
+            }
+            FromWorker::Serving => self.first_start.served(),
+            FromWorker::Failed { reason } => {
+                error!(pid = a.pid, %reason, "the worker failed");
+                self.history
+                    .push(format!("worker pid {} failed: {reason}", a.pid));
+                self.first_start.last_words(reason);
             }
         }
     }
@@ -943,6 +968,13 @@ impl Daemon {
                 format!("the new worker rejected the state: {reason}"),
             ),
             WorkerEvent::Message(FromWorker::Heartbeat, _) => {}
+            WorkerEvent::Message(FromWorker::Serving, _) => self.first_start.served(),
+            WorkerEvent::Message(FromWorker::Failed { reason }, _) => {
+                warn!(%reason, "the new worker failed");
+                if let Some(up) = self.phase.upgrade_mut() {
+                    up.successor_lost = Some(format!("the new worker failed: {reason}"));
+                }
+            }
             WorkerEvent::Message(FromWorker::FeedChanges(lines), _) => {
                 // Said before Ready, done after Go: `upgrade --wait` and
                 // `log` show it with the upgrade's phases.
@@ -1186,6 +1218,12 @@ impl Daemon {
         if self.metrics_tx.receiver_count() > 0 {
             self.metrics_tx.send_replace(self.metrics.clone());
         }
+    }
+
+    /// Stop the supervisor, non-zero, because no worker ever served.
+    pub(crate) fn give_up(&mut self, why: String) {
+        self.systemd.stopping();
+        self.stopping = Stopping::GaveUp(why);
     }
 
     /// Tell systemd the worker serves (READY=1 the first time).

@@ -36,6 +36,7 @@ pub mod daemon;
 pub mod download;
 pub mod fault;
 pub mod fdstore;
+pub mod first_start;
 pub mod handoff;
 pub mod held;
 pub mod history;

@@ -110,6 +110,9 @@ pub struct WorkerProc {
     /// Adopted from a previous supervisor (see [`crate::adopt`]): watched
     /// and signalled through its pidfd.
     pub adopted: Option<Arc<PidFd>>,
+    /// When its channel closed, if it did: it is given a moment to exit on
+    /// its own (its exit status is the truer report) before it is killed.
+    pub channel_closed: Option<std::time::Instant>,
     /// When a frame from it last *arrived* (monotonic ns), stamped by the
     /// channel's reader task: a daemon busy with a backlog must not mistake
     /// queued heartbeats for silence.
@@ -232,6 +235,7 @@ impl WorkerProc {
             life: Lifecycle::Starting,
             plan,
             adopted: None,
+            channel_closed: None,
             activity,
             go_sent,
             outbox: tx,

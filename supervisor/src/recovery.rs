@@ -148,6 +148,12 @@ mod daemon_side {
                 "{reason}; the connections are still held"
             );
             self.history.push(format!("{reason}; connections held"));
+            if let crate::first_start::AfterExit::GiveUp(why) = self.first_start.on_exit(&status) {
+                error!("{why}: giving up (--start-attempts)");
+                self.history.push(format!("gave up: {why}"));
+                self.give_up(why);
+                return;
+            }
             if self.fall_back_if_on_probation(gone, &status) {
                 // A different build: its own streak starts now.
                 self.streak = Default::default();
@@ -278,6 +284,19 @@ mod daemon_side {
                 a.life,
                 Lifecycle::Running { .. } | Lifecycle::Frozen { .. } | Lifecycle::Recovering { .. }
             );
+            if let Some(closed) = a.channel_closed {
+                if closed.elapsed() > crate::handoff::EXIT_STATUS_GRACE {
+                    let line = format!(
+                        "worker pid {} closed its channel and did not exit: killed",
+                        a.pid
+                    );
+                    error!("{line}");
+                    a.kill();
+                    a.channel_closed = None;
+                    self.history.push(line);
+                }
+                return;
+            }
             let silent = a.silent_for();
             if watched && silent > limit {
                 error!(

@@ -12,6 +12,7 @@ mod failed_upgrades;
 mod fault_matrix;
 mod fd_store;
 mod feeds;
+mod first_run;
 mod operator;
 mod orders;
 mod probation;

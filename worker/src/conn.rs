@@ -60,6 +60,36 @@ fn scheme(uri: &tungstenite::http::Uri) -> Option<(ConnKind, u16)> {
     }
 }
 
+/// Resolve `addr` (`host:port`) and connect to the first address that
+/// answers; the error names the host and each address tried.
+async fn connect(name: &str, addr: &str) -> Result<TcpStream, ConnError> {
+    let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|source| ConnError::Resolve {
+            name: name.to_owned(),
+            addr: addr.to_owned(),
+            source,
+        })?
+        .collect();
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for a in &resolved {
+        match TcpStream::connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    let tried: Vec<String> = resolved.iter().map(ToString::to_string).collect();
+    let shown = match tried.as_slice() {
+        [one] if one == addr => addr.to_owned(),
+        _ => format!("{addr} ({})", tried.join(", ")),
+    };
+    Err(ConnError::Connect {
+        name: name.to_owned(),
+        addr: shown,
+        source: last,
+    })
+}
+
 /// Why a connection could not be opened or resumed.
 #[derive(Debug, Error)]
 pub enum ConnError {
@@ -69,6 +99,14 @@ pub enum ConnError {
         url: String,
         reason: String,
     },
+    #[error("feed {name}: cannot resolve {addr}: {source}")]
+    Resolve {
+        name: String,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `addr` as given, then the addresses it resolved to that were tried.
     #[error("feed {name}: cannot connect to {addr}: {source}")]
     Connect {
         name: String,
@@ -133,13 +171,7 @@ impl Conn {
         let port = uri.port_u16().unwrap_or(default_port);
         let addr = format!("{host}:{port}");
         let open = async {
-            let mut tcp = TcpStream::connect(&addr)
-                .await
-                .map_err(|source| ConnError::Connect {
-                    name: name.clone(),
-                    addr: addr.clone(),
-                    source,
-                })?;
+            let mut tcp = connect(&name, &addr).await?;
             let _ = tcp.set_nodelay(true);
             let peer = tcp
                 .peer_addr()

@@ -175,6 +175,8 @@ impl<A: App> Worker<A> {
                     .await;
             }
         }
+        // Every feed is open: a start that got this far did not fail.
+        self.tell(&FromWorker::Serving).await;
         loop {
             let linked = self.link.is_some();
             tokio::select! {
@@ -349,6 +351,16 @@ impl<A: App> Worker<A> {
                 self.orphaned(&format!("cannot reach the supervisor ({e})"));
             }
         }
+    }
+
+    /// Tell the supervisor why this worker cannot go on, then hand `e` back
+    /// (the caller returns it and the process exits).
+    pub(crate) async fn failed(&mut self, e: WorkerError) -> WorkerError {
+        self.tell(&FromWorker::Failed {
+            reason: e.to_string(),
+        })
+        .await;
+        e
     }
 
     /// `Exit`: a successor serves from now on. Let go of `serving.lock` at

@@ -77,7 +77,9 @@ pub async fn run<A: App>(
             if let Some(dir) = worker.state_dir.clone() {
                 worker.serving = Some(crate::orphan::serving_lock_now(&dir)?);
             }
-            worker.open_feeds(&feeds).await?;
+            if let Err(e) = worker.open_feeds(&feeds).await {
+                return Err(worker.failed(e).await);
+            }
             worker.serve(Awaiting::Nothing).await
         }
         ToWorker::Restore(restore) => {
@@ -190,7 +192,9 @@ async fn take_over<A: App>(
         .chain(opened)
         .filter(|f| !worker.conns().iter().any(|c| c.info.name == f.name))
         .collect();
-    worker.open_feeds(&missing).await?;
+    if let Err(e) = worker.open_feeds(&missing).await {
+        return Err(worker.failed(e).await);
+    }
     if mode == RestoreMode::Recovery {
         // Deadlines that passed while no worker served fire now, late.
         worker.timers.late_before(crate::timers::now_unix_ms());
