@@ -20,8 +20,9 @@ pub struct Args {
     /// A TOML file with any of the settings below.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Control socket path (created with mode 0600).
-    #[arg(long)]
+    /// Control socket path (created with mode 0600) [default:
+    /// STATE_DIR/control.sock].
+    #[arg(long, env = "HANDOFF_SOCKET")]
     pub socket: Option<PathBuf>,
     /// Directory for the supervisor's state (created 0700).
     #[arg(long)]
@@ -202,6 +203,7 @@ impl Args {
                 .ok_or(ConfigError::Missing(key))
                 .and_then(absolute)
         };
+        let state_dir = path(&self.state_dir, file.state_dir.clone(), "state-dir")?;
         let worker_args = if self.worker_args.is_empty() {
             file.worker_args.clone().unwrap_or_default()
         } else {
@@ -215,8 +217,11 @@ impl Args {
             }
         };
         Ok(Config {
-            socket: path(&self.socket, file.socket.clone(), "socket")?,
-            state_dir: path(&self.state_dir, file.state_dir.clone(), "state-dir")?,
+            state_dir: state_dir.clone(),
+            socket: match self.socket.clone().or(file.socket.clone()) {
+                Some(s) => absolute(s)?,
+                None => default_socket(&state_dir),
+            },
             worker: path(&self.worker, file.worker.clone(), "worker")?,
             worker_args,
             probation: duration(
@@ -286,12 +291,42 @@ impl Args {
     }
 }
 
+/// The control socket when none is given: `control.sock` in the state
+/// directory (what `supervisorctl --state-dir` looks for).
+pub fn default_socket(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("control.sock")
+}
+
+/// Parse the command line; a usage error is one line on stderr naming what
+/// was wrong, and exit code 2, before anything starts (`--help` and
+/// `--version` print as usual).
+pub fn parse_or_exit<A: clap::Parser>(bin: &str) -> A {
+    match A::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.to_string();
+            let line = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("bad usage")
+                .trim_start_matches("error: ");
+            eprintln!("{bin}: {line} (see --help)");
+            std::process::exit(2);
+        }
+    }
+}
+
 /// Set up tracing on stderr (RUST_LOG overrides the default `info`).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal, and never with NO_COLOR set.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
@@ -304,7 +339,7 @@ pub fn supervisor_main() -> ExitCode {
     // First, before anything opens a descriptor: what systemd handed back
     // from its file descriptor store, if anything.
     let stored = crate::fdstore::FdStore::from_env();
-    let args = Args::parse();
+    let args: Args = parse_or_exit("supervisor");
     let file = match args.config.as_deref().map(FileConfig::load).transpose() {
         Ok(f) => f.unwrap_or_default(),
         Err(e) => {
@@ -312,7 +347,8 @@ pub fn supervisor_main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(args.log_format(&file));
+    let log_format = args.log_format(&file);
+    init_logging(log_format);
     let cfg = match args.config(file) {
         Ok(c) => c,
         Err(e) => {
@@ -343,9 +379,12 @@ pub fn supervisor_main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Said once: as a log event in JSON logs, else as the last line.
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("supervisor: {e:#}");
+            match log_format {
+                LogFormat::Json => tracing::error!(error = %format!("{e:#}"), "supervisor failed"),
+                LogFormat::Human => eprintln!("supervisor: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }

@@ -10,12 +10,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use handoff_protocol::ctl::{
-    CtlRequest, CtlResponse, HandoffReport, Outcome, StatusReport, SupervisorUpgradeRequest,
-    SupervisorUpgraded, UpgradeRequest,
+    CtlRequest, CtlResponse, HandoffReport, Outcome, SupervisorUpgradeRequest, SupervisorUpgraded,
+    UpgradeRequest,
 };
 use handoff_protocol::frame::MAX_CTL_FRAME;
 use handoff_protocol::Channel;
-use serde_json::Value;
 
 /// `println!` for the command's output, except that a reader who stopped
 /// reading (`supervisorctl status | head -1`: EPIPE) ends the process
@@ -24,14 +23,18 @@ macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
         if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
-            stdout_failed(e)
+            $crate::ctl::stdout_failed(e)
         }
     }};
 }
 
+mod print;
+pub use print::status_json;
+use print::{fmt_opt, fmt_unix_ms, print_status};
+
 /// Stdout cannot be written: exit 0 without a word if the reader went away
 /// (broken pipe), else say why and exit 3.
-fn stdout_failed(e: std::io::Error) -> ! {
+pub(crate) fn stdout_failed(e: std::io::Error) -> ! {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         std::process::exit(0);
     }
@@ -44,14 +47,41 @@ fn stdout_failed(e: std::io::Error) -> ! {
 #[command(
     name = "supervisorctl",
     version,
-    after_help = "Exit codes: 0 done; 1 refused or rolled back (reason on stderr); 2 usage; 3 supervisor unreachable; 4 gave up waiting (--timeout: the upgrade goes on in the supervisor)."
+    after_help = "The control socket: --socket, else $HANDOFF_SOCKET, else control.sock in --state-dir.\n\nExit codes: 0 done; 1 refused or rolled back (reason on stderr); 2 usage; 3 supervisor unreachable; 4 gave up waiting (--timeout: the upgrade goes on in the supervisor)."
 )]
 pub struct Args {
     /// The supervisor's control socket.
+    #[arg(long, env = "HANDOFF_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// The supervisor's state directory: its control socket is
+    /// `control.sock` there (the supervisor's default).
     #[arg(long)]
-    pub socket: PathBuf,
+    pub state_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Args {
+    /// The control socket this invocation names (see `after_help`).
+    pub fn socket(&self) -> Option<PathBuf> {
+        self.socket
+            .clone()
+            .or_else(|| self.state_dir.as_deref().map(crate::cli::default_socket))
+    }
+}
+
+/// `--sha256`: 64 hex digits, or a usage error before anything is sent.
+fn sha256_hex(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "a SHA-256 is 64 hex digits, not {:?} ({} characters)",
+            s,
+            s.len()
+        ))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,7 +101,7 @@ pub enum Command {
         #[arg(long, requires = "sha256")]
         url: Option<String>,
         /// Refuse unless the binary has this SHA-256 (hex).
-        #[arg(long)]
+        #[arg(long, value_parser = sha256_hex)]
         sha256: Option<String>,
         /// Print each phase and exit only when the upgrade has ended.
         #[arg(long)]
@@ -99,8 +129,26 @@ pub enum Command {
         #[arg(long, short = 'n', default_value = "50")]
         last: u32,
     },
-    /// Stop the worker cleanly, then the supervisor.
-    Stop,
+    /// Stop the worker cleanly, then the supervisor; returns once the
+    /// supervisor process is gone.
+    Stop {
+        /// Return as soon as the supervisor has accepted the stop.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell) for supervisorctl, or with --supervisor for supervisor.
+    Completions {
+        shell: clap_complete::Shell,
+        #[arg(long)]
+        supervisor: bool,
+    },
+    /// Print the man page (roff) of supervisorctl, or with --supervisor of
+    /// supervisor: `supervisorctl man | man -l -`.
+    Man {
+        #[arg(long)]
+        supervisor: bool,
+    },
     /// Replace the supervisor process by a new supervisor binary; the worker
     /// serves on and sees no freeze.
     UpgradeSupervisor {
@@ -109,7 +157,7 @@ pub enum Command {
         #[arg(long)]
         binary: Option<PathBuf>,
         /// Refuse unless the new supervisor runs a file with this SHA-256.
-        #[arg(long)]
+        #[arg(long, value_parser = sha256_hex)]
         sha256: Option<String>,
         /// Exit only once the new supervisor serves and the old one is gone.
         #[arg(long)]
@@ -127,7 +175,10 @@ enum Failure {
 
 /// `main` of the `supervisorctl` binary.
 pub fn ctl_main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = crate::cli::parse_or_exit("supervisorctl");
+    if let Some(code) = crate::ctl_docs::offline(&args.command) {
+        return code;
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -174,7 +225,8 @@ async fn run(args: Args) -> Result<(), Failure> {
             })
         }
         Command::Checkpoint { wait } => CtlRequest::Checkpoint { wait: *wait },
-        Command::Stop => CtlRequest::Stop,
+        Command::Stop { .. } => CtlRequest::Stop,
+        Command::Completions { .. } | Command::Man { .. } => return Ok(()),
         Command::Log { last } => CtlRequest::Log { last: *last },
         Command::Rollback { wait } => CtlRequest::Rollback { wait: *wait },
         Command::UpgradeSupervisor {
@@ -187,7 +239,17 @@ async fn run(args: Args) -> Result<(), Failure> {
             wait: *wait,
         }),
     };
-    let mut ch = connect(&args.socket).await.map_err(Failure::Unreachable)?;
+    let Some(socket) = args.socket() else {
+        eprintln!("supervisorctl: no control socket: give --socket PATH, --state-dir DIR, or HANDOFF_SOCKET (see --help)");
+        std::process::exit(2);
+    };
+    // `stop` waits for the supervisor process itself: a handle on it first
+    // (a pidfd: immune to the pid being reused while we wait).
+    let stopping = match &args.command {
+        Command::Stop { no_wait: false } => Some(supervisor_handle(&socket).await?),
+        _ => None,
+    };
+    let mut ch = connect(&socket).await.map_err(Failure::Unreachable)?;
     if let Err(e) = ch.send(&req, &[]).await {
         // A supervisor that refuses a peer answers and closes without reading:
         // its answer is still in our socket, and it is the better message.
@@ -205,9 +267,42 @@ async fn run(args: Args) -> Result<(), Failure> {
         } => *t,
         _ => std::time::Duration::MAX,
     };
-    match tokio::time::timeout(limit, answers(&args, &mut ch)).await {
+    match tokio::time::timeout(limit, answers(&args, &socket, &mut ch)).await {
+        Ok(Ok(())) => match stopping {
+            Some(pidfd) => pidfd.exited().await.map_err(|e| {
+                Failure::Unreachable(anyhow::anyhow!("waiting for the supervisor to exit: {e}"))
+            }),
+            None => Ok(()),
+        },
         Ok(result) => result,
         Err(_) => Err(Failure::GaveUp(limit)),
+    }
+}
+
+/// A pidfd on the supervisor serving `socket` (from its status).
+async fn supervisor_handle(
+    socket: &std::path::Path,
+) -> Result<handoff_protocol::pidfd::PidFd, Failure> {
+    let mut ch = connect(socket).await.map_err(Failure::Unreachable)?;
+    ch.send(&CtlRequest::Status, &[])
+        .await
+        .map_err(|e| Failure::Unreachable(e.into()))?;
+    match ch.recv().await {
+        Ok(Some((CtlResponse::Status(s), _))) => {
+            handoff_protocol::pidfd::PidFd::open(s.supervisor.pid).map_err(|e| {
+                Failure::Unreachable(anyhow::anyhow!(
+                    "cannot watch the supervisor (pid {}): {e}",
+                    s.supervisor.pid
+                ))
+            })
+        }
+        Ok(Some((
+            CtlResponse::Error { message } | CtlResponse::Refused { reason: message },
+            _,
+        ))) => Err(Failure::Refused(message)),
+        other => Err(Failure::Unreachable(anyhow::anyhow!(
+            "no status from the supervisor: {other:?}"
+        ))),
     }
 }
 
@@ -224,7 +319,11 @@ fn absolute(binary: &Option<PathBuf>) -> Result<Option<String>, Failure> {
 }
 
 /// Print progress and act on the final answer.
-async fn answers(args: &Args, ch: &mut Channel<CtlRequest, CtlResponse>) -> Result<(), Failure> {
+async fn answers(
+    args: &Args,
+    socket: &std::path::Path,
+    ch: &mut Channel<CtlRequest, CtlResponse>,
+) -> Result<(), Failure> {
     loop {
         let resp = match ch.recv().await {
             Ok(Some((resp, _))) => resp,
@@ -260,7 +359,9 @@ async fn answers(args: &Args, ch: &mut Channel<CtlRequest, CtlResponse>) -> Resu
                 return Ok(());
             }
             CtlResponse::Ok => return Ok(()),
-            CtlResponse::SupervisorUpgraded(done) => return supervisor_upgraded(args, &done).await,
+            CtlResponse::SupervisorUpgraded(done) => {
+                return supervisor_upgraded(socket, &done).await
+            }
             CtlResponse::Refused { reason } => return Err(Failure::Refused(reason)),
             CtlResponse::Error { message } => return Err(Failure::Refused(message)),
         }
@@ -269,7 +370,10 @@ async fn answers(args: &Args, ch: &mut Channel<CtlRequest, CtlResponse>) -> Resu
 
 /// The new supervisor serves: wait until the old one is gone, then check
 /// the new one answers on the control socket.
-async fn supervisor_upgraded(args: &Args, done: &SupervisorUpgraded) -> Result<(), Failure> {
+async fn supervisor_upgraded(
+    socket: &std::path::Path,
+    done: &SupervisorUpgraded,
+) -> Result<(), Failure> {
     let gone = |pid: u32| match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // A zombie has exited: only its parent's reaping is left.
         Ok(stat) => stat
@@ -288,7 +392,7 @@ async fn supervisor_upgraded(args: &Args, done: &SupervisorUpgraded) -> Result<(
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let mut ch = connect(&args.socket).await.map_err(Failure::Unreachable)?;
+    let mut ch = connect(socket).await.map_err(Failure::Unreachable)?;
     ch.send(&CtlRequest::Status, &[])
         .await
         .map_err(|e| Failure::Unreachable(e.into()))?;
@@ -349,177 +453,4 @@ fn upgrade_result(r: &HandoffReport) -> Result<(), Failure> {
             fmt_opt(r.from_pid)
         ))),
     }
-}
-
-fn fmt_opt<T: std::fmt::Display>(v: Option<T>) -> String {
-    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
-}
-
-/// The JSON form of a status report: the report's fields, with the
-/// checkpoint summary (JSON written by the worker) inlined as an object.
-pub fn status_json(report: &StatusReport) -> anyhow::Result<Value> {
-    let mut v = serde_json::to_value(report)?;
-    if let Some(Value::Object(cp)) = v.get_mut("checkpoint") {
-        if let Some(Value::String(s)) = cp.get("summary") {
-            let parsed = serde_json::from_str(s).unwrap_or(Value::String(s.clone()));
-            cp.insert("summary".into(), parsed);
-        }
-    }
-    Ok(v)
-}
-
-fn print_status(report: &StatusReport, json: bool) -> anyhow::Result<()> {
-    if json {
-        out!("{}", serde_json::to_string(&status_json(report)?)?);
-        return Ok(());
-    }
-    let w = &report.worker;
-    let s = &report.supervisor;
-    out!(
-        "supervisor  pid {}  up {}  binary {}{}",
-        s.pid,
-        fmt_ms(s.started_ms_ago),
-        s.binary,
-        s.sha256
-            .as_deref()
-            .map(|h| format!(" (sha256 {})", &h[..h.len().min(16)]))
-            .unwrap_or_default()
-    );
-    out!(
-        "worker      pid {}  {}{}  generation {}  up {}  build {}",
-        fmt_opt(w.pid),
-        w.state,
-        if w.adopted { " (adopted)" } else { "" },
-        w.generation,
-        fmt_ms(w.uptime_ms),
-        w.build_id.as_deref().unwrap_or("-")
-    );
-    if let Some(ms) = w.probation_ms_left {
-        out!("            on probation for {} more", fmt_ms(ms));
-    }
-    if let Some(n) = &w.notice {
-        out!("            NOTE: {n}");
-    }
-    let sha = w
-        .sha256
-        .as_deref()
-        .map(|s| format!(" (sha256 {})", &s[..s.len().min(16)]))
-        .unwrap_or_default();
-    out!("            binary {}{sha}", w.binary);
-    out!("connections {}", report.connections.len());
-    for c in &report.connections {
-        let tls = c
-            .tls
-            .as_deref()
-            .map(|t| format!("  (TLS records: {t})"))
-            .unwrap_or_default();
-        out!(
-            "  #{:<3} {:<10} {:<22} {}{tls}",
-            c.id,
-            c.name,
-            c.peer,
-            c.url
-        );
-    }
-    match &report.checkpoint {
-        Some(c) => out!(
-            "checkpoint  {} bytes, schema {}, {} old",
-            c.bytes,
-            c.schema,
-            fmt_ms(c.age_ms)
-        ),
-        None => out!("checkpoint  none yet"),
-    }
-    if let Some(summary) = report
-        .checkpoint
-        .as_ref()
-        .and_then(|c| c.summary.as_deref())
-    {
-        print_positions(summary);
-    }
-    let h = &report.handoffs;
-    out!(
-        "handoffs    {} completed, {} failed{}",
-        h.completed,
-        h.failed,
-        h.in_progress
-            .as_ref()
-            .map(|p| format!(", one {p}"))
-            .unwrap_or_default()
-    );
-    if let Some(l) = &h.last {
-        out!(
-            "  last #{} {} via {}: pause {} us, blackout {} us{}",
-            l.id,
-            l.outcome.as_str(),
-            l.trigger,
-            fmt_opt(l.pause_us),
-            fmt_opt(l.blackout_us),
-            l.error
-                .as_ref()
-                .map(|e| format!(" ({e})"))
-                .unwrap_or_default()
-        );
-        let p = &l.phases;
-        let ms =
-            |v: Option<u64>| v.map_or("-".to_string(), |us| format!("{:.3}", us as f64 / 1000.0));
-        out!(
-            "  phases (ms from trigger): spawned {}, prepared {}, frozen {}, restored {}, live {}, old stopped {}",
-            ms(p.spawned_us),
-            ms(p.prepared_us),
-            ms(p.frozen_us),
-            ms(p.restored_us),
-            ms(p.live_us),
-            ms(p.old_stopped_us)
-        );
-    }
-    Ok(())
-}
-
-fn fmt_ms(ms: u64) -> String {
-    if ms >= 60_000 {
-        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
-    } else {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    }
-}
-
-/// The `positions` of a worker's checkpoint summary, as a table (apps that
-/// report none print nothing).
-fn print_positions(summary: &str) {
-    let Ok(Value::Object(v)) = serde_json::from_str::<Value>(summary) else {
-        return;
-    };
-    let Some(Value::Object(positions)) = v.get("positions") else {
-        return;
-    };
-    let text = |p: &Value, k: &str| p.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
-    out!(
-        "positions   {:<10} {:>16} {:>16} {:>16}",
-        "SYMBOL",
-        "QTY",
-        "AVG PRICE",
-        "REALIZED PNL"
-    );
-    for (symbol, p) in positions {
-        out!(
-            "            {:<10} {:>16} {:>16} {:>16}",
-            symbol,
-            text(p, "qty"),
-            text(p, "avg_price"),
-            text(p, "realized_pnl")
-        );
-    }
-}
-
-/// `HH:MM:SS.mmmZ` (UTC) of a Unix time in milliseconds.
-fn fmt_unix_ms(ms: u64) -> String {
-    let secs = ms / 1000;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}Z",
-        (secs / 3600) % 24,
-        (secs / 60) % 60,
-        secs % 60,
-        ms % 1000
-    )
 }

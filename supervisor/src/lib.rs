@@ -32,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod ctl;
+pub mod ctl_docs;
 pub mod daemon;
 pub mod download;
 pub mod fault;

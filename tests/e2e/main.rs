@@ -14,6 +14,7 @@ mod fd_store;
 mod feeds;
 mod first_run;
 mod operator;
+mod operator_cli;
 mod orders;
 mod probation;
 mod python;

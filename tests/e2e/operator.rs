@@ -302,7 +302,9 @@ fn a_wrong_sha256_for_a_local_binary_is_refused() {
             "--binary".as_ref(),
             c.bins.worker.as_os_str(),
             "--sha256".as_ref(),
-            "abc".as_ref(),
+            // Well-formed, but not this binary's (a malformed one is a
+            // usage error: operator_cli.rs).
+            "00".repeat(32).as_ref(),
             "--wait".as_ref(),
         ])
         .unwrap();
