@@ -3,7 +3,7 @@
 
 use crate::http_client::HttpConn;
 use crate::raw::RawClient;
-use crate::support::{audit, conn, http_get, next_json, start, subscribe};
+use crate::support::{audit, audit_until, conn, http_get, next_json, start, subscribe};
 use futures_util::SinkExt;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -360,6 +360,10 @@ async fn diff_acks_are_audited_in_diff_events() {
         started.elapsed() < Duration::from_secs(4),
         "wait_acked waited on the silent one: {a}"
     );
+    // wait_acked follows trades, not diff acks: wait until the simulator has
+    // read every frame sent on the acking connection (the subscription and
+    // the 12 acks) before judging them.
+    let a = audit_until(addr, |a| conn(a, 1)["frames_received"].as_u64() >= Some(13)).await;
     let s = &conn(&a, 1)["streams"][BTC];
     assert_eq!(s["sent"], 10, "{a}");
     assert_eq!(
