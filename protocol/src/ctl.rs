@@ -175,8 +175,15 @@ pub struct WorkerStatus {
     /// rather than started by this one.
     pub adopted: bool,
     /// The last thing an operator should know about this worker (e.g. an
-    /// automatic rollback after the new build died on probation).
+    /// automatic rollback after the new build died on probation); cleared
+    /// by the next completed upgrade.
     pub notice: Option<String>,
+    /// Why the last worker that died unplanned went (its exit status or
+    /// signal as the kernel reported it, or what it said before).
+    pub last_exit: Option<String>,
+    /// How long ago the running build was first admitted to the build
+    /// store (its deploy).
+    pub build_age_ms: Option<u64>,
 }
 
 /// A held connection.

@@ -28,6 +28,8 @@ pub struct Build {
     /// The private copy that is executed.
     pub exec: PathBuf,
     pub sha256: String,
+    /// When this content was first admitted (its deploy).
+    pub admitted: std::time::SystemTime,
 }
 
 type FileId = (u64, u64, u64, i64, i64);
@@ -40,6 +42,8 @@ pub struct BuildStore {
     known: HashMap<PathBuf, (FileId, String)>,
     /// The path each stored build was first admitted from.
     names: HashMap<String, PathBuf>,
+    /// When each stored build was first admitted.
+    admitted: HashMap<String, std::time::SystemTime>,
 }
 
 impl BuildStore {
@@ -59,6 +63,7 @@ impl BuildStore {
             dir,
             known: HashMap::new(),
             names: HashMap::new(),
+            admitted: HashMap::new(),
         })
     }
 
@@ -80,12 +85,13 @@ impl BuildStore {
         let mut file = std::fs::File::open(source).map_err(unreadable)?;
         let m = file.metadata().map_err(unreadable)?;
         let id: FileId = (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec());
-        if let Some((known_id, sha)) = self.known.get(source) {
-            let exec = self.dir.join(sha);
-            if *known_id == id && exec.exists() {
+        if let Some((known_id, sha)) = self.known.get(source).cloned() {
+            let exec = self.dir.join(&sha);
+            if known_id == id && exec.exists() {
                 let build = Build {
                     source: source.to_path_buf(),
                     exec,
+                    admitted: self.admitted_at(&sha),
                     sha256: sha.clone(),
                 };
                 return verify(build, expected_sha256);
@@ -146,8 +152,17 @@ impl BuildStore {
         Ok(Build {
             source: source.to_path_buf(),
             exec,
+            admitted: self.admitted_at(&sha),
             sha256: sha,
         })
+    }
+
+    /// When `sha` was first admitted (now, if this is the first time).
+    fn admitted_at(&mut self, sha: &str) -> std::time::SystemTime {
+        *self
+            .admitted
+            .entry(sha.to_owned())
+            .or_insert_with(std::time::SystemTime::now)
     }
 
     /// A path inside the store (a rollback to a stored build) is its own copy.
@@ -172,6 +187,11 @@ impl BuildStore {
         let build = Build {
             source: original,
             exec: source.to_path_buf(),
+            admitted: self
+                .admitted
+                .get(&sha)
+                .copied()
+                .unwrap_or_else(std::time::SystemTime::now),
             sha256: sha,
         };
         verify(build, expected).map(Some)
@@ -196,6 +216,7 @@ impl BuildStore {
         self.known
             .retain(|_, (_, sha)| keep.contains(&sha.as_str()));
         self.names.retain(|sha, _| keep.contains(&sha.as_str()));
+        self.admitted.retain(|sha, _| keep.contains(&sha.as_str()));
     }
 }
 

@@ -173,24 +173,6 @@ struct Policy {
     audit_log: std::sync::Arc<std::path::PathBuf>,
 }
 
-/// Append one line per accepted command: when, who (uid, pid), what.
-fn audit(path: &std::path::Path, uid: u32, pid: Option<i32>, req: &CtlRequest) {
-    use std::io::Write;
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let pid = pid.map_or("-".to_string(), |p| p.to_string());
-    let line = format!("{ms} uid={uid} pid={pid} {req:?}\n");
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(line.as_bytes()));
-    if let Err(e) = written {
-        warn!(path = %path.display(), error = %e, "cannot write the audit log");
-    }
-}
-
 async fn handle(stream: UnixStream, daemon: mpsc::Sender<CtlCommand>, policy: Policy) {
     let Policy {
         access,
@@ -232,7 +214,7 @@ async fn handle(stream: UnixStream, daemon: mpsc::Sender<CtlCommand>, policy: Po
         }
     };
     debug!(uid, pid = ?pid, ?req, "control request");
-    audit(&audit_log, uid, pid, &req);
+    crate::audit_log::record(&audit_log, uid, pid, &req);
     let (tx, mut rx) = mpsc::channel(32);
     if daemon.send(CtlCommand { req, reply: tx }).await.is_err() {
         let _ = ch

@@ -30,7 +30,7 @@ macro_rules! out {
 
 mod print;
 pub use print::status_json;
-use print::{fmt_opt, fmt_unix_ms, print_status};
+use print::{fmt_opt, print_status};
 
 /// Stdout cannot be written: exit 0 without a word if the reader went away
 /// (broken pipe), else say why and exit 3.
@@ -123,11 +123,16 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
-    /// Show recent handoff events: phases, outcomes, crashes, recoveries.
+    /// Show recent events: upgrades (with their phases), crashes,
+    /// recoveries, rollbacks.
     Log {
-        /// How many lines.
+        /// How many events.
         #[arg(long, short = 'n', default_value = "50")]
         last: u32,
+        /// One JSON object per event: `ts` (RFC 3339), `unix_ms`, `event`
+        /// (its first line), `detail` (the lines under it, e.g. phases).
+        #[arg(long)]
+        json: bool,
     },
     /// Stop the worker cleanly, then the supervisor; returns once the
     /// supervisor process is gone.
@@ -227,7 +232,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         Command::Checkpoint { wait } => CtlRequest::Checkpoint { wait: *wait },
         Command::Stop { .. } => CtlRequest::Stop,
         Command::Completions { .. } | Command::Man { .. } => return Ok(()),
-        Command::Log { last } => CtlRequest::Log { last: *last },
+        Command::Log { last, .. } => CtlRequest::Log { last: *last },
         Command::Rollback { wait } => CtlRequest::Rollback { wait: *wait },
         Command::UpgradeSupervisor {
             binary,
@@ -352,9 +357,10 @@ async fn answers(
                 out!("checkpoint stored: {bytes} bytes, schema {schema}");
                 return Ok(());
             }
-            CtlResponse::Log(lines) => {
-                for l in lines {
-                    out!("{} {}", fmt_unix_ms(l.unix_ms), l.line);
+            CtlResponse::Log(events) => {
+                let json = matches!(args.command, Command::Log { json: true, .. });
+                for e in events {
+                    print::print_event(&e, json);
                 }
                 return Ok(());
             }

@@ -122,6 +122,8 @@ pub struct Daemon {
     pub(crate) store: BuildStore,
     /// Unplanned restarts since the supervisor started.
     pub(crate) restarts: u64,
+    /// Why the last worker that died unplanned went.
+    pub(crate) last_exit: Option<String>,
     pub(crate) streak: CrashStreak,
     pub(crate) policy: RestartPolicy,
     pub(crate) pending_restart: Option<PendingRestart>,
@@ -234,6 +236,7 @@ pub async fn run_with(
         current: None,
         store: BuildStore::open(&cfg_state_dir)?,
         restarts: 0,
+        last_exit: None,
         streak: CrashStreak::default(),
         policy: RestartPolicy::default(),
         pending_restart: None,
@@ -332,6 +335,11 @@ pub async fn run_with(
     }
     info!("supervisor stopped");
     Ok(())
+}
+
+/// The first 12 hex digits of a SHA-256, as status and logs show it.
+pub(crate) fn short(sha256: &str) -> &str {
+    &sha256[..sha256.len().min(12)]
 }
 
 pub(crate) fn far_future() -> tokio::time::Instant {
@@ -610,10 +618,22 @@ impl Daemon {
             deadline: tokio::time::Instant::now() + self.cfg.timeouts.prepare,
         };
         info!(handoff = id, trigger = trigger.as_str(), binary = %binary.display(), "upgrade triggered");
+        let admitting = Instant::now();
         let spawned = self
             .store
             .admit(&binary, req.sha256.as_deref())
             .map_err(|e| e.to_string())
+            .inspect(|build| {
+                // Hashing and copying a large build takes time of its own.
+                up.mark(
+                    "admitted",
+                    Some(format!(
+                        "sha256 {} in {:.1} ms",
+                        short(&build.sha256),
+                        admitting.elapsed().as_secs_f64() * 1000.0
+                    )),
+                );
+            })
             .and_then(|build| {
                 let gen = self.take_generation();
                 self.spawn_worker(gen, &build, StartPlan::Successor)
@@ -1079,7 +1099,18 @@ impl Daemon {
         if !crate::fault::armed(crate::fault::Point::ExitWritten) {
             succ.send(ToWorker::Go, Vec::new());
         }
-        self.begin_probation(&old.build, old_hello, &succ);
+        if self.begin_probation(&old.build, old_hello, &succ) {
+            let target = self.previous.as_ref().map_or_else(
+                || "none".to_string(),
+                |p| format!("{} ({})", p.build.source.display(), short(&p.build.sha256)),
+            );
+            up.mark(
+                "same_build",
+                Some(format!(
+                    "same SHA-256 as the running build; rollback target: {target}"
+                )),
+            );
+        }
         up.to_pid = Some(succ.pid);
         // The pause ends when Go is written, not queued.
         up.mark("live", Some(format!("pid {}", succ.pid)));
@@ -1220,6 +1251,12 @@ impl Daemon {
         }
     }
 
+    /// A completed upgrade: what the notices said of the build that ran is
+    /// history now (`log` keeps it).
+    pub(crate) fn clear_notice(&mut self) {
+        self.notice = None;
+    }
+
     /// Stop the supervisor, non-zero, because no worker ever served.
     pub(crate) fn give_up(&mut self, why: String) {
         self.systemd.stopping();
@@ -1243,6 +1280,7 @@ impl Daemon {
         match outcome {
             Outcome::Completed => {
                 self.stats.completed += 1;
+                self.clear_notice();
                 info!(handoff = up.id, "handoff completed");
             }
             _ => {
@@ -1263,19 +1301,6 @@ impl Daemon {
                 );
             }
         }
-        for e in &up.events {
-            let detail = e
-                .detail
-                .as_deref()
-                .map(|d| format!(" ({d})"))
-                .unwrap_or_default();
-            self.history.push(format!(
-                "upgrade #{} {:<12} +{:.3} ms{detail}",
-                e.handoff_id,
-                e.phase,
-                e.at_us as f64 / 1000.0
-            ));
-        }
         let report = up.report(outcome, error, to_pid);
         up.span.record("outcome", outcome.as_str());
         if let Some(p) = report.pause_us {
@@ -1283,7 +1308,8 @@ impl Daemon {
         }
         up.span.record("total_us", up.elapsed_us());
         tracing::info!(parent: &up.span, phases = ?report.phases, error = report.error.as_deref().unwrap_or(""), "upgrade ended");
-        self.history.push(format!(
+        // One event: the outcome, then its phases on the lines below.
+        let mut event = format!(
             "upgrade #{} via {} to {}: {}{}",
             report.id,
             report.trigger,
@@ -1294,7 +1320,20 @@ impl Daemon {
                 .as_deref()
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default()
-        ));
+        );
+        for e in &up.events {
+            let detail = e
+                .detail
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
+            event.push_str(&format!(
+                "\n  {:<12} +{:.3} ms{detail}",
+                e.phase,
+                e.at_us as f64 / 1000.0
+            ));
+        }
+        self.history.push(event);
         for w in up.waiters.drain(..) {
             let _ = w.try_send(CtlResponse::Upgrade(report.clone()));
         }

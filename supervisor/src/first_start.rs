@@ -57,6 +57,11 @@ impl FirstStart {
         self.last_words = Some(reason);
     }
 
+    /// What the worker that just exited said before it went, if anything.
+    pub fn last_words_of_exit(&self) -> Option<&str> {
+        self.last_words.as_deref()
+    }
+
     /// The active worker exited with `status` (as the kernel reported it).
     pub fn on_exit(&mut self, status: &str) -> AfterExit {
         let words = self.last_words.take();

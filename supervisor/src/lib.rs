@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adopt;
+pub mod audit_log;
 pub mod binary;
 pub mod builds;
 pub mod cli;

@@ -41,12 +41,22 @@ pub fn schema_for_previous(previous: &Hello, new: &Hello) -> Option<u32> {
 
 impl Daemon {
     /// Step 6 done: `old` retires, `new` (just told to go) is on probation.
+    /// An upgrade to the very same content (same SHA-256) is no new build:
+    /// no probation, and `rollback` keeps going to the build that ran
+    /// before, by content. Returns whether it was the same build.
     pub(crate) fn begin_probation(
         &mut self,
         old_build: &Build,
         old_hello: Option<Hello>,
         new: &WorkerProc,
-    ) {
+    ) -> bool {
+        if old_build.sha256 == new.build.sha256 {
+            info!(
+                sha256 = %new.build.sha256,
+                "the same build as the one it replaces: no probation; rollback's target is unchanged"
+            );
+            return true;
+        }
         let previous = PreviousBuild {
             build: old_build.clone(),
             hello: old_hello,
@@ -76,6 +86,7 @@ impl Daemon {
             generation: new.generation,
             until: tokio::time::Instant::now() + self.cfg.probation,
         });
+        false
     }
 
     /// The probation period passed: the new build is trusted.

@@ -148,6 +148,10 @@ mod daemon_side {
                 "{reason}; the connections are still held"
             );
             self.history.push(format!("{reason}; connections held"));
+            self.last_exit = Some(match self.first_start.last_words_of_exit() {
+                Some(words) => format!("pid {} {status}: {words}", gone.pid),
+                None => format!("pid {} {status}", gone.pid),
+            });
             if let crate::first_start::AfterExit::GiveUp(why) = self.first_start.on_exit(&status) {
                 error!("{why}: giving up (--start-attempts)");
                 self.history.push(format!("gave up: {why}"));

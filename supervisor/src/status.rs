@@ -33,6 +33,13 @@ impl Daemon {
                             .as_millis() as u64
                     }),
                 notice: self.notice.clone(),
+                last_exit: self.last_exit.clone(),
+                build_age_ms: a
+                    .build
+                    .admitted
+                    .elapsed()
+                    .ok()
+                    .map(|d| d.as_millis() as u64),
             },
             None => WorkerStatus {
                 pid: None,
@@ -46,6 +53,8 @@ impl Daemon {
                 probation_ms_left: None,
                 adopted: false,
                 notice: self.notice.clone(),
+                last_exit: self.last_exit.clone(),
+                build_age_ms: None,
             },
         };
         let connections = self

@@ -127,24 +127,34 @@ fn replacing_the_worker_file_deploys_the_new_build_with_watch() {
 }
 
 #[test]
-fn every_accepted_command_is_in_the_audit_log() {
+fn every_accepted_command_is_in_the_audit_log_as_a_json_line() {
     let c = cluster()
         .sim_args(["--rate", "300"])
         .start()
         .expect("cluster");
     assert!(c.upgrade(None).unwrap().success());
     assert!(c.ctl(["checkpoint", "--wait"]).unwrap().success());
+    c.status().unwrap();
+    assert!(c.ctl(["log"]).unwrap().success());
     let log = std::fs::read_to_string(c.state_dir().join("audit.log")).unwrap();
     let me = nix::unistd::geteuid().as_raw();
-    let upgrade = log
+    let events: Vec<serde_json::Value> = log
         .lines()
-        .find(|l| l.contains("Upgrade"))
-        .unwrap_or_else(|| panic!("{log}"));
-    assert!(upgrade.contains(&format!("uid={me}")), "{log}");
-    assert!(
-        log.lines().any(|l| l.contains("Checkpoint { wait: true }")),
-        "{log}"
-    );
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for e in &events {
+        let ts = e["ts"].as_str().unwrap_or_else(|| panic!("no ts: {e}"));
+        assert!(
+            humantime::parse_rfc3339(ts).is_ok() && ts.ends_with('Z'),
+            "ts is not RFC 3339 UTC: {e}"
+        );
+        assert_eq!(e["uid"], me, "{e}");
+        assert!(e["pid"].as_u64().is_some(), "{e}");
+    }
+    let names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    // Read-only calls (status, log) are not recorded.
+    assert_eq!(names, ["upgrade", "checkpoint"], "{log}");
+    assert_eq!(events[1]["wait"], true, "{log}");
 }
 
 #[test]
@@ -207,15 +217,64 @@ fn log_tells_the_story_of_upgrades_and_crashes() {
     assert!(out.success(), "{}", out.stderr);
     let log = out.stdout;
     for expected in [
-        "upgrade #1 spawned",
-        "upgrade #1 old_stopped",
         "upgrade #1 via supervisorctl",
         ": completed",
+        "  admitted ",
+        "  spawned ",
+        "  old_stopped ",
         &format!("worker pid {dead} exited unexpectedly"),
         "recovery: worker pid",
     ] {
         assert!(log.contains(expected), "log lacks {expected:?}:\n{log}");
     }
+    // -n counts events: an upgrade is one, its phases under it.
+    let all = c.ctl(["log", "--json", "-n", "100"]).unwrap().stdout;
+    let events: Vec<serde_json::Value> = all
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let upgrade = events
+        .iter()
+        .find(|e| {
+            e["event"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("upgrade #1 via")
+        })
+        .unwrap_or_else(|| panic!("{all}"));
+    let phases: Vec<&str> = upgrade["detail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d.as_str()?.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "admitted",
+            "spawned",
+            "prepared",
+            "frozen",
+            "restored",
+            "same_build",
+            "live",
+            "old_stopped"
+        ],
+        "{upgrade}"
+    );
+    let two = c.ctl(["log", "--json", "-n", "2"]).unwrap().stdout;
+    assert_eq!(two.lines().count(), 2, "{two}");
+    assert_eq!(
+        two.lines().last(),
+        all.lines().last(),
+        "-n 2 is the newest two"
+    );
+    // The human status says how many restarts, and the last exit's cause.
+    let status = c.ctl(["status"]).unwrap().stdout;
+    assert!(
+        status.contains(&format!("restarts 1, last exit: pid {dead} signal: 9")),
+        "{status}"
+    );
 }
 
 /// Serve `file` to every GET on 127.0.0.1:0 from a thread; returns the URL.
@@ -391,7 +450,10 @@ fn a_config_file_sets_what_the_flags_do_not() {
         .supervisor_args(["--config", cfg.to_str().unwrap()])
         .start()
         .expect("cluster");
-    assert!(c.upgrade(None).unwrap().success());
+    // A build of other content: the same one again is no new build and
+    // goes on no probation.
+    let v2 = std::path::Path::new(env!("CARGO_BIN_EXE_trading-worker-v2"));
+    assert!(c.upgrade(Some(v2)).unwrap().success());
     let left = c.status().unwrap()["worker"]["probation_ms_left"]
         .as_u64()
         .unwrap();

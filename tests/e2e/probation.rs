@@ -65,7 +65,43 @@ fn a_new_build_dying_on_probation_hands_back_to_the_previous_build_with_its_stat
         after["trades_processed"].as_u64() >= before["trades_processed"].as_u64(),
         "state went back: {before} then {after}"
     );
+    // The notice describes the build that serves; a completed upgrade ends
+    // it (`log` keeps it).
+    assert!(c.upgrade(Some(&v2())).unwrap().success());
+    let s = c.status().unwrap();
+    assert!(s["worker"]["notice"].is_null(), "a stale notice: {s}");
+    assert!(c.ctl(["log"]).unwrap().stdout.contains("died on probation"));
     crate::assert_connections_survived(&c, 1);
+}
+
+#[test]
+fn rollback_goes_to_the_build_that_ran_before_by_content() {
+    let c = cluster()
+        .sim_args(["--rate", "400"])
+        .start()
+        .expect("cluster");
+    assert!(c.upgrade(Some(&v2())).unwrap().success());
+    // The same content again: a handoff, but no new build.
+    let out = c
+        .ctl([
+            "upgrade".as_ref(),
+            "--wait".as_ref(),
+            "--binary".as_ref(),
+            v2().as_os_str(),
+        ])
+        .unwrap();
+    assert!(out.success(), "{}", out.stderr);
+    assert!(out.stdout.contains("same_build"), "{}", out.stdout);
+    assert!(
+        c.status().unwrap()["worker"]["probation_ms_left"].is_null(),
+        "the same build put on probation"
+    );
+    let out = c.ctl(["rollback", "--wait"]).unwrap();
+    assert!(out.success(), "{}", out.stderr);
+    let s = c.status().unwrap();
+    assert_eq!(s["worker"]["binary"], v1().display().to_string(), "{s}");
+    assert_eq!(c.fresh_summary().unwrap()["schema"], 1);
+    crate::assert_nothing_lost(&c.sim, 1);
 }
 
 #[test]

@@ -55,9 +55,25 @@ pub(super) fn print_status(report: &StatusReport, json: bool) -> anyhow::Result<
     let sha = w
         .sha256
         .as_deref()
-        .map(|s| format!(" (sha256 {})", &s[..s.len().min(16)]))
+        .map(|s| {
+            let age = w
+                .build_age_ms
+                .map(|ms| format!(", deployed {} ago", fmt_ms(ms)))
+                .unwrap_or_default();
+            format!(" (sha256 {}{age})", &s[..s.len().min(12)])
+        })
         .unwrap_or_default();
     out!("            binary {}{sha}", w.binary);
+    if w.restarts > 0 || w.last_exit.is_some() {
+        out!(
+            "            restarts {}{}",
+            w.restarts,
+            w.last_exit
+                .as_deref()
+                .map(|e| format!(", last exit: {e}"))
+                .unwrap_or_default()
+        );
+    }
     out!("connections {}", report.connections.len());
     for c in &report.connections {
         let tls = c
@@ -164,8 +180,32 @@ fn print_positions(summary: &str) {
     }
 }
 
+/// One event of `log`: its time and first line, the rest indented below;
+/// or with `json` one object (`ts`, `unix_ms`, `event`, `detail`).
+pub(super) fn print_event(e: &handoff_protocol::ctl::LogLine, json: bool) {
+    let mut lines = e.line.lines();
+    let first = lines.next().unwrap_or_default();
+    if json {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.unix_ms);
+        let detail: Vec<&str> = lines.map(str::trim).collect();
+        let v = serde_json::json!({
+            "ts": humantime::format_rfc3339_millis(at).to_string(),
+            "unix_ms": e.unix_ms,
+            "event": first,
+            "detail": detail,
+        });
+        out!("{v}");
+        return;
+    }
+    let when = fmt_unix_ms(e.unix_ms);
+    out!("{when} {first}");
+    for l in lines {
+        out!("{:width$} {l}", "", width = when.len());
+    }
+}
+
 /// `HH:MM:SS.mmmZ` (UTC) of a Unix time in milliseconds.
-pub(super) fn fmt_unix_ms(ms: u64) -> String {
+fn fmt_unix_ms(ms: u64) -> String {
     let secs = ms / 1000;
     format!(
         "{:02}:{:02}:{:02}.{:03}Z",
