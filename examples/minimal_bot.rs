@@ -1,5 +1,5 @@
 //! A complete handoff-capable trading bot, the one to start from (the
-//! README's line count is measured on this file). It subscribes to
+//! line count in docs/workers.md is measured on this file). It subscribes to
 //! `btcusdt@trade`, acks every trade, keeps a trade count, the last price
 //! and its position, and every 2 s buys 0.001 BTC over REST with a client
 //! order id. All of it survives an upgrade: the state is snapshotted, the
@@ -15,7 +15,7 @@
 //! ```
 //!
 //! Under the supervisor, `--worker target/debug/examples/minimal_bot` (see
-//! the README, "Making your own service handoff-capable"). `worker/trading/`
+//! docs/workers.md, "Making your own service handoff-capable"). `worker/trading/`
 //! goes further: reconciling orders whose answer a crash lost, schemas, TLS.
 use std::time::Duration;
 

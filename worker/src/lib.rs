@@ -43,7 +43,7 @@
 //!   exactly one process ever writes records.
 //!
 //! ```no_run
-//! use handoff_worker::{App, AppError, Feed, Outbox, Settings};
+//! use handoff_worker::{App, AppError, Outbox, Settings};
 //! use handoff_worker::protocol::worker::{ConnInfo, RestoreMode};
 //! use handoff_worker::Message;
 //!
@@ -65,11 +65,24 @@
 //!     fn on_message(&mut self, _conn: &ConnInfo, _msg: Message, _out: &mut Outbox) { self.seen += 1; }
 //! }
 //!
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let feeds = vec![Feed { name: "feed-0".into(), url: "ws://127.0.0.1:9443/ws".into() }];
-//! handoff_worker::run(feeds, Settings::default(), Counter::default).await?;
-//! # Ok(()) }
+//! // The whole `main`: logs to stderr (`RUST_LOG`, default `info`; colours
+//! // only on a terminal), one feed per argument (`NAME=URL`, or a bare URL
+//! // named `feed-0`, `feed-1`...), the build label `supervisorctl status`
+//! // shows (`HANDOFF_BUILD_ID`), a single-threaded runtime, and the exit
+//! // codes the supervisor reads (0 handed over or stopped, 1 failed, 2 bad
+//! // feed list, 4 takeover refused). Alone it serves until SIGTERM; under
+//! // `supervisor --worker` it is handed over on every deploy.
+//! fn main() -> std::process::ExitCode {
+//!     let feeds: Vec<String> = std::env::args().skip(1).collect();
+//!     let settings = Settings {
+//!         build_id: handoff_worker::launch::build_id(|| "counter 1".into()),
+//!         ..Settings::default()
+//!     };
+//!     handoff_worker::launch::run_main("counter", &feeds, settings, Counter::default)
+//! }
 //! ```
+//! Or, inside a runtime of your own: `handoff_worker::run(feeds, settings,
+//! Counter::default).await` with `feeds: Vec<`[`Feed`]`>`.
 //! A complete bot to start from (a feed, a timer, an order, a snapshot): `examples/minimal_bot.rs`.
 #![forbid(unsafe_code)]
 

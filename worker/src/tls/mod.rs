@@ -31,7 +31,7 @@
 //! keys and sequence numbers are installed into the socket right after the
 //! handshake, the descriptor then carries them, and a handoff moves only the
 //! TLS 1.3 traffic secrets beside it. Each connection logs which record layer
-//! it got, and why (see the README).
+//! it got, and why (see docs/tls.md).
 
 pub mod config;
 pub mod handshake;
