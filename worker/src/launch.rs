@@ -70,8 +70,8 @@ pub fn run_to_code<A: App>(
             eprintln!("{bin}: takeover refused: {reason}");
             4
         }
+        // Said once (the supervisor has it too, from `Failed`).
         Err(e) => {
-            tracing::error!("{e}");
             eprintln!("{bin}: {e}");
             1
         }
