@@ -89,6 +89,26 @@ pub enum ApiError {
     /// A listen key that was never issued, expired or was closed (`-1125`).
     #[error("This listenKey does not exist.")]
     InvalidListenKey,
+    /// No `X-MBX-APIKEY` header, or one that cannot be a key (`-2014`,
+    /// HTTP 401).
+    #[error("API-key format invalid.")]
+    ApiKeyFormat,
+    /// An API key the simulator does not know (`-2015`, HTTP 401).
+    #[error("Invalid API-key, IP, or permissions for action.")]
+    InvalidApiKey,
+    /// A signature that does not match the request (`-1022`).
+    #[error("Signature for this request is not valid.")]
+    InvalidSignature,
+    /// A timestamp more than `recvWindow` ms behind the simulator's clock
+    /// (`-1021`).
+    #[error("Timestamp for this request is outside of the recvWindow.")]
+    OutsideRecvWindow,
+    /// A timestamp more than 1000 ms ahead of the simulator's clock (`-1021`).
+    #[error("Timestamp for this request was 1000ms ahead of the server's time.")]
+    TimestampAhead,
+    /// A `recvWindow` over 60000 (`-1131`).
+    #[error("recvWindow must be less than 60000")]
+    BadRecvWindow,
     /// Unknown path under the API (`-1000`, HTTP 404).
     #[error("No such endpoint {0}.")]
     NoSuchPath(String),
@@ -116,6 +136,11 @@ impl ApiError {
             Self::NoSuchOrder => -2013,
             Self::UnknownOrder => -2011,
             Self::NoSuchPath(_) | Self::Method { .. } => -1000,
+            Self::ApiKeyFormat => -2014,
+            Self::InvalidApiKey => -2015,
+            Self::InvalidSignature => -1022,
+            Self::OutsideRecvWindow | Self::TimestampAhead => -1021,
+            Self::BadRecvWindow => -1131,
         }
     }
 
@@ -124,6 +149,7 @@ impl ApiError {
         match self {
             Self::NoSuchOrder | Self::NoSuchPath(_) => 404,
             Self::Method { .. } => 405,
+            Self::ApiKeyFormat | Self::InvalidApiKey => 401,
             _ => 400,
         }
     }

@@ -33,6 +33,9 @@ pub struct Head {
     pub content_length: usize,
     /// `Expect: 100-continue` was sent.
     pub expect_continue: bool,
+    /// The `X-MBX-APIKEY` header (the API key of a signed or `USER_STREAM`
+    /// request), if sent.
+    pub api_key: Option<String>,
 }
 
 /// The framing headers of a request: its body length, refusing what this
@@ -116,6 +119,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, String> {
         keep_alive,
         content_length: body_length(req.headers)?,
         expect_continue,
+        api_key: header(crate::auth::API_KEY_HEADER).map(str::to_owned),
     };
     Ok(Some((head, len)))
 }
@@ -161,6 +165,7 @@ impl Reply {
         let reason = match status {
             200 => "OK",
             400 => "Bad Request",
+            401 => "Unauthorized",
             404 => "Not Found",
             405 => "Method Not Allowed",
             _ => "Error",

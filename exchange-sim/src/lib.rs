@@ -28,13 +28,16 @@
 //!
 //! The same port serves a Binance-like REST order API over HTTP/1.1 with
 //! keep-alive (requests one at a time per connection, bodies framed by
-//! `Content-Length`; an idle connection is closed after 120 s). Bodies are
-//! JSON; amounts are decimal strings (quantities answered with 8 decimals,
-//! prices with 2 to 8).
+//! `Content-Length`; an idle connection is closed after 120 s). Parameters
+//! come as on Binance, in the query string and/or an
+//! `application/x-www-form-urlencoded` body, or, from an unsigned client
+//! while the simulator runs without `--api-key`, as a JSON object body
+//! (string values); answers are JSON; amounts are decimal strings
+//! (quantities answered with 8 decimals, prices with 2 to 8).
 //!
-//! - `POST /api/v3/order` with `{"symbol":"BTCUSDT","side":"BUY"|"SELL",
-//!   "type":"MARKET"|"LIMIT","quantity":"0.01000000","newClientOrderId":"w1-000042"}`
-//!   (`LIMIT` also needs `"price"`). A `MARKET` order, or a `LIMIT` order
+//! - `POST /api/v3/order` with `symbol=BTCUSDT&side=BUY|SELL&type=MARKET|LIMIT
+//!   &quantity=0.01000000&newClientOrderId=w1-000042` (`LIMIT` also needs
+//!   `price`), or the same fields as JSON. A `MARKET` order, or a `LIMIT` order
 //!   marketable against the reference price, fills in full at the reference
 //!   price (`FILLED`); any other `LIMIT` order rests (`NEW`) until cancelled.
 //!   The answer is the order: `symbol`, `orderId`, `clientOrderId`,
@@ -50,8 +53,10 @@
 //!   entry `avg_price` of the open position, `realized_pnl` and `fills`,
 //!   booked at average cost.
 //! - `GET /orders/audit`: counters (`orders`, `filled`, `canceled`, `open`,
-//!   `duplicate_client_ids`, `rejected`, `invalid`) and the most recent 100 000
-//!   orders by client id (`by_client_id`, with `by_client_id_omitted`).
+//!   `duplicate_client_ids`, `rejected`, `invalid`), the requests refused by
+//!   the API key and signature checks (`refused`, below) and the most recent
+//!   100 000 orders by client id (`by_client_id`, with
+//!   `by_client_id_omitted`).
 //!
 //! Refusals are HTTP 400 with `{"code":…,"msg":…}` (see [`ApiError`]): a
 //! client order id used before by any order, even a cancelled one, gets
@@ -64,6 +69,41 @@
 //! `--order-reject-every N` refuses every Nth placement (duplicates and
 //! malformed requests not counted) with `-2010 Insufficient balance.`, and a
 //! rejected order's client id stays free.
+//!
+//! # API keys and signatures (`--api-key`)
+//!
+//! With `--api-key KEY` and its secret (`--api-secret-file PATH`: the file's
+//! text, trimmed; or `SIM_API_SECRET`) the simulator has one account and
+//! checks requests as Binance does:
+//!
+//! - `/api/v3/order` (every method; Binance's `SIGNED` types `TRADE` and
+//!   `USER_DATA`): header `X-MBX-APIKEY: KEY`; parameters `timestamp` (Unix
+//!   ms), `signature` and optionally `recvWindow` (default 5000, at most
+//!   60000), in the query string or a form body (JSON is refused here);
+//!   `signature` is the hex (either case) HMAC-SHA256, keyed by the secret,
+//!   of the query string followed directly by the body, both as sent but
+//!   for their `signature` parameter (Binance's examples pass); the
+//!   timestamp must satisfy `timestamp < now + 1000` and `now - timestamp
+//!   <= recvWindow`, `now` being this host's clock moved by
+//!   `--clock-skew-ms` (for tests).
+//! - `/api/v3/userDataStream` (`USER_STREAM`): the header only.
+//! - Refusals: no header or one that cannot be a key (1 to 256 visible
+//!   ASCII characters), HTTP 401 `-2014 API-key format invalid.`; another
+//!   key, 401 `-2015 Invalid API-key, IP, or permissions for action.`; no
+//!   or a malformed `timestamp`/`signature`, or a JSON body, 400 `-1102`
+//!   naming it (`-1101` for a parameter sent twice, `-1131` for a
+//!   `recvWindow` over 60000); a wrong signature, 400 `-1022 Signature for
+//!   this request is not valid.`; a timestamp outside the window, 400
+//!   `-1021 Timestamp for this request is outside of the recvWindow.` (or
+//!   `… was 1000ms ahead of the server's time.`). The order audit counts
+//!   them in `refused`: `no_key`, `unknown_key`, `malformed`,
+//!   `bad_signature`, `expired`, `ahead`. A refused request changes
+//!   nothing else: a refused order is not an order, its client id stays
+//!   free.
+//!
+//! Without `--api-key` nothing is checked (signature parameters are
+//! ignored) and `refused` stays at zero. `GET /api/v3/depth` (public on
+//! Binance) and the simulator's own endpoints never want a key.
 //!
 //! # Depth: order book diffs (Binance's diff. depth stream)
 //!
@@ -149,7 +189,8 @@
 //!
 //! # User-data streams (listen keys)
 //!
-//! - `POST /api/v3/userDataStream` (no parameters, no API key) →
+//! - `POST /api/v3/userDataStream` (no parameters; the API key with
+//!   `--api-key`) →
 //!   `{"listenKey":"<60 letters and digits>"}`: a new key each time.
 //! - `PUT /api/v3/userDataStream?listenKey=K` → 200 `{}` and the key lives
 //!   `--listen-key-ttl-ms` (default 3 600 000, Binance's 60 minutes) from
@@ -260,6 +301,7 @@
 
 mod args;
 pub mod audit;
+mod auth;
 mod cli;
 mod client_reader;
 mod connection;
@@ -408,10 +450,13 @@ fn write_ca(path: &Path, pem: &str) -> Result<(), SimError> {
 }
 
 impl Sim {
-    /// Validate `args`, generate the TLS certificates (`--tls`), bind the
+    /// Validate `args`, read the API secret (`--api-key`), generate the TLS
+    /// certificates (`--tls`), bind the
     /// listening socket, and write the CA certificate to `--tls-ca-out`.
     pub async fn bind(args: Args) -> Result<Self, SimError> {
         validate(&args)?;
+        let keys = auth::Keys::load(args.api_key.as_deref(), args.api_secret_file.as_deref())?;
+        let gate = auth::Gate::new(keys, args.clock_skew_ms);
         let tls = if args.tls {
             let tls = TlsServer::new(&args.tls_versions, &args.tls_ciphers, args.key_update_every)?;
             Some(tls)
@@ -431,7 +476,7 @@ impl Sim {
         if let (Some(tls), Some(path)) = (&tls, &args.tls_ca_out) {
             write_ca(path, tls.ca_pem())?;
         }
-        let shared = Arc::new(Shared::new(Config::from_args(&args), tls));
+        let shared = Arc::new(Shared::new(Config::from_args(&args), tls, gate));
         Ok(Self {
             listener,
             addr,

@@ -1,6 +1,7 @@
-//! Validation of the order API's inputs: the JSON body of `POST
-//! /api/v3/order` and the query parameters of `GET`/`DELETE`. Every refusal
-//! names the offending parameter.
+//! Validation of the order API's inputs: the parameters of `POST
+//! /api/v3/order` (query string and form body, Binance's way, or an old
+//! client's JSON body) and of `GET`/`DELETE`. Every refusal names the
+//! offending parameter.
 
 use crate::error::ApiError;
 use crate::money;
@@ -117,33 +118,47 @@ fn string_field<'a>(
     }
 }
 
-/// Validate the body of `POST /api/v3/order`.
+/// Validate the JSON body of `POST /api/v3/order` (an unsigned old client's).
 pub fn new_order(body: &[u8]) -> Result<NewOrder, ApiError> {
     let body: Map<String, Value> = match serde_json::from_slice(body) {
         Ok(Value::Object(map)) => map,
         Ok(_) => return Err(ApiError::Body("expected a JSON object".into())),
         Err(e) => return Err(ApiError::Body(format!("invalid JSON: {e}"))),
     };
-    let symbol = symbol(string_field(&body, "symbol")?)?;
-    let side = match string_field(&body, "side")? {
+    order_fields(|name| string_field(&body, name))
+}
+
+/// Validate the parameters of `POST /api/v3/order` sent Binance's way
+/// (query string and form body, see [`crate::auth::params`]); others
+/// (`timestamp`, `signature`, …) are ignored here.
+pub fn new_order_form(pairs: &[(String, String)]) -> Result<NewOrder, ApiError> {
+    order_fields(|name| single(pairs, name))
+}
+
+/// Validate an order's fields, each read by `field`.
+fn order_fields<'a>(
+    field: impl Fn(&'static str) -> Result<Option<&'a str>, ApiError>,
+) -> Result<NewOrder, ApiError> {
+    let symbol = symbol(field("symbol")?)?;
+    let side = match field("side")? {
         Some("BUY") => Side::Buy,
         Some("SELL") => Side::Sell,
         None => return Err(ApiError::param("side", "missing")),
         Some(_) => return Err(ApiError::param("side", "must be BUY or SELL")),
     };
-    let kind = match string_field(&body, "type")? {
+    let kind = match field("type")? {
         Some("MARKET") => OrderType::Market,
         Some("LIMIT") => OrderType::Limit,
         None => return Err(ApiError::param("type", "missing")),
         Some(_) => return Err(ApiError::param("type", "must be MARKET or LIMIT")),
     };
-    let qty = match string_field(&body, "quantity")? {
+    let qty = match field("quantity")? {
         None => return Err(ApiError::param("quantity", "missing")),
         Some(text) => {
             money::parse_positive(text, MAX_QTY).map_err(|e| ApiError::param("quantity", e))?
         }
     };
-    let price = string_field(&body, "price")?;
+    let price = field("price")?;
     let limit_price = match (kind, price) {
         (OrderType::Market, None) => None,
         (OrderType::Market, Some(_)) => return Err(ApiError::PriceNotRequired),
@@ -152,7 +167,7 @@ pub fn new_order(body: &[u8]) -> Result<NewOrder, ApiError> {
             Some(money::parse_positive(text, MAX_PRICE).map_err(|e| ApiError::param("price", e))?)
         }
     };
-    let client_id = client_id("newClientOrderId", string_field(&body, "newClientOrderId")?)?;
+    let client_id = client_id("newClientOrderId", field("newClientOrderId")?)?;
     Ok(NewOrder {
         symbol,
         side,
@@ -163,10 +178,10 @@ pub fn new_order(body: &[u8]) -> Result<NewOrder, ApiError> {
     })
 }
 
-/// Validate the query of `GET`/`DELETE /api/v3/order`: the symbol and the
-/// order (`origClientOrderId`, or `orderId`).
-pub fn order_query(query: &str) -> Result<(String, OrderKey), ApiError> {
-    let pairs = query_pairs(query);
+/// Validate the parameters of `GET`/`DELETE /api/v3/order` (query string
+/// and form body): the symbol and the order (`origClientOrderId`, or
+/// `orderId`).
+pub fn order_key(pairs: &[(String, String)]) -> Result<(String, OrderKey), ApiError> {
     let get = |name: &str| {
         pairs
             .iter()
@@ -261,6 +276,39 @@ mod tests {
             Err(ApiError::Body(_))
         ));
         assert!(matches!(new_order(b""), Err(ApiError::Body(_))));
+    }
+
+    #[test]
+    fn form_orders_are_read_like_json_ones() {
+        let pairs = query_pairs(
+            "symbol=BTCUSDT&side=SELL&type=LIMIT&quantity=0.5&price=41000.5\
+             &newClientOrderId=w%3A1%2Fa&recvWindow=5000&timestamp=1&signature=ab",
+        );
+        let o = new_order_form(&pairs).expect("valid");
+        assert_eq!((o.side, o.kind), (Side::Sell, OrderType::Limit));
+        assert_eq!(o.client_id, "w:1/a");
+        assert_eq!(o.limit_price.map(|p| p.to_string()), Some("41000.5".into()));
+        let refused = |q: &str| new_order_form(&query_pairs(q)).expect_err(q);
+        assert_eq!(
+            name_of(refused(
+                "side=BUY&type=MARKET&quantity=1&newClientOrderId=x"
+            )),
+            "symbol"
+        );
+        assert_eq!(
+            refused("symbol=BTCUSDT&symbol=BTCUSDT&side=BUY"),
+            ApiError::DuplicateParam
+        );
+        assert_eq!(
+            name_of(refused(
+                "symbol=BTCUSDT&side=BUY&type=MARKET&quantity=-1&newClientOrderId=x"
+            )),
+            "quantity"
+        );
+    }
+
+    fn order_query(query: &str) -> Result<(String, OrderKey), ApiError> {
+        order_key(&query_pairs(query))
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //! ([`crate::user_stream::rest`]). Answers are JSON; refusals are
 //! Binance-style `{"code":…,"msg":…}` (see [`ApiError`]). Placements and
 //! cancellations also go to the user-data streams as `executionReport`s.
+//! With `--api-key` the order and listen-key endpoints first go through
+//! the [`crate::auth`] gate.
 //!
 //! `/api/v3/order` answers (refusals included) are held back by
 //! `--order-latency-ms` after the book has been updated, so a client can time
 //! out on an order the exchange already has.
 
+use crate::auth;
 use crate::depth::rest::{self as depth_rest, DEPTH_PATH, DIGEST_PATH};
 use crate::error::ApiError;
 use crate::http::{Head, Reply};
@@ -34,9 +37,15 @@ pub async fn route(shared: &Shared, head: &Head, body: &[u8]) -> Reply {
     let answer = match head.path.as_str() {
         ORDER_PATH => {
             let answer = match head.method.as_str() {
-                "POST" => place(shared, body),
-                "GET" => query(shared, &head.query),
-                "DELETE" => cancel(shared, &head.query),
+                "POST" | "GET" | "DELETE" => {
+                    let signed = shared.gate.signed(head, body, unix_ms());
+                    let params = auth::params(&head.query, body);
+                    signed.and_then(|()| match head.method.as_str() {
+                        "POST" => place(shared, &params, body),
+                        "GET" => query(shared, &params),
+                        _ => cancel(shared, &params),
+                    })
+                }
                 _ => Err(not_allowed(head)),
             };
             let latency = shared.config.order_latency;
@@ -45,16 +54,15 @@ pub async fn route(shared: &Shared, head: &Head, body: &[u8]) -> Reply {
             }
             answer
         }
-        user_stream::rest::PATH => {
-            user_stream::rest::route(shared, &head.method, &head.query, body)
-        }
+        user_stream::rest::PATH => (shared.gate.keyed(head))
+            .and_then(|()| user_stream::rest::route(shared, &head.method, &head.query, body)),
         POSITIONS_PATH | AUDIT_PATH | DEPTH_PATH | DIGEST_PATH if head.method != "GET" => {
             Err(not_allowed(head))
         }
         DEPTH_PATH => depth_rest::snapshot(shared, &head.query),
         DIGEST_PATH => depth_rest::digest(shared, &head.query),
         POSITIONS_PATH => Ok(shared.orders(positions_json)),
-        AUDIT_PATH => Ok(shared.orders(|book| book.audit_json())),
+        AUDIT_PATH => Ok(shared.orders_audit_json()),
         other => Err(ApiError::NoSuchPath(other.to_owned())),
     };
     match answer {
@@ -70,8 +78,14 @@ fn not_allowed(head: &Head) -> ApiError {
     }
 }
 
-fn place(shared: &Shared, body: &[u8]) -> Result<String, ApiError> {
-    let parsed = params::new_order(body);
+/// Place the order of `params` (query string and form body), or of `body`
+/// if it is an old client's JSON.
+fn place(shared: &Shared, params: &[(String, String)], body: &[u8]) -> Result<String, ApiError> {
+    let parsed = if auth::is_json(body) {
+        params::new_order(body)
+    } else {
+        params::new_order_form(params)
+    };
     let reference = parsed
         .as_ref()
         .ok()
@@ -91,13 +105,13 @@ fn place(shared: &Shared, body: &[u8]) -> Result<String, ApiError> {
     })
 }
 
-fn query(shared: &Shared, query: &str) -> Result<String, ApiError> {
-    let (symbol, key) = params::order_query(query)?;
+fn query(shared: &Shared, params: &[(String, String)]) -> Result<String, ApiError> {
+    let (symbol, key) = params::order_key(params)?;
     shared.orders(|book| book.get(&symbol, &key).map(order_json))
 }
 
-fn cancel(shared: &Shared, query: &str) -> Result<String, ApiError> {
-    let (symbol, key) = params::order_query(query)?;
+fn cancel(shared: &Shared, params: &[(String, String)]) -> Result<String, ApiError> {
+    let (symbol, key) = params::order_key(params)?;
     let now = unix_ms();
     shared.orders(|book| {
         book.cancel(&symbol, &key, now).map(|order| {

@@ -4,6 +4,7 @@
 //! wakes `wait_acked_ms` waiters.
 
 use crate::audit::Audit;
+use crate::auth::Gate;
 use crate::depth::DepthMarket;
 use crate::frames::Shaping;
 use crate::orders::Book;
@@ -107,6 +108,8 @@ pub struct Shared {
     pub depth: DepthMarket,
     /// Listen keys and their user-data streams.
     pub users: UserStreams,
+    /// API key and signature checks (`--api-key`), and their refusals.
+    pub gate: Gate,
     /// Bumped by `/control/server_shutdown`: every websocket open then closes.
     kicks: watch::Sender<u64>,
     progress: watch::Sender<u64>,
@@ -122,8 +125,9 @@ pub fn unix_ms() -> u64 {
 }
 
 impl Shared {
-    /// Fresh state for `config`, serving TLS too if `tls` is given.
-    pub fn new(config: Config, tls: Option<TlsServer>) -> Self {
+    /// Fresh state for `config`, serving TLS too if `tls` is given,
+    /// checking requests at `gate`.
+    pub fn new(config: Config, tls: Option<TlsServer>, gate: Gate) -> Self {
         let prices = ReferencePrices::new(&config.streams);
         let book = Book::new(prices.symbols(), config.order_reject_every);
         let depth = DepthMarket::new(config.symbols.iter().map(String::as_str), config.seed);
@@ -131,6 +135,7 @@ impl Shared {
         Self {
             depth,
             users,
+            gate,
             kicks: watch::Sender::new(0),
             config,
             audit: Mutex::new(Audit::new(Instant::now())),
@@ -221,8 +226,17 @@ impl Shared {
         self.audit(|a| a.to_json())
     }
 
-    /// The order audit as JSON.
+    /// The order audit as JSON, with the requests the gate refused
+    /// (`refused`, by kind).
     pub fn orders_audit_json(&self) -> String {
-        self.orders(|b| b.audit_json())
+        let text = self.orders(|b| b.audit_json());
+        match serde_json::from_str(&text) {
+            Ok(serde_json::Value::Object(mut audit)) => {
+                let refused = serde_json::to_value(self.gate.refusals()).unwrap_or_default();
+                audit.insert("refused".into(), refused);
+                serde_json::Value::Object(audit).to_string()
+            }
+            _ => text,
+        }
     }
 }

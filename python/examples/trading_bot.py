@@ -15,6 +15,10 @@ rule for rule and number for number, so either can serve the same exchange:
   ``hw-%08d``; an order is recorded in flight *before* it is sent, and one of
   unknown status is reconciled by a query (after a takeover, or 500 ms after
   no answer), never sent under a new id;
+- with an API key (``--api-key-file``, or ``HANDOFF_API_KEY`` and
+  ``HANDOFF_API_SECRET``) orders are signed as Binance documents
+  (``signing.rs``): ``X-MBX-APIKEY``, ``recvWindow``, ``timestamp`` and the
+  hex HMAC-SHA256 ``signature`` of the exact form body or query string sent;
 - ``--timer-every`` ticks, each reported on ``feed-0`` for the audit;
 - snapshots in schema 1, or schema 2 (``TradingBotV2``, Rust's ``Trader<2>``:
   traded notional per book), which reads schema 1 and writes it for rollbacks.
@@ -33,13 +37,17 @@ import argparse
 import asyncio
 import dataclasses
 import hashlib
+import hmac
 import json
 import logging
 import os
 import re
+import stat
 import sys
+import time
+import urllib.parse
 from decimal import Decimal
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import handoff
 from trading_state import (  # the state, apart from the runtime
@@ -98,15 +106,118 @@ def interpret(client_id: str, status: int, body: bytes) -> OrderEvent:
     return ev("rejected", f"order {a['status']}")
 
 
+# --- Signed requests (signing.rs) ------------------------------------------------------
+KEY_ENV, SECRET_ENV = "HANDOFF_API_KEY", "HANDOFF_API_SECRET"
+MAX_KEY_FILE = 16 * 1024
+
+
+class ApiKeys:
+    """An API key and its secret; ``repr`` shows neither."""
+
+    def __init__(self, key: str, secret: str, origin: str):
+        if not key or len(key) > 256 or not all("!" <= c <= "~" for c in key):
+            raise ValueError(f"the API key from {origin} must be 1 to 256 visible ASCII characters")
+        if not secret:
+            raise ValueError(f"the API secret from {origin} is empty")
+        self.key, self.secret, self.origin = key, secret.encode(), origin
+
+    def __repr__(self) -> str:
+        return f"ApiKeys(key=<redacted>, secret=<redacted>, origin={self.origin!r})"
+
+
+def load_api_keys(path: Optional[str], environ: Mapping[str, str]) -> Optional[ApiKeys]:
+    """From ``path`` (lines ``KEY=...`` and ``SECRET=...``, blank lines and
+    ``#`` comments ignored; no access for group or others, as ssh asks of a
+    private key) if given, else from ``HANDOFF_API_KEY`` and
+    ``HANDOFF_API_SECRET``; ``None`` if neither is set (orders go unsigned).
+    Raises ``ValueError`` (or ``OSError``) naming what is wrong."""
+    if path is None:
+        key, secret = environ.get(KEY_ENV), environ.get(SECRET_ENV)
+        if key is None and secret is None:
+            return None
+        if key is None or secret is None:
+            set_, unset = (KEY_ENV, SECRET_ENV) if secret is None else (SECRET_ENV, KEY_ENV)
+            raise ValueError(f"{set_} is set but {unset} is not: set both "
+                             "(or neither, for unsigned orders)")
+        return ApiKeys(key.strip(), secret.strip(), f"{KEY_ENV}/{SECRET_ENV}")
+    with open(path, "rb") as f:
+        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        if mode & 0o077:
+            raise ValueError(f"--api-key-file {path}: permissions {mode:04o} are too open: "
+                             "it holds a secret, so only its owner may have access "
+                             f"(chmod 600 {path})")
+        data = f.read(MAX_KEY_FILE + 1)
+    if len(data) > MAX_KEY_FILE:
+        raise ValueError(f"--api-key-file {path}: larger than {MAX_KEY_FILE} bytes: not a key file")
+    found: Dict[str, str] = {}
+    for i, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            line = raw.decode().strip()
+        except UnicodeDecodeError:
+            raise ValueError(f"--api-key-file {path}: line {i}: not valid UTF-8") from None
+        if not line or line.startswith("#"):
+            continue
+        name, eq, value = line.partition("=")
+        if not eq:
+            raise ValueError(f"--api-key-file {path}: line {i}: "
+                             "expected KEY=<api key> or SECRET=<secret>")
+        if name.strip() not in ("KEY", "SECRET"):
+            raise ValueError(f"--api-key-file {path}: line {i}: unknown name: only KEY and SECRET")
+        if name.strip() in found:
+            raise ValueError(f"--api-key-file {path}: line {i}: given twice")
+        found[name.strip()] = value.strip()
+    for name in ("KEY", "SECRET"):
+        if name not in found:
+            raise ValueError(f"--api-key-file {path}: no {name}= line")
+    return ApiKeys(found["KEY"], found["SECRET"], path)
+
+
+def hint(code: int, signed: bool) -> Optional[str]:
+    """What an operator should know of a refusal with Binance code ``code``,
+    if it concerns the API key or the signature (``signing::hint``)."""
+    if code in (-2014, -2015, -1102) and not signed:
+        return ("orders are unsigned: give the bot its API key "
+                "(HANDOFF_API_KEY and HANDOFF_API_SECRET, or --api-key-file)")
+    return {
+        -2014: "the exchange does not take this API key (or not for this)",
+        -2015: "the exchange does not take this API key (or not for this)",
+        -1022: "the API secret does not belong to the API key",
+        -1021: "this host's clock is off from the exchange's, "
+               "or the request took longer than --recv-window-ms",
+    }.get(code)
+
+
+def sign(secret: bytes, payload: str) -> str:
+    """The hex HMAC-SHA256 of ``payload`` keyed by ``secret``."""
+    return hmac.new(secret, payload.encode(), hashlib.sha256).hexdigest()
+
+
+def encode_params(pairs: Sequence[Tuple[str, str]]) -> str:
+    """``name=value`` pairs joined by ``&``, percent-encoded but for
+    ``A-Z a-z 0-9 - . _ ~`` (``signing::encode_params``, byte for byte)."""
+    q = urllib.parse.quote
+    return "&".join(f"{q(k, safe='')}={q(v, safe='')}" for k, v in pairs)
+
+
+def signed(params: str, keys: ApiKeys, recv_window_ms: int, timestamp_ms: int) -> str:
+    """``params`` then ``recvWindow``, ``timestamp`` and ``signature``: the text to send."""
+    text = f"{params}{'&' if params else ''}recvWindow={recv_window_ms}&timestamp={timestamp_ms}"
+    return f"{text}&signature={sign(keys.secret, text)}"
+
+
 class Rest:
     """The exchange's order API. Its coroutines run on the package's effect
-    loop, where the httpx client is made (again if the loop is another)."""
+    loop, where the httpx client is made (again if the loop is another).
+    Parameters go as on Binance: a form body for a placement, the query
+    string for a query; signed with ``keys``, if given."""
 
     def __init__(self, base: str, timeout_s: float, ca_file: Optional[str] = None,
-                 transport: Any = None):
+                 transport: Any = None, keys: Optional[ApiKeys] = None,
+                 recv_window_ms: int = 5000):
         import httpx  # only with --rest
 
         self.httpx, self.base, self.timeout_s = httpx, base.rstrip("/"), timeout_s
+        self.keys, self.recv_window_ms = keys, recv_window_ms
         self.transport = transport  # tests give httpx.MockTransport
         self.verify: Any = True  # the public roots, and --ca-file's
         if ca_file:
@@ -124,23 +235,35 @@ class Rest:
                                                   follow_redirects=True, transport=self.transport)
         return self._client
 
+    def _text(self, pairs: Sequence[Tuple[str, str]]) -> str:
+        """The parameters as sent: signed, if this client has keys."""
+        text = encode_params(pairs)
+        if self.keys is not None:
+            text = signed(text, self.keys, self.recv_window_ms, int(time.time() * 1000))
+        return text
+
+    def _headers(self) -> Dict[str, str]:
+        return {} if self.keys is None else {"X-MBX-APIKEY": self.keys.key}
+
     async def place(self, order: Order) -> OrderEvent:
         """A market order, under the client id the state recorded."""
-        body = compact({"symbol": order.symbol, "side": order.side.upper(), "type": "MARKET",
-                        "quantity": plain(order.qty), "newClientOrderId": order.client_id})
-        return await self._call(order.client_id, "POST", content=body.encode(),
-                                headers={"content-type": "application/json"})
+        body = self._text([("symbol", order.symbol), ("side", order.side.upper()),
+                           ("type", "MARKET"), ("quantity", plain(order.qty)),
+                           ("newClientOrderId", order.client_id)])
+        headers = {"content-type": "application/x-www-form-urlencoded", **self._headers()}
+        return await self._call(order.client_id, "POST", "", content=body.encode(),
+                                headers=headers)
 
     async def query(self, order: Order, delay_s: float) -> OrderEvent:
         """What became of ``order``, asked after ``delay_s``."""
         if delay_s > 0:
             await asyncio.sleep(delay_s)
-        params = {"symbol": order.symbol, "origClientOrderId": order.client_id}
-        return await self._call(order.client_id, "GET", params=params)
+        query = self._text([("symbol", order.symbol), ("origClientOrderId", order.client_id)])
+        return await self._call(order.client_id, "GET", f"?{query}", headers=self._headers())
 
-    async def _call(self, client_id: str, method: str, **kw: Any) -> OrderEvent:
+    async def _call(self, client_id: str, method: str, query: str, **kw: Any) -> OrderEvent:
         try:
-            call = self._http().request(method, f"{self.base}/api/v3/order", **kw)
+            call = self._http().request(method, f"{self.base}/api/v3/order{query}", **kw)
             r = await asyncio.wait_for(call, self.timeout_s)  # a deadline for the whole call
         except Exception as e:  # no answer (in time): the status is unknown
             why = str(e) or f"no answer within {self.timeout_s:g} s"
@@ -148,7 +271,12 @@ class Rest:
         except BaseException as e:  # cancelled: on_done still learns whose order it was
             e.client_id = client_id  # type: ignore[attr-defined]
             raise
-        return interpret(client_id, r.status_code, r.content)
+        event = interpret(client_id, r.status_code, r.content)
+        code = re.match(r"HTTP \d+ (-?\d+):", event.reason) if event.kind == "rejected" else None
+        h = hint(int(code.group(1)), self.keys is not None) if code else None
+        if h:
+            event.reason = f"{event.reason} ({h})"
+        return event
 
 
 # --- The app (app.rs) -------------------------------------------------------------------
@@ -207,6 +335,7 @@ class TradingBot(handoff.App):
             "trades_processed": s.total_trades(),
             "orders_sent": s.orders_sent,
             "orders_filled": s.orders_filled,
+            "orders_rejected": s.orders_rejected,
             "open_orders": len(s.open_orders),
             "positions": positions,
             "streams": {k: {"trades": c.trades, "last_id": c.last_id, "gaps": c.gaps}
@@ -322,7 +451,17 @@ def parse_args(argv: Optional[List[str]], schema: int) -> argparse.Namespace:
                    help="symbols to subscribe to, comma-separated (default btcusdt,ethusdt)")
     p.add_argument("--ack", action="store_true", help="acknowledge each processed trade")
     p.add_argument("--paper", action="store_true", help="paper trading (default without --rest)")
-    p.add_argument("--rest", metavar="URL", help="send orders to this exchange REST API")
+    p.add_argument("--rest", metavar="URL", help="send orders to this exchange REST API; "
+                   "signed with an API key (--api-key-file, or HANDOFF_API_KEY and "
+                   "HANDOFF_API_SECRET), unsigned without one")
+    p.add_argument("--api-key-file", metavar="PATH",
+                   help="the API key and secret signing --rest orders: lines KEY=<api key> and "
+                   "SECRET=<secret key> (# comments ignored); refused unless only its owner may "
+                   "read it (chmod 600); takes precedence over HANDOFF_API_KEY and "
+                   "HANDOFF_API_SECRET. Never on the command line, never logged")
+    p.add_argument("--recv-window-ms", type=_ms, default=5000, metavar="MS",
+                   help="how long after its timestamp a signed request stays valid "
+                   "(Binance's recvWindow, at most 60000; 5000)")
     p.add_argument("--order-timeout-ms", type=_ms, default=5000, metavar="MS",
                    help="past it an order's status is unknown: it is queried (5000)")
     p.add_argument("--cooldown-trades", type=int, default=25, metavar="N",
@@ -337,6 +476,10 @@ def parse_args(argv: Optional[List[str]], schema: int) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.paper and args.rest:
         p.error("--paper and --rest exclude each other")
+    if args.api_key_file and not args.rest:
+        p.error("--api-key-file needs --rest")
+    if not 1 <= args.recv_window_ms <= 60_000:
+        p.error("--recv-window-ms: from 1 to 60000")
     if not 0 <= args.cooldown_trades < 2**32:
         p.error("--cooldown-trades: out of range")
     args.symbols = args.symbols or ["btcusdt", "ethusdt"]
@@ -355,7 +498,13 @@ def main(argv: Optional[List[str]] = None, schema: Optional[int] = None) -> int:
     rest = None
     if args.rest:
         try:
-            rest = Rest(args.rest, args.order_timeout_ms / 1000, args.ca_file)
+            keys = load_api_keys(args.api_key_file, os.environ)
+        except (OSError, ValueError) as e:
+            log.error("%s", e)
+            return 2
+        try:
+            rest = Rest(args.rest, args.order_timeout_ms / 1000, args.ca_file, keys=keys,
+                        recv_window_ms=args.recv_window_ms)
         except (ImportError, OSError, ValueError) as e:
             log.error("cannot set up the REST client: %s", e)
             return 2

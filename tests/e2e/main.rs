@@ -18,6 +18,7 @@ mod operator_cli;
 mod orders;
 mod probation;
 mod python;
+mod signed_orders;
 mod starvation;
 mod supervisor_crash;
 mod supervisor_loss;

@@ -147,6 +147,7 @@ impl<const S: u32> Trader<S> {
             "trades_processed": b.total_trades(),
             "orders_sent": b.orders_sent,
             "orders_filled": b.orders_filled,
+            "orders_rejected": b.orders_rejected,
             "open_orders": b.open_orders.len(),
             "positions": positions,
             "streams": streams,

@@ -17,6 +17,7 @@ pub use handoff_worker::launch;
 pub mod market;
 pub mod rest;
 pub mod schema;
+pub mod signing;
 pub mod state;
 
 #[cfg(test)]
@@ -61,8 +62,25 @@ pub struct Args {
     #[arg(long, conflicts_with = "rest")]
     pub paper: bool,
     /// Send orders to this exchange REST API (e.g. http://127.0.0.1:9443).
+    /// With an API key (--api-key-file, or HANDOFF_API_KEY and
+    /// HANDOFF_API_SECRET in the environment) orders are signed as Binance
+    /// documents (X-MBX-APIKEY, timestamp, recvWindow, HMAC-SHA256
+    /// signature); without one they go unsigned.
     #[arg(long)]
     pub rest: Option<String>,
+    /// The API key and secret that sign --rest orders, from this file: two
+    /// lines `KEY=<api key>` and `SECRET=<secret key>` (blank lines and
+    /// `#` comments ignored). Refused unless only its owner may read it
+    /// (chmod 600). Takes precedence over HANDOFF_API_KEY and
+    /// HANDOFF_API_SECRET. Keys are never taken from the command line, and
+    /// never logged.
+    #[arg(long, value_name = "PATH", requires = "rest")]
+    pub api_key_file: Option<std::path::PathBuf>,
+    /// How long after its timestamp a signed order request stays valid
+    /// (Binance's recvWindow, at most 60000).
+    #[arg(long, value_name = "MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub recv_window_ms: u64,
     /// Longest an order request may take; past it the order's status is
     /// unknown and it is reconciled by querying its client order id.
     #[arg(long, value_parser = parse_ms, default_value = "5000")]
@@ -110,6 +128,33 @@ fn parse_ms(s: &str) -> Result<std::time::Duration, String> {
         .map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// `client`, signing with the API key of `--api-key-file` or the
+/// environment, if there is one; and a line for the log saying which.
+fn signed(
+    client: rest::RestClient,
+    args: &Args,
+) -> Result<(rest::RestClient, String), signing::CredentialsError> {
+    Ok(
+        match signing::Credentials::load(args.api_key_file.as_deref())? {
+            Some(keys) => {
+                let note = format!("REST orders are signed (API key from {})", keys.origin());
+                (
+                    client.signed(signing::Signer::new(keys, args.recv_window_ms)),
+                    note,
+                )
+            }
+            None => {
+                let note = format!(
+                    "REST orders are unsigned: no API key ({} and {}, or --api-key-file)",
+                    signing::KEY_ENV,
+                    signing::SECRET_ENV
+                );
+                (client, note)
+            }
+        },
+    )
+}
+
 /// `main` of the `trading-worker` binary (writes schema 1).
 pub fn main() -> ExitCode {
     main_with::<1>()
@@ -151,6 +196,14 @@ fn main_with<const S: u32>() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let (rest, signing_note) = match rest.map(|client| signed(client, &args)) {
+        None => (None, None),
+        Some(Ok((client, note))) => (Some(client), Some(note)),
+        Some(Err(e)) => {
+            eprintln!("trading-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime_feeds = match handoff_worker::Feed::from_specs(&args.runtime_feeds) {
         Ok(f) => f,
         Err(e) => {
@@ -162,6 +215,9 @@ fn main_with<const S: u32>() -> ExitCode {
     let user_stream = args.user_stream.then_some(args.listen_key_keepalive_ms);
     let book = args.book;
     let fresh = move || {
+        if let Some(note) = signing_note {
+            tracing::info!("{note}");
+        }
         let mut t = Trader::<S>::new(symbols, ack, strategy, rest);
         t.timer_every = timer_every;
         t.runtime_feeds = runtime_feeds;
