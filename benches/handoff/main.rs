@@ -19,19 +19,22 @@
 //! 4. steady-state throughput under the supervisor vs a bare client;
 //! 5. snapshot scale (10 k and 1 M decimal positions): serialize, transfer,
 //!    restore;
-//! 6. supervisor footprint (RSS, CPU) idle and during 10 upgrades/s.
+//! 6. supervisor footprint (RSS, CPU) idle and during 10 upgrades/s;
+//! 7. the Python path (`python.rs`; needs `HANDOFF_PYTHON`): per-message
+//!    cost vs a plain `websockets` client, blackout vs the Rust worker.
 //!
 //! Flags: `--smoke`, `--upgrades N`, `--conns 1,16,64`,
 //! `--sizes 1024,1048576,67108864`, `--feed-rate N` (messages/s over all
 //! connections: each connection's streams get an equal share, so the load
 //! on the 2 cores does not grow with the connection count),
-//! `--only blackout,cold,steady,snapshot,footprint`,
+//! `--only blackout,cold,steady,snapshot,footprint,python`,
 //! `--out FILE`, `--verbose` (the processes' logs on stderr),
 //! `--back-to-back` (upgrade again without waiting for the worker to work off
 //! the previous blackout's backlog). Targets are reported, never asserted.
 
 mod bare;
 mod floor;
+mod python;
 mod rig;
 mod stats;
 mod tap;
@@ -143,7 +146,7 @@ impl Opts {
                     println!(
                         "cargo bench --bench handoff -- [--smoke] [--upgrades N] [--conns 1,16,64] \
                          [--sizes BYTES,..] [--feed-rate MSGS_PER_S] [--cold-restarts N] [--positions N,..] \
-                         [--only blackout,cold,steady,snapshot,footprint] [--out FILE] [--verbose] \
+                         [--only blackout,cold,steady,snapshot,footprint,python] [--out FILE] [--verbose] \
                          [--back-to-back]"
                     );
                     std::process::exit(0);
@@ -351,6 +354,10 @@ fn run() -> Result<()> {
         let f = footprint(&bins, &o, hc, hs)?;
         md.push_str(&footprint_table(&f));
         report["footprint"] = f.json();
+    }
+
+    if o.runs("python") {
+        python::section(&bins, &o, &mut md, &mut report)?;
     }
 
     let elapsed = started.elapsed().as_secs_f64();
