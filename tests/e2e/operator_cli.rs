@@ -15,6 +15,14 @@ fn ctl() -> Command {
     c
 }
 
+fn assert_ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn the_control_socket_defaults_to_the_state_directory_and_stop_waits_for_the_exit() {
     let dir = tempfile::tempdir().unwrap();
@@ -63,11 +71,7 @@ fn the_control_socket_defaults_to_the_state_directory_and_stop_waits_for_the_exi
         .arg("status")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("worker"));
     // `stop` returns once the supervisor process is gone.
     let out = ctl()
@@ -76,11 +80,7 @@ fn the_control_socket_defaults_to_the_state_directory_and_stop_waits_for_the_exi
         .arg("stop")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let exited = supervisor.try_wait().unwrap();
     assert!(
         exited.is_some(),
