@@ -5,7 +5,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use handoff_protocol::tls::TlsSession;
 use handoff_protocol::worker::{ConnId, ConnInfo, ConnKind};
 use thiserror::Error;
@@ -145,6 +145,33 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Close with a close frame, then read (and drop) what the peer still
+    /// sends until its own close frame ends the stream, for at most
+    /// `limit`. The socket is drained when it is dropped, so neither this
+    /// process nor the supervisor's duplicate closing it can reset the
+    /// connection under the peer's feet (a close with unread data sends a
+    /// RST, which can discard our close frame before the peer reads it).
+    /// Returns whether the handshake completed.
+    pub async fn close_handshake(&mut self, limit: Duration) -> bool {
+        let handshake = async {
+            if self.ws.close(None).await.is_err() {
+                return false;
+            }
+            let mut peer_closed = false;
+            while let Some(msg) = self.ws.next().await {
+                match msg {
+                    Ok(tungstenite::Message::Close(_)) => peer_closed = true,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            peer_closed
+        };
+        tokio::time::timeout(limit, handshake)
+            .await
+            .unwrap_or(false)
+    }
+
     /// Open `feed` from scratch: TCP connect, TLS handshake for `wss://`
     /// (trusting the public roots and the certificates in
     /// `settings.ca_file`; records then protected by the kernel or here, as

@@ -149,9 +149,7 @@ impl<A: crate::App> crate::serve::Worker<A> {
                 continue;
             };
             let mut conn = self.conns.remove(idx);
-            let closed =
-                tokio::time::timeout(self.settings.close_timeout, conn.ws.close(None)).await;
-            if !matches!(closed, Ok(Ok(()))) {
+            if !conn.close_handshake(self.settings.close_timeout).await {
                 warn!(conn = %id, "close handshake did not complete");
             }
             self.tell(&FromWorker::Unregister { id, reason: why }).await;

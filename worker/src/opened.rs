@@ -101,8 +101,7 @@ impl<A: App> Worker<A> {
     /// the app's `on_closed`.
     pub(crate) async fn close_conn(&mut self, idx: usize, why: Closed) {
         let mut conn = self.conns.remove(idx);
-        let closed = tokio::time::timeout(self.settings.close_timeout, conn.ws.close(None)).await;
-        if !matches!(closed, Ok(Ok(()))) {
+        if !conn.close_handshake(self.settings.close_timeout).await {
             warn!(conn = %conn.info.id, "close handshake did not complete");
         }
         self.opened.since.remove(&conn.info.name);

@@ -575,10 +575,7 @@ impl<A: App> Worker<A> {
     async fn stop(&mut self) -> Result<Ended, WorkerError> {
         let _ = self.send_checkpoint().await;
         for conn in &mut self.conns {
-            if timeout(self.settings.close_timeout, conn.ws.close(None))
-                .await
-                .is_err()
-            {
+            if !conn.close_handshake(self.settings.close_timeout).await {
                 warn!(conn = %conn.info.id, "close handshake timed out");
             }
         }
