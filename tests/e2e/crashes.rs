@@ -31,14 +31,7 @@ fn sigkill_of_the_worker_keeps_every_connection_open() {
     // stream's own crash test.)
     let c = cluster()
         .connections(3)
-        .sim_args([
-            "--rate",
-            "400",
-            "--fragment-every",
-            "5",
-            "--ping-every",
-            "7",
-        ])
+        .sim_args(crate::CRASH_SAFE_FEED)
         .start()
         .expect("cluster");
     let dead = c.signal_worker(Signal::SIGKILL).unwrap();

@@ -144,7 +144,7 @@ fn connections_the_app_opened_survive_a_hundred_handoffs_and_a_crash() {
     crate::assert_nothing_lost(&c.sim, 2);
     c.sim.resume().unwrap();
     // And through a crash: the recovery worker gets it with the others.
-    crate::crash_keeps_connections(&c, 2);
+    crate::crash_at_rest_keeps_connections(&c, 2);
 }
 
 #[test]

@@ -60,6 +60,11 @@ pub const HOSTILE_FEED: [&str; 10] = [
     "700",
 ];
 
+/// A feed that fragments messages and puts pings between fragments but sends
+/// no frame too big to take out of the kernel whole, so that a crash at any
+/// moment leaves the kernel on a frame boundary.
+pub const CRASH_SAFE_FEED: [&str; 6] = ["--rate", "400", "--fragment-every", "5", "--ping-every", "7"];
+
 /// Stop the feed, wait for the worker to ack everything, and assert that the
 /// exchange saw nothing lost, duplicated, reordered or malformed, and no
 /// connection closed or re-opened.
@@ -188,12 +193,29 @@ pub fn held_names(status: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// SIGKILL the worker, wait for its replacement, and check the exchange
-/// kept all `n` connections through it.
+/// SIGKILL the worker while the feed flows, wait for its replacement, and
+/// check the exchange kept all `n` connections through it. The feed must send
+/// no frame above the worker's whole-frame limit ([`CRASH_SAFE_FEED`]): a
+/// crash half-way through reading one tears that connection by design (the
+/// kernel is mid-frame; the stream module's docs), and it is re-opened.
 pub fn crash_keeps_connections(c: &handoff_testkit::Cluster, n: usize) -> Value {
     let dead = c.signal_worker(nix::sys::signal::Signal::SIGKILL).unwrap();
     let s = crashes::wait_replaced(c, dead, Duration::from_secs(10));
     assert_eq!(held_names(&s).len(), n, "{s}");
+    assert_connections_survived(c, n)
+}
+
+/// [`crash_keeps_connections`] for a feed that sends big frames (such as
+/// [`HOSTILE_FEED`]): the feed is paused and everything acked first, so the
+/// worker is killed between frames, then resumed for the recovered worker.
+pub fn crash_at_rest_keeps_connections(c: &handoff_testkit::Cluster, n: usize) -> Value {
+    c.sim.pause().unwrap();
+    let audit = c.sim.audit_when_acked(Duration::from_secs(20)).unwrap();
+    assert_eq!(audit["totals"]["unacked"], 0, "not drained: {audit}");
+    let dead = c.signal_worker(nix::sys::signal::Signal::SIGKILL).unwrap();
+    let s = crashes::wait_replaced(c, dead, Duration::from_secs(10));
+    assert_eq!(held_names(&s).len(), n, "{s}");
+    c.sim.resume().unwrap();
     assert_connections_survived(c, n)
 }
 

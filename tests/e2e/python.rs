@@ -222,7 +222,7 @@ fn a_sigkilled_python_bot_is_recovered_with_its_connections() {
     };
     let c = b
         .connections(2)
-        .sim_args(HOSTILE_FEED)
+        .sim_args(crate::CRASH_SAFE_FEED)
         .start()
         .expect("cluster");
     crate::crash_keeps_connections(&c, 2);

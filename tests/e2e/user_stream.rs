@@ -83,7 +83,7 @@ fn a_user_data_stream_and_its_keepalives_survive_a_hundred_handoffs_and_a_crash(
     crate::assert_no_order_twice(&c);
     c.sim.resume().unwrap();
     // And a crash: the recovering worker gets the stream with the feed.
-    let audit = crate::crash_keeps_connections(&c, 2);
+    let audit = crate::crash_at_rest_keeps_connections(&c, 2);
     let (stats, _) = listen_key(&c);
     assert!(stats["closed_by"].is_null(), "{stats}: {audit}");
 }
