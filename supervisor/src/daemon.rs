@@ -8,9 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use handoff_protocol::ctl::{CtlRequest, CtlResponse, HandoffReport, Outcome, UpgradeRequest};
-use handoff_protocol::worker::{
-    ConnKind, ConnRestore, FromWorker, Frozen, Hello, Restore, RestoreMode, ToWorker,
-};
+use handoff_protocol::worker::{ConnKind, FromWorker, ToWorker};
 use handoff_protocol::Snapshot;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
@@ -21,20 +19,20 @@ use crate::binary;
 use crate::builds::{Build, BuildStore};
 use crate::config::Config;
 use crate::control::{self, CtlCommand};
-use crate::handoff::{
-    compatibility, Phase, Trigger, Upgrade, EXIT_STATUS_GRACE, FIRST_MESSAGE_GRACE,
-};
+use crate::handoff::machine::{Event, Phase};
+use crate::handoff::{Trigger, Upgrade};
 use crate::held::HeldSockets;
 use crate::history::History;
 use crate::metrics::{MetricsError, MetricsView};
 use crate::notify::Notifier;
 use crate::persist::{OnDisk, Persister};
 use crate::probation::{PreviousBuild, Probation};
-use crate::proc::{Generation, Lifecycle, SpawnError, Tagged, WorkerEvent, WorkerProc};
+use crate::proc::{Generation, Lifecycle, SpawnError, Tagged, WorkerEvent};
 use crate::recovery::{
     CrashStreak, HandedLeftovers, PendingRestart, RestartPolicy, StartPlan, HEARTBEAT_CHECK_EVERY,
 };
 use crate::signals::Intent;
+use crate::upgrade::InFlight;
 use crate::watch::WatchTrigger;
 
 /// Why the daemon could not run.
@@ -106,8 +104,9 @@ enum Stopping {
 pub struct Daemon {
     pub(crate) cfg: Config,
     pub(crate) events: mpsc::UnboundedSender<Tagged>,
-    pub(crate) active: Option<WorkerProc>,
-    pub(crate) phase: Phase,
+    pub(crate) active: Option<crate::proc::WorkerProc>,
+    /// The running upgrade (see [`crate::upgrade`]).
+    pub(crate) handoff: InFlight,
     pub(crate) held: HeldSockets,
     pub(crate) checkpoint: Option<Stored>,
     pub(crate) stats: Stats,
@@ -224,7 +223,7 @@ pub async fn run_with(
         cfg,
         events: ev_tx,
         active: None,
-        phase: Phase::Idle,
+        handoff: InFlight::default(),
         held: HeldSockets::default(),
         checkpoint: None,
         stats: Stats::default(),
@@ -272,7 +271,7 @@ pub async fn run_with(
     let mut heartbeat_check = tokio::time::interval(HEARTBEAT_CHECK_EVERY);
     heartbeat_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let phase_deadline = d.phase.deadline();
+        let phase_deadline = d.handoff.phase.deadline();
         let restart_at = d.pending_restart.as_ref().map(|r| r.at);
         let probation_end = d.probation.as_ref().map(|p| p.until);
         let succession_deadline = d.succession.as_ref().map(|s| s.deadline);
@@ -296,7 +295,7 @@ pub async fn run_with(
             _ = sleep_until(restart_at.unwrap_or_else(far_future)), if restart_at.is_some() => d.restart_now(),
             _ = heartbeat_check.tick() => d.check_heartbeat(),
             _ = sleep_until(probation_end.unwrap_or_else(far_future)), if probation_end.is_some() => d.end_probation(),
-            _ = sleep_until(phase_deadline.unwrap_or_else(far_future)), if phase_deadline.is_some() => d.on_phase_deadline(),
+            _ = sleep_until(phase_deadline.unwrap_or_else(far_future)), if phase_deadline.is_some() => d.drive(Event::Deadline),
             _ = sleep_until(stop_deadline.unwrap_or_else(far_future)), if stop_deadline.is_some() => {
                 warn!("worker did not stop in time; killing it");
                 if let Some(a) = d.active.as_mut() { a.kill(); }
@@ -381,6 +380,12 @@ impl Daemon {
     /// control socket.
     pub(crate) fn handed_over(&mut self) {
         self.stopping = Stopping::HandedOver;
+    }
+
+    pub(crate) fn take_handoff_id(&mut self) -> u64 {
+        let id = self.next_handoff;
+        self.next_handoff += 1;
+        id
     }
 
     pub(crate) fn take_generation(&mut self) -> Generation {
@@ -498,8 +503,8 @@ impl Daemon {
         if req.sha256.is_none() {
             return refuse(crate::download::DownloadError::NoChecksum.to_string());
         }
-        if let Some(up) = self.phase.upgrade() {
-            return refuse(format!("busy: upgrade #{} is {}", up.id, self.phase.name()));
+        if let Some(busy) = self.handoff.busy() {
+            return refuse(busy);
         }
         let url = req.url.clone().unwrap_or_default();
         info!(%url, "downloading a build");
@@ -547,9 +552,7 @@ impl Daemon {
         }
         info!("graceful stop");
         self.systemd.stopping();
-        if !matches!(self.phase, Phase::Idle | Phase::Committing { .. }) {
-            self.abort(Outcome::RolledBack, "the supervisor is stopping".into());
-        }
+        self.drive(Event::Stopping);
         match self.active.as_mut() {
             Some(a) if !matches!(a.life, Lifecycle::Exited { .. }) => {
                 a.send(ToWorker::Stop, Vec::new());
@@ -558,100 +561,6 @@ impl Daemon {
                 self.stopping = Stopping::Draining { deadline };
             }
             _ => self.stopping = Stopping::Done,
-        }
-    }
-
-    /// Step 1–2: refuse or spawn the successor. Returns the in-progress report.
-    fn start_upgrade(
-        &mut self,
-        trigger: Trigger,
-        req: &UpgradeRequest,
-        waiter: Option<mpsc::Sender<CtlResponse>>,
-    ) -> Result<HandoffReport, String> {
-        if !matches!(self.stopping, Stopping::Running) {
-            return Err("busy: the supervisor is stopping".into());
-        }
-        if let Some(up) = self.phase.upgrade() {
-            return Err(format!("busy: upgrade #{} is {}", up.id, self.phase.name()));
-        }
-        let from_pid = match self.active.as_ref() {
-            Some(a) if matches!(a.life, Lifecycle::Running { .. }) => a.pid,
-            Some(a) => {
-                return Err(format!(
-                    "the worker is {}, not running: nothing to upgrade from",
-                    a.state_name()
-                ))
-            }
-            None => return Err("no worker is running: nothing to upgrade from".into()),
-        };
-        let id = self.next_handoff;
-        self.next_handoff += 1;
-        let binary = req
-            .binary
-            .as_ref()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| self.cfg.worker.clone());
-        let mut up = Upgrade {
-            id,
-            trigger,
-            binary: binary.clone(),
-            started: Instant::now(),
-            timings: Default::default(),
-            from_pid: Some(from_pid),
-            to_pid: None,
-            frozen_at_ns: None,
-            go_at_ns: None,
-            first_consumed_ns: None,
-            successor_lost: None,
-            held: None,
-            events: Vec::new(),
-            span: tracing::info_span!(
-                "upgrade",
-                id,
-                trigger = trigger.as_str(),
-                binary = %binary.display(),
-                outcome = tracing::field::Empty,
-                pause_us = tracing::field::Empty,
-                total_us = tracing::field::Empty,
-            ),
-            waiters: waiter.into_iter().collect(),
-            deadline: tokio::time::Instant::now() + self.cfg.timeouts.prepare,
-        };
-        info!(handoff = id, trigger = trigger.as_str(), binary = %binary.display(), "upgrade triggered");
-        let admitting = Instant::now();
-        let spawned = self
-            .store
-            .admit(&binary, req.sha256.as_deref())
-            .map_err(|e| e.to_string())
-            .inspect(|build| {
-                // Hashing and copying a large build takes time of its own.
-                up.mark(
-                    "admitted",
-                    Some(format!(
-                        "sha256 {} in {:.1} ms",
-                        short(&build.sha256),
-                        admitting.elapsed().as_secs_f64() * 1000.0
-                    )),
-                );
-            })
-            .and_then(|build| {
-                let gen = self.take_generation();
-                self.spawn_worker(gen, &build, StartPlan::Successor)
-                    .map_err(|e| e.to_string())
-            });
-        match spawned {
-            Ok(succ) => {
-                up.mark("spawned", Some(format!("pid {}", succ.pid)));
-                self.systemd
-                    .reloading(&format!("upgrade #{id} to {}", binary.display()));
-                let report = up.report(Outcome::InProgress, None, Some(succ.pid));
-                self.phase = Phase::Preparing { up, succ };
-                Ok(report)
-            }
-            Err(reason) => {
-                self.finish(up, Outcome::Refused, Some(reason.clone()), None);
-                Err(reason)
-            }
         }
     }
 
@@ -666,14 +575,16 @@ impl Daemon {
         {
             self.on_active_event(event);
         } else if self
-            .phase
-            .successor_mut()
+            .handoff
+            .successor
+            .as_ref()
             .is_some_and(|s| s.generation == generation)
         {
             self.on_successor_event(event);
         } else if self
-            .phase
-            .retiring_mut()
+            .handoff
+            .retiring
+            .as_ref()
             .is_some_and(|o| o.generation == generation)
         {
             self.on_retiring_event(event);
@@ -724,11 +635,8 @@ impl Daemon {
                     self.stopping = Stopping::Done;
                     return;
                 }
-                if !matches!(self.phase, Phase::Idle | Phase::Committing { .. }) {
-                    self.abort(
-                        Outcome::RolledBack,
-                        format!("the old worker exited during the handoff ({status})"),
-                    );
+                if self.handoff.phase.successor().is_some() {
+                    self.drive(Event::OldExited(status.to_string()));
                 }
                 self.on_unplanned_exit(&a, status.to_string());
             }
@@ -801,22 +709,11 @@ impl Daemon {
                 }
             }
             FromWorker::Checkpoint(c) => self.store_checkpoint(c.snapshot, c.summary, false),
-            FromWorker::Frozen(f) => self.on_frozen(f),
-            FromWorker::FreezeFailed { reason } => {
-                if matches!(self.phase, Phase::Freezing { .. }) {
-                    if let Some(a) = self.active.as_mut() {
-                        if let Lifecycle::Frozen { hello } = &a.life {
-                            a.life = Lifecycle::Running {
-                                hello: hello.clone(),
-                            };
-                        }
-                    }
-                    self.abort(
-                        Outcome::RolledBack,
-                        format!("the old worker could not freeze: {reason}"),
-                    );
-                }
+            FromWorker::Frozen(f) => {
+                crate::fault::hit(crate::fault::Point::InFreeze);
+                self.drive(Event::Frozen(Box::new(f)));
             }
+            FromWorker::FreezeFailed { reason } => self.drive(Event::FreezeFailed(reason)),
             FromWorker::FirstConsumed { at_ns } => self.on_first_consumed(at_ns),
             FromWorker::Heartbeat => {}
             FromWorker::Adoptable(_) => {
@@ -839,7 +736,7 @@ impl Daemon {
         }
     }
 
-    fn store_checkpoint(
+    pub(crate) fn store_checkpoint(
         &mut self,
         snapshot: Snapshot,
         summary: Option<String>,
@@ -853,7 +750,7 @@ impl Daemon {
         // the CPU and the disk during the blackout. Until then the file
         // holds the previous checkpoint, which is what a restarted
         // supervisor would recover from anyway.
-        if !handing_over && matches!(self.phase, Phase::Idle) {
+        if !handing_over && self.handoff.phase.is_idle() {
             self.persist(&snapshot, &summary, &carried);
         } else {
             self.persist_pending = true;
@@ -900,12 +797,9 @@ impl Daemon {
         }
         let blackout = at_ns.saturating_sub(frozen_at) / 1000;
         self.stats.blackout_pending = None;
-        if let Phase::Committing { up, old } = &mut self.phase {
+        if let (Phase::Committing(_), Some(up)) = (&self.handoff.phase, self.handoff.up.as_mut()) {
             up.first_consumed_ns = Some(at_ns);
-            up.release_progress();
-            if matches!(old.life, Lifecycle::Exited { .. }) {
-                self.complete_commit();
-            }
+            self.drive(Event::FirstConsumed);
         } else if let Some(last) = self.stats.last.as_mut() {
             last.blackout_us = Some(blackout);
             self.metrics.blackout.observe_us(blackout);
@@ -914,325 +808,6 @@ impl Daemon {
             blackout_us = blackout,
             "new worker consumed its first message"
         );
-    }
-
-    /// Step 4 → 5: A froze; hand everything to B.
-    fn on_frozen(&mut self, f: Frozen) {
-        crate::fault::hit(crate::fault::Point::InFreeze);
-        let phase = std::mem::take(&mut self.phase);
-        let Phase::Freezing { mut up, succ } = phase else {
-            // A late answer to an abandoned freeze: still a valid checkpoint.
-            self.phase = phase;
-            self.store_checkpoint(f.snapshot, f.summary, false);
-            return;
-        };
-        up.frozen_at_ns = Some(f.frozen_at_ns);
-        up.mark(
-            "frozen",
-            Some(format!(
-                "{} bytes of state, {} connections",
-                f.snapshot.bytes.len(),
-                f.conns.len()
-            )),
-        );
-        let dups = match self.held.duplicate_all() {
-            Ok(d) => d,
-            Err(e) => {
-                self.phase = Phase::Freezing { up, succ };
-                self.abort(
-                    Outcome::RolledBack,
-                    format!("cannot duplicate held sockets: {e}"),
-                );
-                return;
-            }
-        };
-        let mut conns = Vec::with_capacity(dups.len());
-        let mut fds = Vec::with_capacity(dups.len());
-        for (info, fd) in dups {
-            let (leftovers, tls) = f
-                .conns
-                .iter()
-                .find(|c| c.id == info.id)
-                .map(|c| (c.leftovers.clone(), c.tls.clone()))
-                .unwrap_or_default();
-            conns.push(ConnRestore {
-                info,
-                leftovers,
-                tls,
-            });
-            fds.push(fd);
-        }
-        let restore = Restore {
-            mode: RestoreMode::Handoff,
-            snapshot: Some(f.snapshot.clone()),
-            conns,
-        };
-        self.handed_leftovers = Some(HandedLeftovers::without_secrets(succ.generation, &f.conns));
-        // What the library carried with the frozen state goes first.
-        succ.send(ToWorker::Carried(self.carried_ahead.clone()), Vec::new());
-        succ.send(ToWorker::Restore(restore), fds);
-        // The snapshot is a slice of the received frame, whose other bytes
-        // (the TLS sessions among them) were wiped when it was decoded: the
-        // checkpoint keeps nothing of the sessions alive.
-        self.store_checkpoint(f.snapshot, f.summary, true);
-        up.deadline = tokio::time::Instant::now() + self.cfg.timeouts.restore;
-        self.phase = Phase::Restoring { up, succ };
-    }
-
-    fn on_successor_event(&mut self, event: WorkerEvent) {
-        match event {
-            WorkerEvent::Message(FromWorker::Hello(hello), _) => self.on_successor_hello(hello),
-            WorkerEvent::Message(FromWorker::Ready, _) => self.commit(),
-            WorkerEvent::Message(FromWorker::Rejected { reason }, _) => self.abort(
-                Outcome::RolledBack,
-                format!("the new worker rejected the state: {reason}"),
-            ),
-            WorkerEvent::Message(FromWorker::Heartbeat, _) => {}
-            WorkerEvent::Message(FromWorker::Serving, _) => self.first_start.served(),
-            WorkerEvent::Message(FromWorker::Failed { reason }, _) => {
-                warn!(%reason, "the new worker failed");
-                if let Some(up) = self.phase.upgrade_mut() {
-                    up.successor_lost = Some(format!("the new worker failed: {reason}"));
-                }
-            }
-            WorkerEvent::Message(FromWorker::FeedChanges(lines), _) => {
-                // Said before Ready, done after Go: `upgrade --wait` and
-                // `log` show it with the upgrade's phases.
-                if let Some(up) = self.phase.upgrade_mut() {
-                    up.mark("feeds", Some(lines.join("; ")));
-                }
-            }
-            WorkerEvent::Message(other, fds) => {
-                drop(fds);
-                warn!(?other, "unexpected message from the successor; ignored");
-            }
-            WorkerEvent::ChannelClosed { error } => {
-                // Most likely it is exiting: give its exit status a moment to
-                // arrive, since that is the better reason to report.
-                let why = error.map(|e| format!(": {e}")).unwrap_or_default();
-                if let Some(up) = self.phase.upgrade_mut() {
-                    up.successor_lost = Some(format!("the new worker closed its channel{why}"));
-                    up.deadline = up
-                        .deadline
-                        .min(tokio::time::Instant::now() + EXIT_STATUS_GRACE);
-                }
-            }
-            WorkerEvent::Exited(status) => {
-                if let Some(s) = self.phase.successor_mut() {
-                    s.life = Lifecycle::Exited {
-                        status: status.to_string(),
-                    };
-                }
-                self.abort_after_successor_loss(format!("the new worker exited ({status})"));
-            }
-        }
-    }
-
-    fn abort_after_successor_loss(&mut self, reason: String) {
-        let outcome = match self.phase {
-            Phase::Preparing { .. } => Outcome::Refused,
-            _ => Outcome::RolledBack,
-        };
-        self.abort(outcome, reason);
-    }
-
-    /// Step 3: is the successor compatible? Then freeze A.
-    fn on_successor_hello(&mut self, hello: Hello) {
-        let phase = std::mem::take(&mut self.phase);
-        let Phase::Preparing { mut up, mut succ } = phase else {
-            self.phase = phase;
-            return;
-        };
-        let current = self.active.as_ref().and_then(|a| a.hello().cloned());
-        let verdict = match &current {
-            Some(cur) => compatibility(cur, &hello),
-            None => Err("the running worker never said Hello".to_string()),
-        };
-        succ.life = Lifecycle::Running {
-            hello: hello.clone(),
-        };
-        up.mark("prepared", Some(format!("build {}", hello.build_id)));
-        self.phase = Phase::Preparing { up, succ };
-        let schema = match verdict {
-            Ok(schema) => schema,
-            Err(reason) => {
-                self.abort(Outcome::Refused, reason);
-                return;
-            }
-        };
-        let Phase::Preparing { mut up, succ } = std::mem::take(&mut self.phase) else {
-            return;
-        };
-        if let Some(a) = self.active.as_mut() {
-            if let Lifecycle::Running { hello } = &a.life {
-                a.life = Lifecycle::Frozen {
-                    hello: hello.clone(),
-                };
-            }
-            a.send(ToWorker::Freeze { schema }, Vec::new());
-        }
-        // The blackout starts: the waiters hear of its phases once the new
-        // worker has consumed its first message (see `handoff`).
-        up.held = Some(Vec::new());
-        up.deadline = tokio::time::Instant::now() + self.cfg.timeouts.freeze;
-        self.phase = Phase::Freezing { up, succ };
-    }
-
-    /// Step 6: B is ready. A exits first, then B goes.
-    fn commit(&mut self) {
-        crate::fault::hit(crate::fault::Point::AfterReady);
-        let phase = std::mem::take(&mut self.phase);
-        let Phase::Restoring { mut up, succ } = phase else {
-            self.phase = phase;
-            return;
-        };
-        up.mark("restored", None);
-        let Some(mut old) = self.active.take() else {
-            self.active = Some(succ);
-            return;
-        };
-        let old_hello = old.hello().cloned();
-        old.send(ToWorker::Exit, Vec::new());
-        old.life = Lifecycle::Exiting;
-        self.current = Some(succ.build.clone());
-        // (The fault dies once Exit is written: Go must not race it.)
-        if !crate::fault::armed(crate::fault::Point::ExitWritten) {
-            succ.send(ToWorker::Go, Vec::new());
-        }
-        if self.begin_probation(&old.build, old_hello, &succ) {
-            let target = self.previous.as_ref().map_or_else(
-                || "none".to_string(),
-                |p| format!("{} ({})", p.build.source.display(), short(&p.build.sha256)),
-            );
-            up.mark(
-                "same_build",
-                Some(format!(
-                    "same SHA-256 as the running build; rollback target: {target}"
-                )),
-            );
-        }
-        up.to_pid = Some(succ.pid);
-        // The pause ends when Go is written, not queued.
-        up.mark("live", Some(format!("pid {}", succ.pid)));
-        if let Some(frozen) = up.frozen_at_ns {
-            self.stats.blackout_pending = Some((succ.generation, frozen));
-        }
-        info!(
-            handoff = up.id,
-            old = old.pid,
-            new = succ.pid,
-            "committed: new worker live"
-        );
-        self.active = Some(succ);
-        up.deadline = tokio::time::Instant::now() + self.cfg.timeouts.exit;
-        self.phase = Phase::Committing { up, old };
-    }
-
-    fn on_retiring_event(&mut self, event: WorkerEvent) {
-        match event {
-            WorkerEvent::Exited(status) => {
-                let Phase::Committing { up, old } = &mut self.phase else {
-                    return;
-                };
-                old.life = Lifecycle::Exited {
-                    status: status.to_string(),
-                };
-                up.mark("old_stopped", Some(status.to_string()));
-                if up.first_consumed_ns.is_some() {
-                    self.complete_commit();
-                } else {
-                    up.deadline = tokio::time::Instant::now() + FIRST_MESSAGE_GRACE;
-                }
-            }
-            WorkerEvent::Message(_, fds) => drop(fds),
-            WorkerEvent::ChannelClosed { .. } => {}
-        }
-    }
-
-    /// Step 6 done: A reaped, B consuming (or given its grace).
-    fn complete_commit(&mut self) {
-        let phase = std::mem::take(&mut self.phase);
-        let Phase::Committing { mut up, .. } = phase else {
-            self.phase = phase;
-            return;
-        };
-        up.release_progress();
-        up.go_at_ns = self
-            .active
-            .as_ref()
-            .filter(|a| Some(a.pid) == up.to_pid)
-            .and_then(WorkerProc::go_sent_ns);
-        let to_pid = up.to_pid;
-        self.finish(up, Outcome::Completed, None, to_pid);
-    }
-
-    fn on_phase_deadline(&mut self) {
-        if let Some(reason) = self
-            .phase
-            .upgrade_mut()
-            .and_then(|u| u.successor_lost.take())
-        {
-            self.abort_after_successor_loss(reason);
-            return;
-        }
-        let t = &self.cfg.timeouts;
-        match &mut self.phase {
-            Phase::Idle => {}
-            Phase::Preparing { .. } => {
-                let reason = format!("the new worker did not say Hello within {:?}", t.prepare);
-                self.abort(Outcome::Refused, reason);
-            }
-            Phase::Freezing { .. } => {
-                let reason = format!("the old worker did not freeze within {:?}", t.freeze);
-                self.abort(Outcome::RolledBack, reason);
-            }
-            Phase::Restoring { .. } => {
-                let reason = format!("the new worker was not ready within {:?}", t.restore);
-                self.abort(Outcome::RolledBack, reason);
-            }
-            Phase::Committing { old, .. } if matches!(old.life, Lifecycle::Exited { .. }) => {
-                // A quiet feed: B has had nothing to consume yet.
-                self.complete_commit();
-            }
-            Phase::Committing { up, old, .. } => {
-                warn!(
-                    pid = old.pid,
-                    "old worker did not exit within {:?}; killing it", t.exit
-                );
-                old.kill();
-                up.deadline = far_future();
-            }
-        }
-    }
-
-    /// Give up the running upgrade: kill the successor and, if the old worker
-    /// was asked to freeze, thaw it. It resumes exactly where it stopped.
-    fn abort(&mut self, outcome: Outcome, reason: String) {
-        // The old worker is thawed and keeps its own leftovers.
-        self.handed_leftovers = None;
-        let phase = std::mem::take(&mut self.phase);
-        let (up, mut succ, thaw) = match phase {
-            Phase::Preparing { up, succ } => (up, succ, false),
-            Phase::Freezing { up, succ } | Phase::Restoring { up, succ } => (up, succ, true),
-            other => {
-                self.phase = other;
-                return;
-            }
-        };
-        succ.kill();
-        if thaw {
-            if let Some(a) = self.active.as_mut() {
-                if !matches!(a.life, Lifecycle::Exited { .. }) {
-                    a.send(ToWorker::Thaw, Vec::new());
-                    if let Lifecycle::Frozen { hello } = &a.life {
-                        a.life = Lifecycle::Running {
-                            hello: hello.clone(),
-                        };
-                    }
-                }
-            }
-        }
-        self.finish(up, outcome, Some(reason), None);
     }
 
     /// Refresh the gauges and hand the view to the metrics endpoint.
@@ -1269,7 +844,9 @@ impl Daemon {
         self.systemd.ready(status);
     }
 
-    fn finish(
+    /// An upgrade ended (its last milestone marked): report it to its
+    /// waiters, `log`, the metrics and systemd.
+    pub(crate) fn finish(
         &mut self,
         mut up: Upgrade,
         outcome: Outcome,
@@ -1285,14 +862,6 @@ impl Daemon {
             }
             _ => {
                 self.stats.failed += 1;
-                up.mark(
-                    if outcome == Outcome::Refused {
-                        "failed"
-                    } else {
-                        "rolled_back"
-                    },
-                    error.clone(),
-                );
                 warn!(
                     handoff = up.id,
                     outcome = outcome.as_str(),

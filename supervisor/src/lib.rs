@@ -52,6 +52,7 @@ pub mod signals;
 pub mod startup;
 pub mod status;
 pub mod succession;
+pub mod upgrade;
 pub mod watch;
 
 pub use config::{Config, Timeouts};

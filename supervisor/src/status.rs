@@ -83,7 +83,11 @@ impl Daemon {
         let handoffs = HandoffStats {
             completed: self.stats.completed,
             failed: self.stats.failed,
-            in_progress: self.phase.upgrade().map(|_| self.phase.name().to_string()),
+            in_progress: self
+                .handoff
+                .up
+                .as_ref()
+                .map(|_| self.handoff.phase.name().to_string()),
             last: self.stats.last.clone(),
         };
         let up = self.started.elapsed().as_millis() as u64;

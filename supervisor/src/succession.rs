@@ -282,8 +282,8 @@ impl Daemon {
         if !self.is_running() {
             return Some("busy: the supervisor is stopping".into());
         }
-        if let Some(up) = self.phase.upgrade() {
-            return Some(format!("busy: upgrade #{} is {}", up.id, self.phase.name()));
+        if let Some(busy) = self.handoff.busy() {
+            return Some(busy);
         }
         match &self.active {
             Some(a) if matches!(a.life, crate::proc::Lifecycle::Running { .. }) => None,

@@ -16,6 +16,7 @@ mod first_run;
 mod operator;
 mod operator_cli;
 mod orders;
+mod phases;
 mod probation;
 mod python;
 mod signed_orders;
@@ -63,7 +64,14 @@ pub const HOSTILE_FEED: [&str; 10] = [
 /// A feed that fragments messages and puts pings between fragments but sends
 /// no frame too big to take out of the kernel whole, so that a crash at any
 /// moment leaves the kernel on a frame boundary.
-pub const CRASH_SAFE_FEED: [&str; 6] = ["--rate", "400", "--fragment-every", "5", "--ping-every", "7"];
+pub const CRASH_SAFE_FEED: [&str; 6] = [
+    "--rate",
+    "400",
+    "--fragment-every",
+    "5",
+    "--ping-every",
+    "7",
+];
 
 /// Stop the feed, wait for the worker to ack everything, and assert that the
 /// exchange saw nothing lost, duplicated, reordered or malformed, and no

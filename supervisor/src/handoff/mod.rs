@@ -1,13 +1,16 @@
-//! The handoff state machine: one enum whose variants carry the data of their
-//! phase. The daemon ([`crate::daemon`]) moves it on worker events and
-//! deadlines; every move is published as a [`PhaseEvent`] to `upgrade --wait`
-//! clients and in `status`.
+//! The handoff: its steps, the record of one upgrade, and the compatibility
+//! check. The moves between the steps are one pure function,
+//! [`machine::step`]; the daemon feeds it worker events and deadlines and
+//! carries out the actions it returns ([`crate::upgrade`]). Every move is
+//! recorded as a [`Milestone`] and published as a [`PhaseEvent`] to
+//! `upgrade --wait` clients, in `status` and in `log`.
 //!
 //! 1. **Trigger**: SIGUSR2, `supervisorctl upgrade`. One at a time: a trigger
 //!    while a phase other than [`Phase::Idle`] runs is refused as busy.
-//! 2. **Spawn** ([`Phase::Preparing`]): the binary passed its checks and the
-//!    successor B runs with its own socketpair; it prepares and says Hello.
-//!    The old worker A has not been touched: giving up here loses nothing.
+//! 2. **Admit and spawn** ([`Phase::Preparing`]): the binary is admitted into
+//!    the build store and the successor B runs with its own socketpair; it
+//!    prepares and says Hello. The old worker A has not been touched: giving
+//!    up here loses nothing.
 //! 3. **Prepare**: B's Hello is checked (protocol version, and that B reads
 //!    the schema A writes). Incompatible: refused, B killed.
 //! 4. **Freeze** ([`Phase::Freezing`]): A is told to freeze; it answers with
@@ -32,7 +35,11 @@ use handoff_protocol::worker::Hello;
 use handoff_protocol::PROTOCOL_VERSION;
 use tokio::sync::mpsc;
 
-use crate::proc::WorkerProc;
+pub mod machine;
+#[cfg(test)]
+mod tests;
+
+pub use machine::Phase;
 
 /// What started an upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +61,54 @@ impl Trigger {
     }
 }
 
-/// What every phase of one upgrade carries.
+/// A step of an upgrade, as `upgrade --wait`, `status` and `log` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Milestone {
+    /// The binary passed its checks and is in the build store.
+    Admitted,
+    /// B runs.
+    Spawned,
+    /// B said Hello.
+    Prepared,
+    /// A froze: the blackout started.
+    Frozen,
+    /// B restored A's state.
+    Restored,
+    /// The new build has the same content as the running one (no new
+    /// build: no probation, the rollback target is unchanged).
+    SameBuild,
+    /// B was told to go.
+    Live,
+    /// A was reaped.
+    OldStopped,
+    /// The new build opens or closes feeds.
+    Feeds,
+    /// Given up before A was touched.
+    Failed,
+    /// Given up after A was frozen: A thawed.
+    RolledBack,
+}
+
+impl Milestone {
+    /// The name on the wire (`PhaseEvent::phase`) and in the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Milestone::Admitted => "admitted",
+            Milestone::Spawned => "spawned",
+            Milestone::Prepared => "prepared",
+            Milestone::Frozen => "frozen",
+            Milestone::Restored => "restored",
+            Milestone::SameBuild => "same_build",
+            Milestone::Live => "live",
+            Milestone::OldStopped => "old_stopped",
+            Milestone::Feeds => "feeds",
+            Milestone::Failed => "failed",
+            Milestone::RolledBack => "rolled_back",
+        }
+    }
+}
+
+/// The record of one upgrade: what it reports, whom it tells, and when.
 #[derive(Debug)]
 pub struct Upgrade {
     pub id: u64,
@@ -73,16 +127,11 @@ pub struct Upgrade {
     pub first_consumed_ns: Option<u64>,
     /// Clients of `upgrade --wait`, told of each phase and of the end.
     pub waiters: Vec<mpsc::Sender<handoff_protocol::ctl::CtlResponse>>,
-    /// Deadline of the current phase.
-    pub deadline: tokio::time::Instant,
     /// Every phase event so far (for `supervisorctl log`).
     pub events: Vec<PhaseEvent>,
     /// The upgrade's tracing span: every phase is logged inside it, and it
     /// carries the outcome and the timings when the upgrade ends.
     pub span: tracing::Span,
-    /// The successor's channel closed; the reason to give if its exit status
-    /// does not arrive within [`EXIT_STATUS_GRACE`].
-    pub successor_lost: Option<String>,
     /// Phase events not yet told to the waiters (held while committing, see
     /// the module docs); `None`: told as they happen.
     pub held: Option<Vec<PhaseEvent>>,
@@ -104,22 +153,23 @@ impl Upgrade {
         self.started.elapsed().as_micros() as u64
     }
 
-    /// Record that `phase` completed now and tell the waiters.
-    pub fn mark(&mut self, phase: &'static str, detail: Option<String>) {
+    /// Record that `milestone` was reached now and tell the waiters.
+    pub fn mark(&mut self, milestone: Milestone, detail: Option<String>) {
         let at = self.elapsed_us();
         let t = &mut self.timings;
-        let slot = match phase {
-            "spawned" => Some(&mut t.spawned_us),
-            "prepared" => Some(&mut t.prepared_us),
-            "frozen" => Some(&mut t.frozen_us),
-            "restored" => Some(&mut t.restored_us),
-            "live" => Some(&mut t.live_us),
-            "old_stopped" => Some(&mut t.old_stopped_us),
+        let slot = match milestone {
+            Milestone::Spawned => Some(&mut t.spawned_us),
+            Milestone::Prepared => Some(&mut t.prepared_us),
+            Milestone::Frozen => Some(&mut t.frozen_us),
+            Milestone::Restored => Some(&mut t.restored_us),
+            Milestone::Live => Some(&mut t.live_us),
+            Milestone::OldStopped => Some(&mut t.old_stopped_us),
             _ => None,
         };
         if let Some(slot) = slot {
             *slot = Some(at);
         }
+        let phase = milestone.as_str();
         let event = PhaseEvent {
             handoff_id: self.id,
             phase: phase.to_string(),
@@ -175,77 +225,6 @@ impl Upgrade {
     }
 }
 
-/// Where the upgrade is. See the module docs for the steps.
-#[derive(Debug, Default)]
-pub enum Phase {
-    /// No upgrade runs.
-    #[default]
-    Idle,
-    /// Steps 2–3: B spawned, waiting for its Hello.
-    Preparing { up: Upgrade, succ: WorkerProc },
-    /// Step 4: A told to freeze, waiting for Frozen.
-    Freezing { up: Upgrade, succ: WorkerProc },
-    /// Step 5: B restoring, waiting for Ready.
-    Restoring { up: Upgrade, succ: WorkerProc },
-    /// Step 6: B live, A told to exit, waiting to reap A and for B's first
-    /// message.
-    Committing { up: Upgrade, old: WorkerProc },
-}
-
-impl Phase {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Phase::Idle => "idle",
-            Phase::Preparing { .. } => "preparing",
-            Phase::Freezing { .. } => "freezing",
-            Phase::Restoring { .. } => "restoring",
-            Phase::Committing { .. } => "committing",
-        }
-    }
-
-    pub fn upgrade(&self) -> Option<&Upgrade> {
-        match self {
-            Phase::Idle => None,
-            Phase::Preparing { up, .. }
-            | Phase::Freezing { up, .. }
-            | Phase::Restoring { up, .. }
-            | Phase::Committing { up, .. } => Some(up),
-        }
-    }
-
-    pub fn upgrade_mut(&mut self) -> Option<&mut Upgrade> {
-        match self {
-            Phase::Idle => None,
-            Phase::Preparing { up, .. }
-            | Phase::Freezing { up, .. }
-            | Phase::Restoring { up, .. }
-            | Phase::Committing { up, .. } => Some(up),
-        }
-    }
-
-    /// The successor, while it is not yet the active worker.
-    pub fn successor_mut(&mut self) -> Option<&mut WorkerProc> {
-        match self {
-            Phase::Preparing { succ, .. }
-            | Phase::Freezing { succ, .. }
-            | Phase::Restoring { succ, .. } => Some(succ),
-            _ => None,
-        }
-    }
-
-    /// The old worker while it is being retired.
-    pub fn retiring_mut(&mut self) -> Option<&mut WorkerProc> {
-        match self {
-            Phase::Committing { old, .. } => Some(old),
-            _ => None,
-        }
-    }
-
-    pub fn deadline(&self) -> Option<tokio::time::Instant> {
-        self.upgrade().map(|u| u.deadline)
-    }
-}
-
 /// Step 3's check: can the successor take over from the running worker? The
 /// answer is the schema the old worker must freeze in (`None`: its own), or
 /// why not. Refusing here costs nothing: the old worker has not been touched.
@@ -277,43 +256,5 @@ pub fn compatibility(current: &Hello, successor: &Hello) -> Result<Option<u32>, 
             "incompatible state: the new worker reads schemas {:?}, the running worker writes {:?}",
             successor.reads_schemas, current.can_write
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hello(writes: u32, can_write: &[u32], reads: &[u32]) -> Hello {
-        Hello {
-            protocol: PROTOCOL_VERSION,
-            pid: 1,
-            build_id: "t".into(),
-            app: "bot".into(),
-            writes_schema: writes,
-            can_write: can_write.to_vec(),
-            reads_schemas: reads.to_vec(),
-        }
-    }
-
-    #[test]
-    fn schema_negotiation() {
-        let v1 = hello(1, &[1], &[1]);
-        let v2 = hello(2, &[1, 2], &[1, 2]);
-        assert_eq!(compatibility(&v1, &v2), Ok(None), "upgrade: v2 reads v1");
-        assert_eq!(
-            compatibility(&v2, &v1),
-            Ok(Some(1)),
-            "rollback: v2 writes v1 for it"
-        );
-        let v3_only = hello(3, &[3], &[3]);
-        let err = compatibility(&v1, &v3_only).unwrap_err();
-        assert!(err.contains("incompatible state"), "{err}");
-        let mut other = v2.clone();
-        other.app = "other".into();
-        assert!(compatibility(&v1, &other).unwrap_err().contains("app"));
-        let mut newer = v2;
-        newer.protocol = PROTOCOL_VERSION + 1;
-        assert!(compatibility(&v1, &newer).unwrap_err().contains("protocol"));
     }
 }
