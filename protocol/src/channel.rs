@@ -15,14 +15,13 @@ use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use bytes::{BufMut, BytesMut};
-use serde::{de::DeserializeOwned, Serialize};
 use thiserror::Error;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 use zeroize::Zeroize;
 
 use crate::fds::{recv_with_fds, send_with_fds};
-use crate::frame::{self, FrameError, Header, HEADER_LEN, MAX_FDS};
+use crate::frame::{self, FrameError, Header, Message, HEADER_LEN, MAX_FDS};
 
 /// Why a channel failed. After any error but [`ChannelError::Frame`] on
 /// `send`, the channel is unusable (its byte stream is no longer in sync).
@@ -77,7 +76,7 @@ pub struct Channel<Tx, Rx> {
     _dir: PhantomData<fn(Tx) -> Rx>,
 }
 
-impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
+impl<Tx: Message, Rx: Message> Channel<Tx, Rx> {
     /// Wrap a connected socket; frames larger than `max_frame` are refused in
     /// both directions.
     pub fn new(sock: UnixStream, max_frame: usize) -> Self {
@@ -230,7 +229,7 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
                 .unwrap_or_default();
             // The message's snapshot (if any) stays in this buffer: no copy.
             // The rest of it is wiped.
-            let decoded = frame::decode_shared::<Rx>(payload);
+            let decoded = frame::decode_shared::<Rx>(&header, payload);
             self.check_no_stray_fds()?;
             return Ok(Some((decoded?, fds)));
         }
@@ -253,7 +252,7 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
             return Ok(None);
         }
         let fds = self.take_fds(&header)?;
-        let decoded = frame::decode::<Rx>(&self.buf[HEADER_LEN..end]);
+        let decoded = frame::decode::<Rx>(&header, &self.buf[HEADER_LEN..end]);
         self.buf.copy_within(end..self.filled, 0);
         let was = self.filled;
         self.filled -= end;

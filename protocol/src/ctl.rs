@@ -253,3 +253,6 @@ pub struct LogLine {
     pub unix_ms: u64,
     pub line: String,
 }
+
+impl crate::frame::Message for CtlRequest {}
+impl crate::frame::Message for CtlResponse {}

@@ -1,28 +1,43 @@
-//! The frame: an 8-byte header and a bincode payload.
+//! The frame: an 8-byte header and a bincode payload, which for a message
+//! that carries a snapshot is followed by the snapshot's bytes as they are.
 //!
 //! ```text
 //! 0      2        4                8
 //! | magic | n_fds  | payload length | payload ...
-//!   "HF"    u16 BE   u32 BE
+//!   "HF"    u16 BE   u32 BE           message
+//!   "HB"                              message length (u32 BE) | message | blob
 //! ```
 //!
 //! `n_fds` descriptors travel with the frame as `SCM_RIGHTS` ancillary data
 //! attached to its first bytes. The header is validated as soon as its 8 bytes
 //! are in: a wrong magic, too many descriptors or a length over the channel's
 //! limit is refused before the payload is read or any buffer is sized for it.
-
-use std::cell::RefCell;
-use std::collections::VecDeque;
-use std::ops::Range;
+//!
+//! # The blob
+//!
+//! A [`Message`] may hold one large byte string, a snapshot's, that its
+//! serde encoding leaves out (the message's snapshot fields are encoded
+//! with [`crate::snapshot::envelope`]): it is the frame's *blob*, written
+//! after the encoded message from its own memory ([`Encoded`]) and, on the
+//! receiving side, a slice of the received buffer rather than a copy
+//! ([`decode_shared`]). The message part of a received frame is wiped once
+//! decoded: beside a snapshot, a frame may carry a handed-over TLS session,
+//! whose bytes must not stay in memory for as long as the snapshot does.
 
 use bytes::{Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
 use thiserror::Error;
+use zeroize::Zeroize;
 
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 8;
-/// First two bytes of every frame: garbage on a socket is recognised at once.
+/// First two bytes of every frame without a blob: garbage on a socket is
+/// recognised at once.
 pub const MAGIC: [u8; 2] = *b"HF";
+/// First two bytes of a frame whose message is followed by a blob.
+pub const MAGIC_BLOB: [u8; 2] = *b"HB";
+/// Bytes of the message length that starts a blob frame's payload.
+const MESSAGE_LEN: usize = 4;
 /// Most descriptors one frame may carry (the kernel's `SCM_MAX_FD` is 253).
 pub const MAX_FDS: usize = 253;
 /// Largest frame on the supervisor ⇄ worker channel: a snapshot travels in one
@@ -30,12 +45,16 @@ pub const MAX_FDS: usize = 253;
 pub const MAX_WORKER_FRAME: usize = 1 << 30;
 /// Largest frame on the control socket, in either direction.
 pub const MAX_CTL_FRAME: usize = 4 << 20;
+/// Blobs at least this long are written from their own memory rather than
+/// copied into the frame buffer (below it a copy is cheaper than another
+/// system call).
+pub const SPLICE_MIN: usize = 16 * 1024;
 
 /// Why a frame could not be built or read.
 #[derive(Debug, Error)]
 pub enum FrameError {
     #[error(
-        "bad frame magic {found:02x?} (expected \"HF\"): the peer does not speak this protocol"
+        "bad frame magic {found:02x?} (expected \"HF\" or \"HB\"): the peer does not speak this protocol"
     )]
     BadMagic { found: [u8; 2] },
     #[error("frame of {len} bytes exceeds the {max}-byte limit")]
@@ -50,6 +69,12 @@ pub enum FrameError {
         #[source]
         source: bincode::Error,
     },
+    #[error("a blob frame's message length {len} runs past its {payload}-byte payload")]
+    MessageLength { len: usize, payload: usize },
+    #[error("the frame carries a blob, but its {what} message has no snapshot to put it in")]
+    UnexpectedBlob { what: &'static str },
+    #[error("the {what} message carries a snapshot, but the frame has no blob for its bytes")]
+    MissingBlob { what: &'static str },
 }
 
 /// A parsed frame header.
@@ -57,15 +82,19 @@ pub enum FrameError {
 pub struct Header {
     pub n_fds: usize,
     pub len: usize,
+    /// The payload is the message length, the message and a blob.
+    pub blob: bool,
 }
 
 impl Header {
     /// Parse and validate a header against `max_len` and [`MAX_FDS`].
     pub fn parse(bytes: &[u8; HEADER_LEN], max_len: usize) -> Result<Header, FrameError> {
         let found = [bytes[0], bytes[1]];
-        if found != MAGIC {
-            return Err(FrameError::BadMagic { found });
-        }
+        let blob = match found {
+            MAGIC => false,
+            MAGIC_BLOB => true,
+            _ => return Err(FrameError::BadMagic { found }),
+        };
         let n_fds = u16::from_be_bytes([bytes[2], bytes[3]]) as usize;
         let len = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
         if n_fds > MAX_FDS {
@@ -77,8 +106,31 @@ impl Header {
         if len > max_len {
             return Err(FrameError::TooLarge { len, max: max_len });
         }
-        Ok(Header { n_fds, len })
+        Ok(Header { n_fds, len, blob })
     }
+}
+
+/// A message a frame carries. A message may hold one snapshot whose bytes
+/// its serde encoding leaves out: they travel as the frame's blob (see the
+/// module docs). Messages without one keep the defaults.
+pub trait Message: Serialize + DeserializeOwned {
+    /// The bytes that follow the encoded message, if it has a snapshot.
+    fn blob(&self) -> Option<&Bytes> {
+        None
+    }
+
+    /// Where a received blob goes: the snapshot's bytes, if it has one.
+    fn blob_mut(&mut self) -> Option<&mut Bytes> {
+        None
+    }
+}
+
+/// The message type's short name, for errors.
+fn what<T>() -> &'static str {
+    std::any::type_name::<T>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("protocol")
 }
 
 fn options(limit: usize) -> impl bincode::Options + Copy {
@@ -88,8 +140,13 @@ fn options(limit: usize) -> impl bincode::Options + Copy {
         .reject_trailing_bytes()
 }
 
-/// The payload length of `msg`, refused when it or `n_fds` exceeds the limits.
-fn checked_len<T: Serialize>(msg: &T, n_fds: usize, max_len: usize) -> Result<usize, FrameError> {
+/// The encoded message's length and the payload's, refused when the payload
+/// or `n_fds` exceeds the limits.
+fn checked_len<T: Message>(
+    msg: &T,
+    n_fds: usize,
+    max_len: usize,
+) -> Result<(usize, usize), FrameError> {
     use bincode::Options;
     if n_fds > MAX_FDS {
         return Err(FrameError::TooManyFds {
@@ -97,67 +154,53 @@ fn checked_len<T: Serialize>(msg: &T, n_fds: usize, max_len: usize) -> Result<us
             max: MAX_FDS,
         });
     }
-    let len = options(max_len)
+    let message = options(max_len)
         .serialized_size(msg)
         .map_err(FrameError::Encode)? as usize;
+    let len = message + msg.blob().map_or(0, |b| MESSAGE_LEN + b.len());
     if len > max_len || len > u32::MAX as usize {
         return Err(FrameError::TooLarge { len, max: max_len });
     }
-    Ok(len)
+    Ok((message, len))
 }
 
-/// Encode `msg` as one whole frame (header and payload) declaring `n_fds`.
-pub fn encode<T: Serialize>(msg: &T, n_fds: usize, max_len: usize) -> Result<Vec<u8>, FrameError> {
-    use bincode::Options;
-    let len = checked_len(msg, n_fds, max_len)?;
-    let opts = options(max_len);
-    let mut out = Vec::with_capacity(HEADER_LEN + len);
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&(n_fds as u16).to_be_bytes());
-    out.extend_from_slice(&(len as u32).to_be_bytes());
-    opts.serialize_into(&mut out, msg)
-        .map_err(FrameError::Encode)?;
-    Ok(out)
+/// Encode `msg` as one whole frame (header, payload, blob) declaring `n_fds`.
+pub fn encode<T: Message>(msg: &T, n_fds: usize, max_len: usize) -> Result<Vec<u8>, FrameError> {
+    Ok(encode_parts(msg, n_fds, max_len)?.parts().concat())
 }
 
-/// A frame encoded in parts: `head` is the frame without the contents of its
-/// large byte strings (their length prefixes are in place), and each splice
-/// says where in `head` one string's bytes belong. Writing the parts in
-/// order ([`Encoded::parts`]) puts the same bytes on the wire as
-/// [`encode`], without copying a snapshot into a frame buffer first.
+/// A frame in two parts: `head` (header, message, and a small blob) and a
+/// large blob, sent from the message's own memory. Writing the parts in
+/// order puts the frame on the wire without copying a snapshot into a frame
+/// buffer first.
 #[derive(Debug)]
 pub struct Encoded {
     head: Vec<u8>,
-    splices: Vec<(usize, Bytes)>,
+    blob: Option<Bytes>,
 }
 
 /// The frame's own bytes are wiped once it is sent: they may hold a handed-
-/// over TLS session's keys ([`crate::tls`]). The spliced parts are the
-/// caller's (snapshots), not copies, and are left alone.
+/// over TLS session's keys ([`crate::tls`]). The blob is the caller's (a
+/// snapshot), not a copy, and is left alone.
 impl Drop for Encoded {
     fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.head);
+        self.head.zeroize();
     }
 }
 
 impl Encoded {
     /// The frame's bytes, in order (empty parts left out).
     pub fn parts(&self) -> Vec<&[u8]> {
-        let mut out = Vec::with_capacity(2 * self.splices.len() + 1);
-        let mut at = 0;
-        for (off, b) in &self.splices {
-            out.push(&self.head[at..*off]);
-            out.push(&b[..]);
-            at = *off;
-        }
-        out.push(&self.head[at..]);
-        out.retain(|p| !p.is_empty());
-        out
+        [Some(&self.head[..]), self.blob.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter(|p| !p.is_empty())
+            .collect()
     }
 
     /// Total bytes on the wire.
     pub fn len(&self) -> usize {
-        self.head.len() + self.splices.iter().map(|(_, b)| b.len()).sum::<usize>()
+        self.head.len() + self.blob.as_ref().map_or(0, Bytes::len)
     }
 
     /// Whether the frame is empty (it never is: the header is there).
@@ -166,304 +209,116 @@ impl Encoded {
     }
 }
 
-/// Byte strings at least this long are spliced into a frame rather than
-/// copied (below it a copy is cheaper than another system call).
-pub const SPLICE_MIN: usize = 16 * 1024;
-
-thread_local! {
-    /// Set while [`encode_parts`] serializes: large [`Bytes`] fields are
-    /// recorded here instead of being copied into the frame.
-    static SPLICES: RefCell<Option<Splicer>> = const { RefCell::new(None) };
-    /// Set while [`decode_shared`] deserializes: how [`shared_bytes`]
-    /// fields are read in each of its two passes.
-    static SHARING: RefCell<Option<Sharing>> = const { RefCell::new(None) };
-}
-
-/// The two passes of [`decode_shared`], as [`shared_bytes`] sees them.
-#[derive(Debug)]
-enum Sharing {
-    /// First pass, over the whole frame: note where each byte string of
-    /// [`SPLICE_MIN`] bytes or more lies in it (`frame` is the frame's
-    /// address range), in the order they are read, and yield it empty;
-    /// smaller ones are copied (`None`).
-    Locate {
-        frame: Range<usize>,
-        found: Vec<Option<Range<usize>>>,
-    },
-    /// Second pass, over the frame without those byte strings: hand out the
-    /// slices of the frame that stand for them, in the same order.
-    Hand { slices: VecDeque<Option<Bytes>> },
-}
-
-/// What [`shared_bytes`] makes of a byte string read from a frame.
-fn share(v: &[u8]) -> Bytes {
-    SHARING.with(|sh| match sh.borrow_mut().as_mut() {
-        None => Bytes::copy_from_slice(v),
-        Some(Sharing::Locate { frame, found }) => {
-            let at = v.as_ptr() as usize;
-            let inside = frame.start <= at && at + v.len() <= frame.end;
-            if inside && v.len() >= SPLICE_MIN {
-                let start = at - frame.start;
-                found.push(Some(start..start + v.len()));
-                Bytes::new()
-            } else {
-                found.push(None);
-                Bytes::copy_from_slice(v)
-            }
-        }
-        Some(Sharing::Hand { slices }) => match slices.pop_front().flatten() {
-            Some(slice) if v.is_empty() => slice,
-            _ => Bytes::copy_from_slice(v),
-        },
-    })
-}
-
-/// [`share`] for a byte string already copied out of the input: kept as it
-/// is outside [`decode_shared`].
-fn share_owned(v: Vec<u8>) -> Bytes {
-    if SHARING.with(|sh| sh.borrow().is_none()) {
-        Bytes::from(v)
-    } else {
-        share(&v)
-    }
-}
-
-#[derive(Debug, Default)]
-struct Splicer {
-    /// Payload bytes written so far (spliced ones included).
-    written: usize,
-    splices: Vec<(usize, Bytes)>,
-}
-
-/// A `Write` that appends to a `Vec` and counts what the splicer must know.
-struct CountingWriter<'a>(&'a mut Vec<u8>);
-
-impl std::io::Write for CountingWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.extend_from_slice(buf);
-        SPLICES.with(|s| {
-            if let Some(s) = s.borrow_mut().as_mut() {
-                s.written += buf.len();
-            }
-        });
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Like [`encode`], but large [`Bytes`] fields (those serialized through
-/// [`shared_bytes`]) are not copied into the frame: see [`Encoded`].
-pub fn encode_parts<T: Serialize>(
+/// Encode `msg` as a frame whose blob, if large, is not copied: see
+/// [`Encoded`].
+pub fn encode_parts<T: Message>(
     msg: &T,
     n_fds: usize,
     max_len: usize,
 ) -> Result<Encoded, FrameError> {
     use bincode::Options;
-    let len = checked_len(msg, n_fds, max_len)?;
-    let mut head = Vec::with_capacity(HEADER_LEN + len.min(SPLICE_MIN));
-    head.extend_from_slice(&MAGIC);
+    let (message, len) = checked_len(msg, n_fds, max_len)?;
+    let blob = msg.blob();
+    let copied = blob.filter(|b| b.len() < SPLICE_MIN).map_or(0, Bytes::len);
+    let mut head = Vec::with_capacity(HEADER_LEN + MESSAGE_LEN + message + copied);
+    head.extend_from_slice(if blob.is_some() { &MAGIC_BLOB } else { &MAGIC });
     head.extend_from_slice(&(n_fds as u16).to_be_bytes());
     head.extend_from_slice(&(len as u32).to_be_bytes());
-    SPLICES.with(|s| *s.borrow_mut() = Some(Splicer::default()));
-    // Without a limit: with one, bincode would size the message again
-    // first, running the splicing serializer on a pass that writes nothing
-    // (the size was checked above).
-    let result = bincode::DefaultOptions::new()
-        .reject_trailing_bytes()
-        .serialize_into(CountingWriter(&mut head), msg);
-    let splicer = SPLICES.with(|s| s.borrow_mut().take()).unwrap_or_default();
-    result.map_err(FrameError::Encode)?;
-    // Offsets in the payload become offsets in `head`: the spliced bytes
-    // before each one are not in `head`.
-    let mut skipped = 0;
-    let splices = splicer
-        .splices
-        .into_iter()
-        .map(|(at, b)| {
-            let off = HEADER_LEN + at - skipped;
-            skipped += b.len();
-            (off, b)
-        })
-        .collect();
-    Ok(Encoded { head, splices })
+    if blob.is_some() {
+        head.extend_from_slice(&(message as u32).to_be_bytes());
+    }
+    let mut encoded = Encoded { head, blob: None };
+    options(max_len)
+        .serialize_into(&mut encoded.head, msg)
+        .map_err(FrameError::Encode)?;
+    match blob {
+        Some(b) if b.len() >= SPLICE_MIN => encoded.blob = Some(b.clone()),
+        Some(b) => encoded.head.extend_from_slice(b),
+        None => {}
+    }
+    Ok(encoded)
 }
 
-/// Decode a received payload as a `T` whose large [`Bytes`] fields (those
-/// deserialized through [`shared_bytes`], [`SPLICE_MIN`] bytes or more)
-/// are slices of `payload` rather than copies, and wipe everything else in
-/// `payload`: a frame may carry a handed-over TLS session beside a
-/// snapshot, and its bytes must not stay in memory, held or freed, for as
-/// long as the snapshot does.
-pub fn decode_shared<T: DeserializeOwned>(payload: BytesMut) -> Result<T, FrameError> {
-    decode_and_wipe(payload).map(|(msg, _frame)| msg)
+/// A blob frame's payload split into its message and its blob.
+fn split_blob(payload: &[u8]) -> Result<(&[u8], &[u8]), FrameError> {
+    let len = payload
+        .get(..MESSAGE_LEN)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or(FrameError::MessageLength {
+            len: MESSAGE_LEN,
+            payload: payload.len(),
+        })?;
+    let end = MESSAGE_LEN
+        .checked_add(len)
+        .filter(|end| *end <= payload.len())
+        .ok_or(FrameError::MessageLength {
+            len,
+            payload: payload.len(),
+        })?;
+    Ok((&payload[MESSAGE_LEN..end], &payload[end..]))
 }
 
-/// [`decode_shared`], also returning what is left of the frame.
-///
-/// The first pass decodes the frame and notes where its large byte strings
-/// lie. Where there are none, that is the message, and the whole frame is
-/// wiped. Otherwise the rest of the frame is copied out (each large byte
-/// string's length written as 0), wiped in place, and decoded again with
-/// the slices handed in.
-fn decode_and_wipe<T: DeserializeOwned>(mut payload: BytesMut) -> Result<(T, Bytes), FrameError> {
-    use zeroize::Zeroize;
-    let frame = payload.as_ptr_range();
-    SHARING.with(|sh| {
-        *sh.borrow_mut() = Some(Sharing::Locate {
-            frame: frame.start as usize..frame.end as usize,
-            found: Vec::new(),
-        })
-    });
-    let first = decode::<T>(&payload);
-    let found = match SHARING.with(|sh| sh.borrow_mut().take()) {
-        Some(Sharing::Locate { found, .. }) => found,
-        _ => Vec::new(),
-    };
-    let shared = first.is_ok() && found.iter().any(Option::is_some);
-    if !shared {
+/// Put the received `blob` where `msg` keeps its snapshot's bytes.
+fn attach<T: Message>(mut msg: T, blob: Bytes) -> Result<T, FrameError> {
+    match msg.blob_mut() {
+        Some(slot) => {
+            *slot = blob;
+            Ok(msg)
+        }
+        None => Err(FrameError::UnexpectedBlob { what: what::<T>() }),
+    }
+}
+
+/// Decode the payload of a frame with `header`, copying its blob (if any).
+pub fn decode<T: Message>(header: &Header, payload: &[u8]) -> Result<T, FrameError> {
+    if !header.blob {
+        let msg = decode_message::<T>(payload)?;
+        if msg.blob().is_some() {
+            return Err(FrameError::MissingBlob { what: what::<T>() });
+        }
+        return Ok(msg);
+    }
+    let (message, blob) = split_blob(payload)?;
+    attach(decode_message::<T>(message)?, Bytes::copy_from_slice(blob))
+}
+
+/// Decode the payload of a frame with `header`, its blob (the snapshot's
+/// bytes) left where it is, a slice of `payload`, and everything else in
+/// `payload` wiped.
+pub fn decode_shared<T: Message>(header: &Header, payload: BytesMut) -> Result<T, FrameError> {
+    decode_wiping(header, payload).map(|(msg, _wiped)| msg)
+}
+
+/// [`decode_shared`], also returning the wiped message part of the payload.
+fn decode_wiping<T: Message>(
+    header: &Header,
+    mut payload: BytesMut,
+) -> Result<(T, BytesMut), FrameError> {
+    if !header.blob {
+        let msg = decode::<T>(header, &payload);
         payload.as_mut().zeroize();
-        return first.map(|msg| (msg, payload.freeze()));
+        return msg.map(|m| (m, payload));
     }
-    drop(first);
-    let Some(rest) = without_shared(&payload, &found) else {
-        // Not bincode's layout after all: copy rather than share.
-        let copied = decode::<T>(&payload);
-        payload.as_mut().zeroize();
-        return copied.map(|msg| (msg, payload.freeze()));
+    let message_len = match split_blob(&payload) {
+        Ok((message, _)) => MESSAGE_LEN + message.len(),
+        Err(e) => {
+            payload.as_mut().zeroize();
+            return Err(e);
+        }
     };
-    let mut at = 0;
-    for r in found.iter().flatten() {
-        payload[at..r.start].zeroize();
-        at = r.end;
-    }
-    payload[at..].zeroize();
-    let frame = payload.freeze();
-    let slices = found
-        .into_iter()
-        .map(|r| r.map(|r| frame.slice(r)))
-        .collect();
-    SHARING.with(|sh| *sh.borrow_mut() = Some(Sharing::Hand { slices }));
-    let second = decode::<T>(&rest);
-    SHARING.with(|sh| *sh.borrow_mut() = None);
-    second.map(|msg| (msg, frame))
+    let mut message = payload.split_to(message_len);
+    let msg = decode_message::<T>(&message[MESSAGE_LEN..]);
+    message.as_mut().zeroize();
+    Ok((attach(msg?, payload.freeze())?, message))
 }
 
-/// `payload` without the byte strings at `found`, each one's length
-/// prefix rewritten as an empty string's; `None` where a prefix is not
-/// where it belongs (never, for bincode's own output).
-/// Wiped when dropped, and sized once, so that no copy of the sessions is
-/// left behind by a growing buffer.
-fn without_shared(
-    payload: &[u8],
-    found: &[Option<Range<usize>>],
-) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+/// Decode an encoded message (without its blob) as a `T`.
+fn decode_message<T: DeserializeOwned>(message: &[u8]) -> Result<T, FrameError> {
     use bincode::Options;
-    let len_bytes = |n: usize| bincode::DefaultOptions::new().serialize(&(n as u64)).ok();
-    let empty = len_bytes(0)?;
-    let shared: usize = found.iter().flatten().map(|r| r.len()).sum();
-    let mut rest =
-        zeroize::Zeroizing::new(Vec::with_capacity(payload.len().saturating_sub(shared)));
-    let mut at = 0;
-    for r in found.iter().flatten() {
-        let prefix = len_bytes(r.len())?;
-        let start = r.start.checked_sub(prefix.len()).filter(|s| *s >= at)?;
-        if payload[start..r.start] != prefix[..] {
-            return None;
-        }
-        rest.extend_from_slice(&payload[at..start]);
-        rest.extend_from_slice(&empty);
-        at = r.end;
-    }
-    rest.extend_from_slice(&payload[at..]);
-    Some(rest)
-}
-
-/// `#[serde(with = "shared_bytes")]` for a [`Bytes`] field: the same encoding
-/// as `Bytes`' own (a length and the bytes), but inside [`encode_parts`] a
-/// large value is spliced into the frame instead of copied, and inside
-/// [`decode_shared`] the value is a slice of the received frame.
-pub mod shared_bytes {
-    use super::{share, share_owned, Bytes, SPLICES, SPLICE_MIN};
-    use serde::{Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
-        let spliced = b.len() >= SPLICE_MIN
-            && SPLICES.with(|sp| {
-                sp.borrow_mut().as_mut().is_some_and(|sp| {
-                    // The length prefix goes out first: the bytes follow it.
-                    sp.splices.push((usize::MAX, b.clone()));
-                    true
-                })
-            });
-        if !spliced {
-            return s.serialize_bytes(b);
-        }
-        // bincode writes a byte string's length exactly as it writes a u64
-        // (fixint or varint alike), then the bytes.
-        let ok = s.serialize_u64(b.len() as u64)?;
-        SPLICES.with(|sp| {
-            if let Some(sp) = sp.borrow_mut().as_mut() {
-                let at = sp.written;
-                if let Some(last) = sp.splices.last_mut() {
-                    last.0 = at;
-                }
-                sp.written += b.len();
-            }
-        });
-        Ok(ok)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
-        d.deserialize_bytes(Visitor)
-    }
-
-    struct Visitor;
-
-    impl<'de> serde::de::Visitor<'de> for Visitor {
-        type Value = Bytes;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a byte string")
-        }
-
-        fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Bytes, E> {
-            Ok(share(v))
-        }
-
-        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
-            Ok(share(v))
-        }
-
-        // bincode reads byte strings borrowed, so these two are not reached;
-        // they go through `share` too, so that decode_shared's two passes
-        // count every byte string whatever the format.
-        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
-            Ok(share_owned(v))
-        }
-
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
-            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-            while let Some(b) = seq.next_element::<u8>()? {
-                v.push(b);
-            }
-            Ok(share_owned(v))
-        }
-    }
-}
-
-/// Decode a payload (the bytes after the header) as a `T`.
-pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
-    use bincode::Options;
-    options(payload.len())
-        .deserialize(payload)
+    options(message.len())
+        .deserialize(message)
         .map_err(|source| FrameError::Decode {
-            what: std::any::type_name::<T>()
-                .rsplit("::")
-                .next()
-                .unwrap_or("protocol"),
+            what: what::<T>(),
             source,
         })
 }
@@ -471,15 +326,20 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::{FromWorker, ToWorker};
+    use crate::worker::{ConnId, ConnLeftovers, FromWorker, Frozen, ToWorker};
+
+    fn header_of(frame: &[u8]) -> Header {
+        Header::parse(frame[..HEADER_LEN].try_into().unwrap(), MAX_WORKER_FRAME).unwrap()
+    }
 
     #[test]
     fn round_trip() {
         let msg = ToWorker::Freeze { schema: None };
         let bytes = encode(&msg, 0, MAX_CTL_FRAME).unwrap();
-        let h = Header::parse(bytes[..HEADER_LEN].try_into().unwrap(), MAX_CTL_FRAME).unwrap();
+        let h = header_of(&bytes);
         assert_eq!(h.len, bytes.len() - HEADER_LEN);
-        let back: ToWorker = decode(&bytes[HEADER_LEN..]).unwrap();
+        assert!(!h.blob);
+        let back: ToWorker = decode(&h, &bytes[HEADER_LEN..]).unwrap();
         assert!(matches!(back, ToWorker::Freeze { .. }));
     }
 
@@ -503,16 +363,17 @@ mod tests {
             Header::parse(b"GET / HT", MAX_CTL_FRAME),
             Err(FrameError::BadMagic { .. })
         ));
-        let bytes = encode(&ToWorker::Go, 0, MAX_CTL_FRAME).unwrap();
-        // A supervisor→worker message read as worker→supervisor either decodes
-        // to some variant or fails; here the variant index is out of range.
-        let r: Result<FromWorker, _> = decode(&[0xff, 0xff, 0xff, 0x0f]);
-        assert!(r.is_err());
-        let _ = bytes;
+        // A variant index out of range.
+        let plain = Header {
+            n_fds: 0,
+            len: 4,
+            blob: false,
+        };
+        let r: Result<FromWorker, _> = decode(&plain, &[0xff, 0xff, 0xff, 0x0f]);
+        assert!(matches!(r, Err(FrameError::Decode { .. })));
     }
 
     fn frozen_with(state: usize) -> FromWorker {
-        use crate::worker::{ConnId, ConnLeftovers, Frozen};
         FromWorker::Frozen(Frozen {
             snapshot: crate::Snapshot::seal("bot", 1, (0..state).map(|i| (i * 7) as u8).collect()),
             conns: vec![ConnLeftovers {
@@ -526,33 +387,38 @@ mod tests {
     }
 
     #[test]
-    fn spliced_frames_carry_the_same_bytes() {
+    fn a_snapshot_follows_its_message_as_the_blob_and_comes_back_shared() {
         for state in [0, 10, SPLICE_MIN - 1, SPLICE_MIN, 300_000] {
             let msg = frozen_with(state);
-            let whole = encode(&msg, 2, MAX_WORKER_FRAME).unwrap();
             let parts = encode_parts(&msg, 2, MAX_WORKER_FRAME).unwrap();
-            assert_eq!(parts.len(), whole.len());
+            let whole = encode(&msg, 2, MAX_WORKER_FRAME).unwrap();
             assert_eq!(parts.parts().concat(), whole, "state of {state} bytes");
+            assert_eq!(parts.parts().len(), if state >= SPLICE_MIN { 2 } else { 1 });
+            let h = header_of(&whole);
+            assert!(h.blob && h.n_fds == 2 && h.len == whole.len() - HEADER_LEN);
+            // The blob is the snapshot's bytes as they are, at the end.
+            let FromWorker::Frozen(f) = &msg else {
+                unreachable!()
+            };
+            assert!(whole.ends_with(&f.snapshot.bytes));
+            // Copied or shared, the same message comes back.
+            assert_eq!(decode::<FromWorker>(&h, &whole[HEADER_LEN..]).unwrap(), msg);
             let payload = BytesMut::from(&whole[HEADER_LEN..]);
-            let (back, frame) = decode_and_wipe::<FromWorker>(payload).unwrap();
-            assert_eq!(back, msg);
+            let frame = payload.as_ptr_range();
+            let back = decode_shared::<FromWorker>(&h, payload).unwrap();
+            assert_eq!(back, msg, "state of {state} bytes");
             if let FromWorker::Frozen(f) = back {
-                let inside = frame.as_ptr_range().contains(&f.snapshot.bytes.as_ptr());
-                assert_eq!(
-                    inside,
-                    state >= SPLICE_MIN,
-                    "state of {state} bytes: a large one is shared, a small one copied"
-                );
+                if state > 0 {
+                    assert!(frame.contains(&f.snapshot.bytes.as_ptr()), "not shared");
+                }
             }
         }
     }
 
-    /// A large frame carries a snapshot and the TLS sessions of the frozen
-    /// worker: once decoded, the snapshot is still a slice of it, and
-    /// nothing of the sessions is left in it.
+    /// A frame carries a snapshot and the TLS sessions of the frozen worker:
+    /// once decoded, the snapshot is a slice of it, and the rest is zeros.
     #[test]
     fn a_decoded_frame_keeps_its_snapshot_and_wipes_the_rest() {
-        use crate::worker::{ConnId, ConnLeftovers, Frozen};
         let key = [0xA5u8; 32];
         let has_key = |b: &[u8]| b.windows(key.len()).any(|w| w == key);
         let state: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
@@ -570,24 +436,73 @@ mod tests {
         let whole = encode(&msg, 0, MAX_WORKER_FRAME).unwrap();
         assert!(has_key(&whole), "the sessions are in the frame as sent");
         let payload = BytesMut::from(&whole[HEADER_LEN..]);
-        let (back, frame) = decode_and_wipe::<FromWorker>(payload).unwrap();
+        let (back, wiped) = decode_wiping::<FromWorker>(&header_of(&whole), payload).unwrap();
         assert_eq!(back, msg);
-        assert!(!has_key(&frame), "a session's key is left in the frame");
-        let FromWorker::Frozen(f) = back else {
-            unreachable!("decoded as sent")
+        assert!(wiped.len() > 40_000, "the message part: {}", wiped.len());
+        assert!(
+            wiped.iter().all(|b| *b == 0),
+            "the message part is not wiped"
+        );
+    }
+
+    #[test]
+    fn a_blob_where_none_belongs_or_none_where_one_does_is_refused() {
+        // A Frozen message in a frame without a blob.
+        let FromWorker::Frozen(f) = frozen_with(10) else {
+            unreachable!()
         };
-        assert!(frame.as_ptr_range().contains(&f.snapshot.bytes.as_ptr()));
-        // The frame now holds the snapshot's bytes and zeros, nothing else.
-        let kept = frame.iter().filter(|b| **b != 0).count();
-        let nonzero = state.iter().filter(|b| **b != 0).count();
-        assert_eq!(kept, nonzero, "more than the snapshot is left in the frame");
+        let plain = {
+            use bincode::Options;
+            options(MAX_WORKER_FRAME)
+                .serialize(&FromWorker::Frozen(f))
+                .unwrap()
+        };
+        let h = Header {
+            n_fds: 0,
+            len: plain.len(),
+            blob: false,
+        };
+        assert!(matches!(
+            decode::<FromWorker>(&h, &plain),
+            Err(FrameError::MissingBlob { .. })
+        ));
+        // A Ready message followed by a blob.
+        let ready = encode(&FromWorker::Ready, 0, 1024).unwrap();
+        let mut payload = (ready.len() as u32 - HEADER_LEN as u32)
+            .to_be_bytes()
+            .to_vec();
+        payload.extend_from_slice(&ready[HEADER_LEN..]);
+        payload.extend_from_slice(b"stray");
+        let h = Header {
+            n_fds: 0,
+            len: payload.len(),
+            blob: true,
+        };
+        assert!(matches!(
+            decode_shared::<FromWorker>(&h, BytesMut::from(&payload[..])),
+            Err(FrameError::UnexpectedBlob { .. })
+        ));
+        // A message length past the payload.
+        let bad = [0, 0, 1, 0, 1, 2];
+        let h = Header {
+            n_fds: 0,
+            len: bad.len(),
+            blob: true,
+        };
+        assert!(matches!(
+            decode::<FromWorker>(&h, &bad),
+            Err(FrameError::MessageLength {
+                len: 256,
+                payload: 6
+            })
+        ));
     }
 
     proptest::proptest! {
-        /// A large frame with a snapshot to share, bent anywhere: decoding
-        /// and wiping it is an error or a message, never a panic.
+        /// A frame with a snapshot, bent anywhere: decoding it is an error
+        /// or a message, never a panic.
         #[test]
-        fn bent_large_frames_never_panic(
+        fn bent_blob_frames_never_panic(
             cuts in proptest::collection::vec((0usize..1 << 20, proptest::num::u8::ANY), 1..8),
             keep in 0usize..1 << 20,
         ) {
@@ -598,15 +513,18 @@ mod tests {
                 payload[at] = byte;
             }
             payload.truncate(keep % (payload.len() + 1));
-            let _ = decode_shared::<FromWorker>(BytesMut::from(&payload[..]));
+            let h = Header { n_fds: 0, len: payload.len(), blob: true };
+            let _ = decode_shared::<FromWorker>(&h, BytesMut::from(&payload[..]));
+            let _ = decode::<ToWorker>(&h, &payload);
         }
 
         #[test]
-        fn decoders_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
-            let _ = decode::<FromWorker>(&bytes);
-            let _ = decode::<ToWorker>(&bytes);
-            let _ = decode::<crate::ctl::CtlRequest>(&bytes);
-            let _ = decode::<crate::ctl::CtlResponse>(&bytes);
+        fn decoders_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512), blob: bool) {
+            let h = Header { n_fds: 0, len: bytes.len(), blob };
+            let _ = decode::<FromWorker>(&h, &bytes);
+            let _ = decode::<ToWorker>(&h, &bytes);
+            let _ = decode::<crate::ctl::CtlRequest>(&h, &bytes);
+            let _ = decode::<crate::ctl::CtlResponse>(&h, &bytes);
             if bytes.len() >= HEADER_LEN {
                 let _ = Header::parse(bytes[..HEADER_LEN].try_into().unwrap(), MAX_CTL_FRAME);
             }

@@ -20,11 +20,79 @@ pub struct Snapshot {
     pub checksum: u32,
     /// The app's serialized state. Reference-counted: the supervisor hands
     /// the same bytes to the successor, the stored checkpoint and the
-    /// checkpoint file without copying them; on a [`crate::Channel`] they
-    /// are written from (and read into) their own buffer, never copied into
-    /// a frame ([`crate::frame::shared_bytes`]). Encoded as `Bytes` encodes.
-    #[serde(with = "crate::frame::shared_bytes")]
+    /// checkpoint file without copying them. In a message on a
+    /// [`crate::Channel`] they are not encoded with the envelope
+    /// ([`envelope`]) but follow it as the frame's blob, written from (and
+    /// read into) their own buffer ([`crate::frame`]); elsewhere (the
+    /// checkpoint file) they are encoded as `Bytes` encodes.
     pub bytes: Bytes,
+}
+
+/// `#[serde(with = "envelope")]` for a [`Snapshot`] inside a message on a
+/// channel: the envelope (app, schema, checksum) without the bytes, which
+/// travel as the frame's blob ([`crate::frame::Message`]). Decoded, the
+/// bytes are empty until the frame's blob is put in.
+pub mod envelope {
+    use super::{Bytes, Snapshot};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize)]
+    pub(super) struct HeadRef<'a> {
+        app: &'a str,
+        schema: u32,
+        checksum: u32,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Head {
+        app: String,
+        schema: u32,
+        checksum: u32,
+    }
+
+    impl<'a> From<&'a Snapshot> for HeadRef<'a> {
+        fn from(s: &'a Snapshot) -> Self {
+            HeadRef {
+                app: &s.app,
+                schema: s.schema,
+                checksum: s.checksum,
+            }
+        }
+    }
+
+    impl From<Head> for Snapshot {
+        fn from(h: Head) -> Self {
+            Snapshot {
+                app: h.app,
+                schema: h.schema,
+                checksum: h.checksum,
+                bytes: Bytes::new(),
+            }
+        }
+    }
+
+    pub fn serialize<S: Serializer>(s: &Snapshot, ser: S) -> Result<S::Ok, S::Error> {
+        HeadRef::from(s).serialize(ser)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Snapshot, D::Error> {
+        Head::deserialize(d).map(Snapshot::from)
+    }
+}
+
+/// [`envelope`] for an `Option<Snapshot>`.
+pub mod envelope_opt {
+    use super::envelope::{Head, HeadRef};
+    use super::Snapshot;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(s: &Option<Snapshot>, ser: S) -> Result<S::Ok, S::Error> {
+        s.as_ref().map(HeadRef::from).serialize(ser)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Snapshot>, D::Error> {
+        Option::<Head>::deserialize(d).map(|h| h.map(Snapshot::from))
+    }
 }
 
 /// Why an envelope cannot be used.

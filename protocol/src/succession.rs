@@ -53,3 +53,6 @@ pub enum ToSuccessor {
     /// The worker's channel is closed: adopt it from its orphan socket.
     WorkerReleased,
 }
+
+impl crate::frame::Message for ToSuccessor {}
+impl crate::frame::Message for FromSuccessor {}

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::frame::Message;
 use crate::snapshot::Snapshot;
 use crate::tls::TlsSession;
 
@@ -87,6 +88,8 @@ pub struct ConnRestore {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Restore {
     pub mode: RestoreMode,
+    /// Its bytes are the frame's blob ([`crate::frame::Message`]).
+    #[serde(with = "crate::snapshot::envelope_opt")]
     pub snapshot: Option<Snapshot>,
     pub conns: Vec<ConnRestore>,
 }
@@ -104,6 +107,8 @@ pub struct ConnLeftovers {
 /// A frozen worker's answer to [`ToWorker::Freeze`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frozen {
+    /// Its bytes are the frame's blob ([`crate::frame::Message`]).
+    #[serde(with = "crate::snapshot::envelope")]
     pub snapshot: Snapshot,
     pub conns: Vec<ConnLeftovers>,
     /// When the worker stopped consuming ([`crate::monotonic_ns`]).
@@ -115,6 +120,8 @@ pub struct Frozen {
 /// A periodic (or requested) copy of the worker's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
+    /// Its bytes are the frame's blob ([`crate::frame::Message`]).
+    #[serde(with = "crate::snapshot::envelope")]
     pub snapshot: Snapshot,
     pub summary: Option<String>,
     /// When it was taken ([`crate::monotonic_ns`]).
@@ -241,4 +248,40 @@ pub enum FromWorker {
     Failed {
         reason: String,
     },
+}
+
+/// A restore's snapshot travels as the frame's blob.
+impl Message for ToWorker {
+    fn blob(&self) -> Option<&bytes::Bytes> {
+        match self {
+            ToWorker::Restore(r) => r.snapshot.as_ref().map(|s| &s.bytes),
+            _ => None,
+        }
+    }
+
+    fn blob_mut(&mut self) -> Option<&mut bytes::Bytes> {
+        match self {
+            ToWorker::Restore(r) => r.snapshot.as_mut().map(|s| &mut s.bytes),
+            _ => None,
+        }
+    }
+}
+
+/// A frozen worker's and a checkpoint's snapshot travel as the frame's blob.
+impl Message for FromWorker {
+    fn blob(&self) -> Option<&bytes::Bytes> {
+        match self {
+            FromWorker::Frozen(f) => Some(&f.snapshot.bytes),
+            FromWorker::Checkpoint(c) => Some(&c.snapshot.bytes),
+            _ => None,
+        }
+    }
+
+    fn blob_mut(&mut self) -> Option<&mut bytes::Bytes> {
+        match self {
+            FromWorker::Frozen(f) => Some(&mut f.snapshot.bytes),
+            FromWorker::Checkpoint(c) => Some(&mut c.snapshot.bytes),
+            _ => None,
+        }
+    }
 }
