@@ -26,11 +26,9 @@ use crate::history::History;
 use crate::metrics::{MetricsError, MetricsView};
 use crate::notify::Notifier;
 use crate::persist::{OnDisk, Persister};
-use crate::probation::{PreviousBuild, Probation};
+use crate::probation::Probation;
 use crate::proc::{Generation, Lifecycle, SpawnError, Tagged, WorkerEvent};
-use crate::recovery::{
-    CrashStreak, HandedLeftovers, PendingRestart, RestartPolicy, StartPlan, HEARTBEAT_CHECK_EVERY,
-};
+use crate::recovery::{HandedLeftovers, Recovery, StartPlan, HEARTBEAT_CHECK_EVERY};
 use crate::signals::Intent;
 use crate::upgrade::InFlight;
 use crate::watch::WatchTrigger;
@@ -119,17 +117,15 @@ pub struct Daemon {
     pub(crate) current: Option<Build>,
     /// Every binary run is admitted here first (see [`crate::builds`]).
     pub(crate) store: BuildStore,
-    /// Unplanned restarts since the supervisor started.
-    pub(crate) restarts: u64,
     /// Why the last worker that died unplanned went.
     pub(crate) last_exit: Option<String>,
-    pub(crate) streak: CrashStreak,
-    pub(crate) policy: RestartPolicy,
-    pub(crate) pending_restart: Option<PendingRestart>,
+    /// Unplanned restarts: the streak, the backoff, the count (see
+    /// [`crate::recovery`]).
+    pub(crate) recovery: Recovery,
     pub(crate) handed_leftovers: Option<HandedLeftovers>,
-    /// The build before the last committed upgrade (for rollback).
-    pub(crate) previous: Option<PreviousBuild>,
-    pub(crate) probation: Option<Probation>,
+    /// The build before the last committed upgrade (for rollback), and
+    /// whether the running one is on trial (see [`crate::probation`]).
+    pub(crate) probation: Probation,
     /// Shown in status: the last automatic decision an operator should know.
     pub(crate) notice: Option<String>,
     /// Writes each checkpoint to the state directory.
@@ -234,14 +230,10 @@ pub async fn run_with(
         stopping: Stopping::Running,
         current: None,
         store: BuildStore::open(&cfg_state_dir)?,
-        restarts: 0,
         last_exit: None,
-        streak: CrashStreak::default(),
-        policy: RestartPolicy::default(),
-        pending_restart: None,
+        recovery: Recovery::default(),
         handed_leftovers: None,
-        previous: None,
-        probation: None,
+        probation: Probation::default(),
         notice: None,
         persister: None,
         persist_pending: false,
@@ -272,8 +264,8 @@ pub async fn run_with(
     heartbeat_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let phase_deadline = d.handoff.phase.deadline();
-        let restart_at = d.pending_restart.as_ref().map(|r| r.at);
-        let probation_end = d.probation.as_ref().map(|p| p.until);
+        let restart_at = d.recovery.next_at();
+        let probation_end = d.probation.until();
         let succession_deadline = d.succession.as_ref().map(|s| s.deadline);
         let stop_deadline = match d.stopping {
             Stopping::Draining { deadline } => Some(deadline),
@@ -469,7 +461,7 @@ impl Daemon {
                 let _ = reply.try_send(CtlResponse::Log(self.history.last(last as usize)));
             }
             CtlRequest::Rollback { wait } => {
-                let Some(previous) = self.previous.clone() else {
+                let Some(previous) = self.probation.previous.clone() else {
                     let reason = "no previous build to roll back to".to_string();
                     let _ = reply.try_send(CtlResponse::Refused { reason });
                     return;
@@ -812,7 +804,7 @@ impl Daemon {
 
     /// Refresh the gauges and hand the view to the metrics endpoint.
     fn publish_metrics(&mut self) {
-        self.metrics.restarts = self.restarts;
+        self.metrics.restarts = self.recovery.restarts;
         self.metrics.held_sockets = self.held.len();
         self.metrics.worker_up = self.active.as_ref().is_some_and(|a| {
             matches!(a.life, Lifecycle::Running { .. } | Lifecycle::Frozen { .. })
@@ -927,7 +919,7 @@ impl Daemon {
         // Keep the builds rollback and probation may need; drop the rest.
         let keep: Vec<String> = [
             self.current.as_ref(),
-            self.previous.as_ref().map(|p| &p.build),
+            self.probation.previous.as_ref().map(|p| &p.build),
         ]
         .into_iter()
         .flatten()

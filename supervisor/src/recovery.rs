@@ -75,6 +75,74 @@ pub struct PendingRestart {
     pub after: u64,
 }
 
+/// Restarting's state: the policy, the crash streak, the restart waiting
+/// out its backoff, the count. Pure: its moves say what to start and when;
+/// the daemon's side (below) starts it.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    pub policy: RestartPolicy,
+    pub streak: CrashStreak,
+    /// A restart waiting for its time.
+    pub waiting: Option<PendingRestart>,
+    /// Unplanned restarts since the supervisor started.
+    pub restarts: u64,
+}
+
+impl Recovery {
+    /// Worker `after` died for `reason` after living `lived`; `new_build`:
+    /// the next start runs another build (a probation fallback), whose
+    /// streak starts afresh. Returns the restart to start now, or `None`
+    /// when it waits out a backoff (see [`Recovery::next_at`]).
+    pub fn on_crash(
+        &mut self,
+        after: u64,
+        reason: String,
+        lived: Duration,
+        new_build: bool,
+        now: Instant,
+    ) -> Option<PendingRestart> {
+        if new_build {
+            self.streak = CrashStreak::default();
+        }
+        let delay = self.streak.on_crash(lived, &self.policy);
+        let restart = PendingRestart {
+            at: now + delay,
+            reason,
+            after,
+        };
+        if delay.is_zero() {
+            self.waiting = None;
+            return Some(restart);
+        }
+        self.waiting = Some(restart);
+        None
+    }
+
+    /// When the waiting restart is due.
+    pub fn next_at(&self) -> Option<Instant> {
+        self.waiting.as_ref().map(|r| r.at)
+    }
+
+    /// Its time came: the restart to start.
+    pub fn due(&mut self) -> Option<PendingRestart> {
+        self.waiting.take()
+    }
+
+    /// A recovery worker runs.
+    pub fn started(&mut self) {
+        self.restarts += 1;
+    }
+
+    /// The recovery worker could not be started: try again after the
+    /// longest backoff.
+    pub fn retry_later(&mut self, restart: PendingRestart, now: Instant) {
+        self.waiting = Some(PendingRestart {
+            at: now + self.policy.cap,
+            ..restart
+        });
+    }
+}
+
 /// The leftovers a frozen worker handed to successor `generation`, kept until
 /// that successor consumes its first message. Should it die before, its
 /// recovery gets them too (with the frozen snapshot, the newest checkpoint
@@ -126,6 +194,32 @@ mod tests {
             "a stable run resets the streak"
         );
     }
+
+    #[test]
+    fn a_crash_restarts_at_once_then_waits_and_a_new_build_starts_afresh() {
+        let mut r = Recovery::default();
+        let now = Instant::now();
+        let short = Duration::from_millis(10);
+        let first = r.on_crash(3, "exit 1".into(), short, false, now);
+        assert_eq!(first.as_ref().map(|p| p.after), Some(3), "at once");
+        assert_eq!(r.next_at(), None);
+        r.started();
+        assert!(r.on_crash(4, "exit 1".into(), short, false, now).is_none());
+        assert_eq!(r.next_at(), Some(now + r.policy.base), "backs off");
+        let due = r.due().unwrap();
+        assert_eq!((due.after, due.reason.as_str()), (4, "exit 1"));
+        assert_eq!(r.next_at(), None);
+        r.retry_later(due, now);
+        assert_eq!(
+            r.next_at(),
+            Some(now + r.policy.cap),
+            "spawn failed: retried"
+        );
+        // A probation fallback runs another build: at once again.
+        assert!(r.on_crash(5, "signal 9".into(), short, true, now).is_some());
+        assert_eq!(r.next_at(), None, "the waiting restart is superseded");
+        assert_eq!(r.restarts, 1);
+    }
 }
 
 /// How often the daemon checks the active worker's heartbeats.
@@ -158,32 +252,25 @@ mod daemon_side {
                 self.give_up(why);
                 return;
             }
-            if self.fall_back_if_on_probation(gone, &status) {
-                // A different build: its own streak starts now.
-                self.streak = Default::default();
-            }
-            let delay = self.streak.on_crash(gone.started.elapsed(), &self.policy);
-            let restart = PendingRestart {
-                at: tokio::time::Instant::now() + delay,
-                reason,
-                after: gone.generation,
-            };
-            if delay.is_zero() {
-                self.pending_restart = None;
-                self.start_recovery(restart);
-            } else {
-                warn!(
-                    ?delay,
-                    crashes = self.streak.crashes,
+            let new_build = self.fall_back_if_on_probation(gone, &status);
+            let now = tokio::time::Instant::now();
+            let lived = gone.started.elapsed();
+            match self
+                .recovery
+                .on_crash(gone.generation, reason, lived, new_build, now)
+            {
+                Some(restart) => self.start_recovery(restart),
+                None => warn!(
+                    delay = ?self.recovery.next_at().map(|at| at - now),
+                    crashes = self.recovery.streak.crashes,
                     "crash loop: backing off before the next start"
-                );
-                self.pending_restart = Some(restart);
+                ),
             }
         }
 
         /// The backoff delay has passed.
         pub(crate) fn restart_now(&mut self) {
-            if let Some(p) = self.pending_restart.take() {
+            if let Some(p) = self.recovery.due() {
                 self.start_recovery(p);
             }
         }
@@ -200,7 +287,7 @@ mod daemon_side {
             match self.spawn_worker(gen, &build, plan) {
                 Ok(proc) => {
                     info!(pid = proc.pid, generation = gen, reason = %restart.reason, "starting a worker in recovery mode");
-                    self.restarts += 1;
+                    self.recovery.started();
                     self.history.push(format!(
                         "recovery: worker pid {} started from {} ({})",
                         proc.pid,
@@ -211,10 +298,8 @@ mod daemon_side {
                 }
                 Err(e) => {
                     error!(error = %e, "cannot start a recovery worker; retrying");
-                    self.pending_restart = Some(PendingRestart {
-                        at: tokio::time::Instant::now() + self.policy.cap,
-                        ..restart
-                    });
+                    let now = tokio::time::Instant::now();
+                    self.recovery.retry_later(restart, now);
                 }
             }
         }

@@ -21,17 +21,20 @@ impl Daemon {
                 binary: a.build.source.display().to_string(),
                 sha256: Some(a.build.sha256.clone()),
                 uptime_ms: a.started.elapsed().as_millis() as u64,
-                restarts: self.restarts,
+                restarts: self.recovery.restarts,
                 adopted: a.adopted.is_some(),
-                probation_ms_left: self
-                    .probation
-                    .as_ref()
-                    .filter(|p| p.generation == a.generation)
-                    .map(|p| {
-                        p.until
-                            .saturating_duration_since(tokio::time::Instant::now())
-                            .as_millis() as u64
-                    }),
+                probation_ms_left: match self.probation.standing {
+                    crate::probation::Standing::OnTrial { generation, until }
+                        if generation == a.generation =>
+                    {
+                        Some(
+                            until
+                                .saturating_duration_since(tokio::time::Instant::now())
+                                .as_millis() as u64,
+                        )
+                    }
+                    _ => None,
+                },
                 notice: self.notice.clone(),
                 last_exit: self.last_exit.clone(),
                 build_age_ms: a
@@ -49,7 +52,7 @@ impl Daemon {
                 binary: self.cfg.worker.display().to_string(),
                 sha256: None,
                 uptime_ms: 0,
-                restarts: self.restarts,
+                restarts: self.recovery.restarts,
                 probation_ms_left: None,
                 adopted: false,
                 notice: self.notice.clone(),

@@ -315,7 +315,7 @@ impl Daemon {
             succ.send(ToWorker::Go, Vec::new());
         }
         if self.begin_probation(&old.build, old_hello, &succ) {
-            let target = self.previous.as_ref().map_or_else(
+            let target = self.probation.previous.as_ref().map_or_else(
                 || "none".to_string(),
                 |p| format!("{} ({})", p.build.source.display(), short(&p.build.sha256)),
             );
