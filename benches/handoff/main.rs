@@ -21,18 +21,23 @@
 //!    restore;
 //! 6. supervisor footprint (RSS, CPU) idle and during 10 upgrades/s;
 //! 7. the Python path (`python.rs`; needs `HANDOFF_PYTHON`): per-message
-//!    cost vs a plain `websockets` client, blackout vs the Rust worker.
+//!    cost vs a plain `websockets` client, blackout vs the Rust worker;
+//! 8. the serving worker's stall at a periodic checkpoint, as the feed sees
+//!    it, checkpoints every 200 ms vs off (`checkpoint.rs`).
 //!
 //! Flags: `--smoke`, `--upgrades N`, `--conns 1,16,64`,
 //! `--sizes 1024,1048576,67108864`, `--feed-rate N` (messages/s over all
 //! connections: each connection's streams get an equal share, so the load
 //! on the 2 cores does not grow with the connection count),
-//! `--only blackout,cold,steady,snapshot,footprint,python`,
-//! `--out FILE`, `--verbose` (the processes' logs on stderr),
-//! `--back-to-back` (upgrade again without waiting for the worker to work off
-//! the previous blackout's backlog). Targets are reported, never asserted.
+//! `--only blackout,cold,steady,snapshot,footprint,python,checkpoint`,
+//! `--checkpoint-ms MS`, `--checkpoint-secs S`, `--checkpoint-rounds N`,
+//! `--checkpoint-positions N,..` (section 8), `--out FILE`, `--verbose`
+//! (the processes' logs on stderr), `--back-to-back` (upgrade again without
+//! waiting for the worker to work off the previous blackout's backlog).
+//! Targets are reported, never asserted.
 
 mod bare;
+mod checkpoint;
 mod floor;
 mod python;
 mod rig;
@@ -70,6 +75,12 @@ struct Opts {
     positions: Vec<usize>,
     snapshot_upgrades: usize,
     footprint_secs: f64,
+    /// Section 8: the checkpointing passes' interval, length and rounds, and
+    /// the position counts measured beside the ballast sizes.
+    checkpoint_ms: u64,
+    checkpoint_secs: f64,
+    checkpoint_rounds: usize,
+    checkpoint_positions: Vec<usize>,
     only: Option<Vec<String>>,
     out: Option<PathBuf>,
     verbose: bool,
@@ -97,6 +108,10 @@ impl Opts {
                 positions: vec![10_000],
                 snapshot_upgrades: 2,
                 footprint_secs: 0.5,
+                checkpoint_ms: 200,
+                checkpoint_secs: 1.0,
+                checkpoint_rounds: 1,
+                checkpoint_positions: Vec::new(),
                 only: None,
                 out: None,
                 verbose: false,
@@ -116,14 +131,20 @@ impl Opts {
                 positions: vec![10_000, 1_000_000],
                 snapshot_upgrades: 10,
                 footprint_secs: 3.0,
+                checkpoint_ms: 200,
+                checkpoint_secs: 10.0,
+                checkpoint_rounds: 2,
+                checkpoint_positions: vec![1_000_000],
                 only: None,
                 out: None,
                 verbose: false,
                 back_to_back: false,
             }
         };
+        // An empty list is allowed (`--checkpoint-positions ''`: none).
         let list = |v: &str| -> Result<Vec<usize>> {
             v.split(',')
+                .filter(|x| !x.trim().is_empty())
                 .map(|x| x.trim().parse::<usize>().context("a number"))
                 .collect()
         };
@@ -138,6 +159,10 @@ impl Opts {
                 "--feed-rate" => o.feed_rate = val()?.parse()?,
                 "--cold-restarts" => o.cold_restarts = val()?.parse()?,
                 "--positions" => o.positions = list(&val()?)?,
+                "--checkpoint-ms" => o.checkpoint_ms = val()?.parse::<u64>()?.max(1),
+                "--checkpoint-secs" => o.checkpoint_secs = val()?.parse()?,
+                "--checkpoint-rounds" => o.checkpoint_rounds = val()?.parse()?,
+                "--checkpoint-positions" => o.checkpoint_positions = list(&val()?)?,
                 "--only" => o.only = Some(val()?.split(',').map(str::to_string).collect()),
                 "--out" => o.out = Some(val()?.into()),
                 "--verbose" => o.verbose = true,
@@ -146,8 +171,10 @@ impl Opts {
                     println!(
                         "cargo bench --bench handoff -- [--smoke] [--upgrades N] [--conns 1,16,64] \
                          [--sizes BYTES,..] [--feed-rate MSGS_PER_S] [--cold-restarts N] [--positions N,..] \
-                         [--only blackout,cold,steady,snapshot,footprint,python] [--out FILE] [--verbose] \
-                         [--back-to-back]"
+                         [--checkpoint-ms MS] [--checkpoint-secs S] [--checkpoint-rounds N] \
+                         [--checkpoint-positions N,..] \
+                         [--only blackout,cold,steady,snapshot,footprint,python,checkpoint] [--out FILE] \
+                         [--verbose] [--back-to-back]"
                     );
                     std::process::exit(0);
                 }
@@ -358,6 +385,10 @@ fn run() -> Result<()> {
 
     if o.runs("python") {
         python::section(&bins, &o, &mut md, &mut report)?;
+    }
+
+    if o.runs("checkpoint") {
+        checkpoint::section(&bins, &o, &mut md, &mut report)?;
     }
 
     let elapsed = started.elapsed().as_secs_f64();

@@ -105,6 +105,21 @@ impl Tap {
         })
     }
 
+    /// The ack-carrying reads from the last one at or before `from` to the
+    /// first one at or after `to` (an end with none beyond it yet is left
+    /// out), in increasing order: every silence of the ack stream that
+    /// overlaps `from..to`, whole.
+    pub fn ack_reads_around(&self, from: u64, to: u64) -> Vec<u64> {
+        self.with(|l| {
+            let i = l
+                .ack_reads
+                .partition_point(|&x| x <= from)
+                .saturating_sub(1);
+            let j = (l.ack_reads.partition_point(|&x| x < to) + 1).min(l.ack_reads.len());
+            l.ack_reads.range(i..j.max(i)).copied().collect()
+        })
+    }
+
     /// A copy of the per-connection records, in accept order.
     pub fn conns(&self) -> Vec<ConnRec> {
         self.with(|l| l.conns.clone())
