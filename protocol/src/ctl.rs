@@ -207,6 +207,10 @@ pub struct CheckpointStatus {
     pub schema: u32,
     /// The app's JSON summary, as the worker wrote it.
     pub summary: Option<String>,
+    /// Written by a copy-on-write child of the worker: its event loop
+    /// stopped only for the `fork` (`handoff_protocol::image`).
+    #[serde(default)]
+    pub off_loop: bool,
 }
 
 /// Counters of handoffs.

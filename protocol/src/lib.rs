@@ -24,6 +24,9 @@
 //!   them, and [`pidfd`] for watching a process that is not one's child;
 //! - [`succession`]: the messages of a supervisor handing over to a new
 //!   supervisor binary;
+//! - [`image`]: a snapshot written by a copy-on-write child of the worker
+//!   into a sealed memfd, so that a checkpoint never stops the serving loop
+//!   for more than a `fork`;
 //! - [`snapshot`]: the envelope around a worker's opaque state (app name,
 //!   schema version, CRC-32 checksum, bytes).
 //!
@@ -49,6 +52,7 @@ pub mod channel;
 pub mod ctl;
 pub mod fds;
 pub mod frame;
+pub mod image;
 pub mod ktls;
 pub mod lockfile;
 pub mod pidfd;
@@ -69,7 +73,7 @@ pub use snapshot::Snapshot;
 
 /// Version of the supervisor ⇄ worker protocol. A worker whose `Hello` names
 /// another version is refused before anything is frozen.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Name of the environment variable through which a worker learns the number of
 /// its inherited supervisor socket.

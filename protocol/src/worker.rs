@@ -128,6 +128,46 @@ pub struct Checkpoint {
     pub taken_at_ns: u64,
 }
 
+/// A [`Checkpoint`] whose bytes are in a memfd (see [`crate::image`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointImage {
+    /// The app that wrote it (as in [`Snapshot::app`]).
+    pub app: String,
+    /// The schema of the bytes.
+    pub schema: u32,
+    /// How many snapshot bytes the image holds (its checksum excluded).
+    pub len: u64,
+    pub summary: Option<String>,
+    /// When the image was taken: the instant of the `fork`
+    /// ([`crate::monotonic_ns`]).
+    pub taken_at_ns: u64,
+}
+
+impl CheckpointImage {
+    /// The checkpoint, read from the image `fd` that came with this message
+    /// (at most [`crate::frame::MAX_WORKER_FRAME`] bytes, like a checkpoint
+    /// that travels in its frame).
+    pub fn read(self, fd: impl std::os::fd::AsFd) -> Result<Checkpoint, crate::image::ImageError> {
+        let (bytes, checksum) = crate::image::read(fd, crate::frame::MAX_WORKER_FRAME as u64)?;
+        if bytes.len() as u64 != self.len {
+            return Err(crate::image::ImageError::Length {
+                said: self.len,
+                holds: bytes.len() as u64,
+            });
+        }
+        Ok(Checkpoint {
+            snapshot: Snapshot {
+                app: self.app,
+                schema: self.schema,
+                checksum,
+                bytes,
+            },
+            summary: self.summary,
+            taken_at_ns: self.taken_at_ns,
+        })
+    }
+}
+
 /// The worker library's own state beside the app's snapshot (its timers,
 /// the feeds it was configured with, the connections the app opened at run
 /// time): opaque to the supervisor, which keeps it with the checkpoint or
@@ -248,6 +288,11 @@ pub enum FromWorker {
     Failed {
         reason: String,
     },
+    /// A checkpoint whose bytes are in the attached descriptor: a sealed
+    /// memfd written by a copy-on-write image of the worker
+    /// ([`crate::image`]), so that its serving loop never stops for the
+    /// snapshot. Comes right after its `Carried`, like a `Checkpoint`.
+    CheckpointImage(CheckpointImage),
 }
 
 /// A restore's snapshot travels as the frame's blob.

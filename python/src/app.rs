@@ -215,6 +215,12 @@ impl App for PyApp {
         })
     }
 
+    /// A child of a Python process cannot run Python code safely (the
+    /// interpreter's other threads, the GIL): checkpoints stay in the loop.
+    fn snapshot_in_child(&self) -> bool {
+        false
+    }
+
     fn summary(&self) -> Option<String> {
         Python::attach(|py| {
             let obj = self.obj.bind(py);

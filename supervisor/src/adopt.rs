@@ -272,6 +272,7 @@ fn kind(m: &FromWorker) -> &'static str {
         FromWorker::FeedChanges(_) => "FeedChanges",
         FromWorker::Serving => "Serving",
         FromWorker::Failed { .. } => "Failed",
+        FromWorker::CheckpointImage(_) => "CheckpointImage",
     }
 }
 

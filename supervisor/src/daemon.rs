@@ -68,6 +68,21 @@ pub struct Stored {
     pub at: Instant,
     /// What the worker library carried with that snapshot (its timers…).
     pub carried: handoff_protocol::worker::Carried,
+    pub taken: Taken,
+}
+
+/// How a stored checkpoint was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// In the worker's event loop, which stopped for it.
+    InLoop,
+    /// By a copy-on-write child of the worker (`handoff_protocol::image`):
+    /// the event loop stopped only for the `fork`.
+    ByChild,
+    /// The snapshot of a freeze, mid-handoff.
+    Frozen,
+    /// Read back at start (the checkpoint file, systemd's fd store).
+    Loaded,
 }
 
 /// Handoff counters.
@@ -111,7 +126,9 @@ pub struct Daemon {
     pub(crate) started: Instant,
     pub(crate) next_generation: Generation,
     next_handoff: u64,
-    checkpoint_waiters: Vec<mpsc::Sender<CtlResponse>>,
+    /// `checkpoint --wait` clients, with when they asked: each is answered
+    /// by the first checkpoint taken after that.
+    checkpoint_waiters: Vec<(u64, mpsc::Sender<CtlResponse>)>,
     stopping: Stopping,
     /// The build the active worker runs (changes when an upgrade commits).
     pub(crate) current: Option<Build>,
@@ -441,7 +458,8 @@ impl Daemon {
                 Some(a) if a.hello().is_some() => {
                     a.send(ToWorker::CheckpointNow, Vec::new());
                     if wait {
-                        self.checkpoint_waiters.push(reply);
+                        self.checkpoint_waiters
+                            .push((handoff_protocol::monotonic_ns(), reply));
                     } else {
                         let _ = reply.try_send(CtlResponse::Ok);
                     }
@@ -700,7 +718,35 @@ impl Daemon {
                     }
                 }
             }
-            FromWorker::Checkpoint(c) => self.store_checkpoint(c.snapshot, c.summary, false),
+            FromWorker::Checkpoint(c) => {
+                self.store_checkpoint(c.snapshot, c.summary, Taken::InLoop, c.taken_at_ns)
+            }
+            FromWorker::CheckpointImage(c) => {
+                let mut fds = fds;
+                match (fds.pop(), fds.is_empty()) {
+                    (Some(fd), true) => {
+                        match c.read(fd) {
+                            Ok(c) => self.store_checkpoint(
+                                c.snapshot,
+                                c.summary,
+                                Taken::ByChild,
+                                c.taken_at_ns,
+                            ),
+                            Err(e) => {
+                                warn!(pid = a.pid, "checkpoint image refused, the previous checkpoint is kept: {e}");
+                                self.carried_ahead = Default::default();
+                            }
+                        }
+                    }
+                    _ => {
+                        warn!(
+                            pid = a.pid,
+                            "a checkpoint image must carry exactly one descriptor; ignored"
+                        );
+                        self.carried_ahead = Default::default();
+                    }
+                }
+            }
             FromWorker::Frozen(f) => {
                 crate::fault::hit(crate::fault::Point::InFreeze);
                 self.drive(Event::Frozen(Box::new(f)));
@@ -732,7 +778,8 @@ impl Daemon {
         &mut self,
         snapshot: Snapshot,
         summary: Option<String>,
-        handing_over: bool,
+        taken: Taken,
+        taken_at_ns: u64,
     ) {
         let bytes = snapshot.bytes.len() as u64;
         let schema = snapshot.schema;
@@ -742,7 +789,7 @@ impl Daemon {
         // the CPU and the disk during the blackout. Until then the file
         // holds the previous checkpoint, which is what a restarted
         // supervisor would recover from anyway.
-        if !handing_over && self.handoff.phase.is_idle() {
+        if taken != Taken::Frozen && self.handoff.phase.is_idle() {
             self.persist(&snapshot, &summary, &carried);
         } else {
             self.persist_pending = true;
@@ -752,10 +799,15 @@ impl Daemon {
             summary,
             at: Instant::now(),
             carried,
+            taken,
         });
-        for w in self.checkpoint_waiters.drain(..) {
+        self.checkpoint_waiters.retain(|(asked_ns, w)| {
+            if *asked_ns > taken_at_ns {
+                return true;
+            }
             let _ = w.try_send(CtlResponse::CheckpointStored { bytes, schema });
-        }
+            false
+        });
     }
 
     fn persist(

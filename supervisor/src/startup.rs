@@ -198,6 +198,7 @@ impl Daemon {
                     summary: c.summary,
                     at: Instant::now(),
                     carried: handoff_protocol::worker::Carried(c.carried),
+                    taken: crate::daemon::Taken::Loaded,
                 });
                 StartPlan::Recover {
                     reason: "the supervisor restarted; state from its checkpoint file".into(),

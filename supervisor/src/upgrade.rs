@@ -193,7 +193,12 @@ impl Daemon {
                 }
             }
             Action::Restore(f) => return self.restore_successor(*f),
-            Action::StoreCheckpoint(f) => self.store_checkpoint(f.snapshot, f.summary, false),
+            Action::StoreCheckpoint(f) => self.store_checkpoint(
+                f.snapshot,
+                f.summary,
+                crate::daemon::Taken::InLoop,
+                f.frozen_at_ns,
+            ),
             Action::Commit => return self.commit(),
             Action::ReleaseProgress => {
                 if let Some(up) = self.handoff.up.as_mut() {
@@ -258,7 +263,12 @@ impl Daemon {
             Ok(d) => d,
             Err(e) => {
                 // A thaws and carries on from this very state.
-                self.store_checkpoint(f.snapshot, f.summary, false);
+                self.store_checkpoint(
+                    f.snapshot,
+                    f.summary,
+                    crate::daemon::Taken::InLoop,
+                    f.frozen_at_ns,
+                );
                 return Some(Event::RestoreFailed(e.to_string()));
             }
         };
@@ -291,7 +301,8 @@ impl Daemon {
         // The snapshot is a slice of the received frame, whose other bytes
         // (the TLS sessions among them) were wiped when it was decoded: the
         // checkpoint keeps nothing of the sessions alive.
-        self.store_checkpoint(f.snapshot, f.summary, true);
+        let at = f.frozen_at_ns;
+        self.store_checkpoint(f.snapshot, f.summary, crate::daemon::Taken::Frozen, at);
         None
     }
 

@@ -23,6 +23,16 @@ impl Cluster {
                     .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == want.as_bytes()))
             })
             .collect();
+        // A checkpoint's copy-on-write writer (`handoff_protocol::image`) is
+        // a fork of a worker, with its environment, that holds no connection
+        // and no lock and never serves: named so once it runs, and a child
+        // of a worker from its first instant.
+        let all = pids.clone();
+        pids.retain(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            comm.trim() != handoff_protocol::image::IMAGE_COMM
+                && !parent_of(*pid).is_some_and(|pp| all.contains(&pp))
+        });
         pids.sort_unstable();
         pids
     }
@@ -51,6 +61,17 @@ impl Cluster {
         pids.dedup();
         pids
     }
+}
+
+/// The parent of `pid` (field 4 of `/proc/<pid>/stat`).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Whether `pid` is a live process (a zombie is not).

@@ -4,6 +4,7 @@
 //! simulator's audit of every ack, frame and close).
 
 mod book;
+mod checkpoints;
 mod continuity;
 mod control;
 mod crashes;

@@ -200,6 +200,17 @@ pub trait App: Sized + Send + 'static {
     /// is thawed and nothing is lost.
     fn restore(&mut self, schema: u32, bytes: &[u8], mode: RestoreMode) -> Result<(), AppError>;
 
+    /// Whether periodic checkpoints may serialize the state in a
+    /// copy-on-write child of this process (see [`crate::image`]), so that
+    /// the event loop stops only for a `fork`. The child runs
+    /// [`App::snapshot`] (or [`App::snapshot_as`]) on its own copy of the
+    /// memory with only the forking thread: say `false` if they take a lock
+    /// another thread of the process may hold, or cannot run without other
+    /// threads (an embedded interpreter).
+    fn snapshot_in_child(&self) -> bool {
+        true
+    }
+
     /// A small JSON object for operators (`supervisorctl status`).
     fn summary(&self) -> Option<String> {
         None

@@ -7,7 +7,8 @@
 //! `crash-after-go` (before consuming anything), `crash-in-freeze`,
 //! `hang-in-freeze` (the event loop stops: no heartbeats), `reads-no-schema`
 //! (the Hello claims to read no schema at all: an incompatible build),
-//! `garbage-on-channel` (once serving, write junk on the supervisor socket).
+//! `garbage-on-channel` (once serving, write junk on the supervisor socket),
+//! `image-fails` (every checkpoint image's child fails).
 
 /// Points in a worker's life where a fault can be injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,4 +69,15 @@ pub fn reads_schemas_override() -> Option<Vec<u32>> {
 #[cfg(not(feature = "fault-injection"))]
 pub fn reads_schemas_override() -> Option<Vec<u32>> {
     None
+}
+
+/// Whether checkpoint images must fail (`image-fails`).
+#[cfg(feature = "fault-injection")]
+pub fn image_fails() -> bool {
+    std::env::var("HANDOFF_FAULT").is_ok_and(|f| f == "image-fails")
+}
+
+#[cfg(not(feature = "fault-injection"))]
+pub fn image_fails() -> bool {
+    false
 }

@@ -92,6 +92,7 @@ pub mod conn;
 pub mod error;
 pub mod fault;
 pub mod feeds;
+pub mod image;
 pub mod launch;
 pub mod link;
 pub mod opened;

@@ -91,6 +91,8 @@ pub(crate) struct Worker<A: App> {
     pub(crate) lost: Vec<crate::conn::Feed>,
     /// Schema of checkpoints, when the supervisor asked for another one.
     checkpoint_schema: Option<u32>,
+    /// Where periodic checkpoints are made (see [`crate::image`]).
+    pub(crate) images: crate::image::Images,
     /// Lowest id a new connection may take: ids are never reused by a
     /// worker, so a re-opened feed is told apart from the one it replaces.
     pub(crate) id_floor: u32,
@@ -127,6 +129,7 @@ impl<A: App> Worker<A> {
             lost: Vec::new(),
             id_floor: 0,
             checkpoint_schema: None,
+            images: Default::default(),
         }
     }
 
@@ -199,7 +202,7 @@ impl<A: App> Worker<A> {
                             AfterFreeze::Exit => return Ok(self.handed_over()),
                             AfterFreeze::Stop => return self.stop().await,
                         },
-                        ToWorker::CheckpointNow => self.send_checkpoint().await?,
+                        ToWorker::CheckpointNow => self.checkpoint_off_loop(true).await?,
                         ToWorker::CheckpointIn { schema } => {
                             info!(?schema, "checkpoint schema changed");
                             self.checkpoint_schema = schema;
@@ -217,7 +220,12 @@ impl<A: App> Worker<A> {
                 _ = heartbeat.tick(), if linked => self.tell(&FromWorker::Heartbeat).await,
                 stream = crate::orphan::accept_opt(&self.orphanage), if !linked => self.offer_adoption(stream).await,
                 _ = crate::orphan::adoption_stalled(self.adoption_deadline) => self.drop_silent_adopter(),
-                _ = checkpoint.tick(), if linked => self.send_checkpoint().await?,
+                _ = checkpoint.tick(), if linked => self.checkpoint_off_loop(false).await?,
+                res = self.images.done() => {
+                    if self.image_done(res).await {
+                        self.checkpoint_off_loop(true).await?;
+                    }
+                }
                 _ = crate::timers::until(self.timers.next_due()) => self.fire_due_timers().await,
                 (idx, item) = next_message(&mut self.conns, &mut self.next_poll) => {
                     self.consume(idx, item, &mut awaiting).await?;
@@ -339,7 +347,7 @@ impl<A: App> Worker<A> {
 
     /// What the library carries beside the app's snapshot (see
     /// [`crate::carried`]).
-    fn carried(&self) -> handoff_protocol::worker::Carried {
+    pub(crate) fn carried(&self) -> handoff_protocol::worker::Carried {
         crate::carried::CarriedState::of(&self.timers, &self.configured, &self.opened).encode()
     }
 
@@ -397,6 +405,19 @@ impl<A: App> Worker<A> {
         ))
     }
 
+    /// A checkpoint written by a copy-on-write child when it can be (see
+    /// [`crate::image`]), else [`Worker::send_checkpoint`]. `asked`: the
+    /// supervisor asked for it (one in progress is followed by another).
+    async fn checkpoint_off_loop(&mut self, asked: bool) -> Result<(), WorkerError> {
+        let schema = self.checkpoint_schema.unwrap_or(self.identity.schema);
+        if self.link.is_some() && self.start_image(schema, asked) {
+            return Ok(());
+        }
+        self.send_checkpoint().await
+    }
+
+    /// A checkpoint taken in the event loop: the app's `snapshot()` and the
+    /// transfer of the bytes stop it meanwhile.
     pub(crate) async fn send_checkpoint(&mut self) -> Result<(), WorkerError> {
         if self.link.is_none() {
             return Ok(());
@@ -428,6 +449,8 @@ impl<A: App> Worker<A> {
     /// connections in between.
     async fn freeze(&mut self, schema: u32) -> Result<AfterFreeze, WorkerError> {
         crate::fault::hit(crate::fault::FaultPoint::Freeze).await;
+        // The frozen state supersedes a checkpoint still being written.
+        self.images.abandon();
         self.gate = EffectGate::Held;
         let after = self.freeze_inner(schema).await;
         match after {
@@ -573,6 +596,7 @@ impl<A: App> Worker<A> {
 
     /// Graceful stop: a final checkpoint, close handshakes, exit.
     async fn stop(&mut self) -> Result<Ended, WorkerError> {
+        self.images.abandon();
         let _ = self.send_checkpoint().await;
         for conn in &mut self.conns {
             if !conn.close_handshake(self.settings.close_timeout).await {

@@ -51,6 +51,12 @@ pub struct Settings {
     /// upgrade: Binance cuts every connection after 24 h, and a planned
     /// reconnect is better than a cut. `None`: never.
     pub max_conn_age: Option<Duration>,
+    /// Longest the copy-on-write child that writes a checkpoint (see
+    /// [`crate::image`]) may take. Protects the crash-loss bound from a
+    /// child that hangs (a snapshot waiting on a lock another thread held
+    /// at the fork): past it the child is killed and checkpoints are taken
+    /// in the event loop from then on.
+    pub checkpoint_image_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -68,6 +74,7 @@ impl Default for Settings {
             reconnect_interval: Duration::from_secs(1),
             adoption_timeout: Duration::from_secs(5),
             max_conn_age: None,
+            checkpoint_image_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -172,6 +172,7 @@ mod daemon_side {
                     summary: c.summary.clone(),
                     at: Instant::now(),
                     carried: handoff_protocol::worker::Carried(c.carried.clone()),
+                    taken: crate::daemon::Taken::Loaded,
                 });
             }
             if self.cfg.fd_store {
