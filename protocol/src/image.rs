@@ -16,6 +16,8 @@
 //!   leaves no writer behind;
 //! - closes every descriptor but stdio and the memfd at once, so it holds
 //!   neither a connection nor the worker's `serving.lock`;
+//! - runs under `SCHED_IDLE`, so that it takes no core the serving parent
+//!   wants;
 //! - is named [`IMAGE_COMM`] (`/proc/<pid>/comm`), so that tools and tests
 //!   counting the worker processes of a state directory can tell it apart
 //!   (it inherits the worker's environment);
@@ -160,6 +162,7 @@ where
         exit_now(EXIT_ORPHANED);
     }
     let _ = nix::sys::prctl::set_name(c"handoff-image");
+    idle_priority();
     close_all_but(memfd);
     let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)) {
         Ok(Ok(bytes)) => {
@@ -187,6 +190,16 @@ fn exit_now(code: i32) -> ! {
     // SAFETY: _exit(2) ends the process with `code`; it takes no pointer
     // and runs nothing of the parent's (the point of using it here).
     unsafe { libc::_exit(code) }
+}
+
+/// Run only on a core nothing else wants (`SCHED_IDLE`): the serving
+/// parent, the feed and the supervisor come first, so on a busy machine the
+/// image takes longer instead of taking the parent's core.
+fn idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler(0, …) changes this process's own policy;
+    // `param` is a valid sched_param that outlives the call.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
 }
 
 /// Close every descriptor above stderr except `keep`.

@@ -392,6 +392,7 @@ fn positions(n: usize) -> BTreeMap<u64, Position> {
 /// Appends timing lines to `--timings FILE` (one `write` per line).
 struct Timings {
     file: Option<std::fs::File>,
+    path: Option<PathBuf>,
     pid: u32,
 }
 
@@ -407,12 +408,26 @@ impl Timings {
         });
         Timings {
             file,
+            path: path.cloned(),
             pid: std::process::id(),
         }
     }
 
+    /// One line, under the serving worker's pid. In a checkpoint's
+    /// copy-on-write child (`handoff_protocol::image`), which closed the
+    /// parent's descriptors, the file is opened again.
     fn line(&self, what: &str, fields: &[u64]) {
-        if let Some(mut f) = self.file.as_ref() {
+        let reopened;
+        let file = if std::process::id() == self.pid {
+            self.file.as_ref()
+        } else {
+            reopened = self
+                .path
+                .as_ref()
+                .and_then(|p| std::fs::OpenOptions::new().append(true).open(p).ok());
+            reopened.as_ref()
+        };
+        if let Some(mut f) = file {
             let mut s = format!("{what} {}", self.pid);
             for v in fields {
                 s.push(' ');
