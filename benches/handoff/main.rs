@@ -23,21 +23,28 @@
 //! 7. the Python path (`python.rs`; needs `HANDOFF_PYTHON`): per-message
 //!    cost vs a plain `websockets` client, blackout vs the Rust worker;
 //! 8. the serving worker's stall at a periodic checkpoint, as the feed sees
-//!    it, checkpoints every 200 ms vs off (`checkpoint.rs`).
+//!    it, checkpoints every 200 ms vs off (`checkpoint.rs`);
+//! 9. a cold restart over a delayed path (5 and 25 ms one-way, `ws://` and
+//!    `wss://`) against the handoff over the same path, and the path's own
+//!    gaps with neither (`coldnet.rs`; the delay line is `delay.rs`).
 //!
 //! Flags: `--smoke`, `--upgrades N`, `--conns 1,16,64`,
 //! `--sizes 1024,1048576,67108864`, `--feed-rate N` (messages/s over all
 //! connections: each connection's streams get an equal share, so the load
 //! on the 2 cores does not grow with the connection count),
-//! `--only blackout,cold,steady,snapshot,footprint,python,checkpoint`,
+//! `--only blackout,cold,steady,snapshot,footprint,python,checkpoint,coldnet`,
 //! `--checkpoint-ms MS`, `--checkpoint-secs S`, `--checkpoint-rounds N`,
-//! `--checkpoint-positions N,..` (section 8), `--out FILE`, `--verbose`
+//! `--checkpoint-positions N,..` (section 8), `--delays-ms 5,25`,
+//! `--coldnet-restarts N`, `--coldnet-conns N`, `--coldnet-sizes BYTES,..`
+//! (section 9), `--out FILE`, `--verbose`
 //! (the processes' logs on stderr), `--back-to-back` (upgrade again without
 //! waiting for the worker to work off the previous blackout's backlog).
 //! Targets are reported, never asserted.
 
 mod bare;
 mod checkpoint;
+mod coldnet;
+mod delay;
 mod floor;
 mod python;
 mod rig;
@@ -81,6 +88,12 @@ struct Opts {
     checkpoint_secs: f64,
     checkpoint_rounds: usize,
     checkpoint_positions: Vec<usize>,
+    /// Section 9: the one-way delays, the rounds (one cold restart and one
+    /// upgrade per state each), the connections and the handoff's states.
+    coldnet_delays_ms: Vec<u64>,
+    coldnet_restarts: usize,
+    coldnet_conns: usize,
+    coldnet_sizes: Vec<usize>,
     only: Option<Vec<String>>,
     out: Option<PathBuf>,
     verbose: bool,
@@ -112,6 +125,10 @@ impl Opts {
                 checkpoint_secs: 1.0,
                 checkpoint_rounds: 1,
                 checkpoint_positions: Vec::new(),
+                coldnet_delays_ms: vec![5],
+                coldnet_restarts: 1,
+                coldnet_conns: 4,
+                coldnet_sizes: vec![KIB],
                 only: None,
                 out: None,
                 verbose: false,
@@ -135,6 +152,10 @@ impl Opts {
                 checkpoint_secs: 10.0,
                 checkpoint_rounds: 2,
                 checkpoint_positions: vec![1_000_000],
+                coldnet_delays_ms: vec![5, 25],
+                coldnet_restarts: 5,
+                coldnet_conns: 4,
+                coldnet_sizes: vec![KIB, MIB],
                 only: None,
                 out: None,
                 verbose: false,
@@ -163,6 +184,12 @@ impl Opts {
                 "--checkpoint-secs" => o.checkpoint_secs = val()?.parse()?,
                 "--checkpoint-rounds" => o.checkpoint_rounds = val()?.parse()?,
                 "--checkpoint-positions" => o.checkpoint_positions = list(&val()?)?,
+                "--delays-ms" => {
+                    o.coldnet_delays_ms = list(&val()?)?.into_iter().map(|d| d as u64).collect()
+                }
+                "--coldnet-restarts" => o.coldnet_restarts = val()?.parse::<usize>()?.max(1),
+                "--coldnet-conns" => o.coldnet_conns = val()?.parse::<usize>()?.clamp(1, 16),
+                "--coldnet-sizes" => o.coldnet_sizes = list(&val()?)?,
                 "--only" => o.only = Some(val()?.split(',').map(str::to_string).collect()),
                 "--out" => o.out = Some(val()?.into()),
                 "--verbose" => o.verbose = true,
@@ -172,8 +199,9 @@ impl Opts {
                         "cargo bench --bench handoff -- [--smoke] [--upgrades N] [--conns 1,16,64] \
                          [--sizes BYTES,..] [--feed-rate MSGS_PER_S] [--cold-restarts N] [--positions N,..] \
                          [--checkpoint-ms MS] [--checkpoint-secs S] [--checkpoint-rounds N] \
-                         [--checkpoint-positions N,..] \
-                         [--only blackout,cold,steady,snapshot,footprint,python,checkpoint] [--out FILE] \
+                         [--checkpoint-positions N,..] [--delays-ms 5,25] [--coldnet-restarts N] \
+                         [--coldnet-conns N] [--coldnet-sizes BYTES,..] \
+                         [--only blackout,cold,steady,snapshot,footprint,python,checkpoint,coldnet] [--out FILE] \
                          [--verbose] [--back-to-back]"
                     );
                     std::process::exit(0);
@@ -389,6 +417,10 @@ fn run() -> Result<()> {
 
     if o.runs("checkpoint") {
         checkpoint::section(&bins, &o, &mut md, &mut report)?;
+    }
+
+    if o.runs("coldnet") {
+        coldnet::section(&bins, &o, &mut md, &mut report)?;
     }
 
     let elapsed = started.elapsed().as_secs_f64();
@@ -679,7 +711,14 @@ fn blackout_cell(bins: &AllBins, o: &Opts, conns: usize, size: usize) -> Result<
 /// the gap between them (64 MiB states) would stack backlogs, and the run
 /// would measure a worker that never catches up.
 fn caught_up(sim: &Sim, feed_rate: u32) -> Result<()> {
-    let most = u64::from(feed_rate / 100).max(50);
+    caught_up_over(sim, feed_rate, Duration::ZERO)
+}
+
+/// The same over a path with this round trip: the trades sent in the last
+/// round trip cannot have been acked yet, so they are allowed on top.
+fn caught_up_over(sim: &Sim, feed_rate: u32, rtt: Duration) -> Result<()> {
+    let in_flight = (f64::from(feed_rate) * rtt.as_secs_f64()).ceil() as u64;
+    let most = u64::from(feed_rate / 100).max(50) + in_flight;
     wait_for(
         "the worker to catch up with the feed",
         Duration::from_secs(60),
@@ -967,7 +1006,18 @@ fn cold_restarts(bins: &AllBins, o: &Opts, conns: usize, size: usize) -> Result<
             Ok((closed as usize >= (o.cold_restarts + 1) * conns).then_some(a))
         },
     )?;
-    let per_conn: Vec<f64> = audit["connections"]
+    let per_conn = unacked_per_conn(&audit);
+    for k in 0..o.cold_restarts {
+        let gen = per_conn.get(k * conns..(k + 1) * conns).unwrap_or(&[]);
+        cold.unacked.push(gen.iter().sum());
+    }
+    Ok(cold)
+}
+
+/// Per connection of the audit (in accept order): trades sent and neither
+/// acked nor skipped by an ack.
+fn unacked_per_conn(audit: &Value) -> Vec<f64> {
+    audit["connections"]
         .as_array()
         .map(|cs| {
             cs.iter()
@@ -986,12 +1036,7 @@ fn cold_restarts(bins: &AllBins, o: &Opts, conns: usize, size: usize) -> Result<
                 })
                 .collect()
         })
-        .unwrap_or_default();
-    for k in 0..o.cold_restarts {
-        let gen = per_conn.get(k * conns..(k + 1) * conns).unwrap_or(&[]);
-        cold.unacked.push(gen.iter().sum());
-    }
-    Ok(cold)
+        .unwrap_or_default()
 }
 
 fn cold_table(c: &Cold, h: Option<&Cell>) -> String {

@@ -1,7 +1,8 @@
 //! Processes under test: the simulator (from `handoff_testkit`), the relay
 //! that timestamps acks, and a supervisor running `bench-worker` whose feeds
 //! go through the relay. Like `handoff_testkit::Cluster`, but with the feed
-//! URLs pointing at the relay, and the worker's timing file at hand.
+//! URLs pointing at the relay, and the worker's timing file at hand. The
+//! relay can emulate a network ([`Net`]: a one-way delay, `wss://`).
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::tap::Tap;
+use crate::tap::{Net, Tap};
 
 /// Paths of every binary the benchmarks run (cargo builds them for benches).
 #[derive(Debug, Clone)]
@@ -78,6 +79,8 @@ pub struct Rig {
     pub tap: Tap,
     pub opts: RigOpts,
     pub timings: PathBuf,
+    /// The simulator's CA (`wss://` only), which the worker trusts.
+    ca_file: Option<PathBuf>,
     socket: PathBuf,
     supervisor: Option<Child>,
 }
@@ -85,12 +88,31 @@ pub struct Rig {
 impl Rig {
     /// Start the simulator and the relay (no supervisor yet).
     pub fn feed(bins: &AllBins, opts: RigOpts) -> Result<Rig> {
+        Rig::feed_over(bins, opts, Net::default())
+    }
+
+    /// The same over the path `net`: with `net.tls` the simulator serves
+    /// `wss://` (TLS 1.3 only, with a CA it makes at start) and the worker
+    /// trusts that CA.
+    pub fn feed_over(bins: &AllBins, opts: RigOpts, net: Net) -> Result<Rig> {
         let dir = tempfile::Builder::new()
             .prefix("handoff-bench-")
             .tempdir()?;
-        let sim = Sim::start(&bins.testkit.sim, &opts.sim_args)?;
+        let mut sim_args = opts.sim_args.clone();
+        let ca_file = net.tls.then(|| dir.path().join("sim-ca.pem"));
+        if let Some(ca) = &ca_file {
+            sim_args.extend([
+                "--tls".into(),
+                "--tls-ca-out".into(),
+                ca.display().to_string(),
+                // The relay tells acks apart by TLS 1.3's record sequence.
+                "--tls-versions".into(),
+                "1.3".into(),
+            ]);
+        }
+        let sim = Sim::start(&bins.testkit.sim, &sim_args)?;
         let upstream = sim.addr.parse().context("sim address")?;
-        let tap = Tap::start(upstream)?;
+        let tap = Tap::start(upstream, net)?;
         let timings = dir.path().join("timings");
         let socket = dir.path().join("ctl.sock");
         Ok(Rig {
@@ -100,6 +122,7 @@ impl Rig {
             tap,
             opts,
             timings,
+            ca_file,
             socket,
             supervisor: None,
         })
@@ -110,7 +133,11 @@ impl Rig {
         let mut v = Vec::new();
         for _ in 0..self.opts.conns {
             v.push("--feed".to_string());
-            v.push(self.tap.ws_url());
+            v.push(self.tap.url());
+        }
+        if let Some(ca) = &self.ca_file {
+            v.push("--ca-file".into());
+            v.push(ca.display().to_string());
         }
         v.push("--ack".into());
         v.push("--timings".into());

@@ -8,7 +8,7 @@
 //! ```text
 //! bench-worker --feed ws://127.0.0.1:9443/ws [--feed …] [--symbols btcusdt,ethusdt]
 //!              [--ack] [--ballast-bytes N] [--positions N] [--checkpoint-ms MS]
-//!              [--timings FILE]
+//!              [--timings FILE] [--ca-file PEM]
 //! ```
 //!
 //! `--timings FILE` appends one line per event, with `CLOCK_MONOTONIC`
@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use trading_worker::launch;
 
 const USAGE: &str = "bench-worker --feed URL [--feed URL…] [--symbols a,b] [--ack] \
-[--ballast-bytes N] [--positions N] [--checkpoint-ms MS] [--timings FILE]";
+[--ballast-bytes N] [--positions N] [--checkpoint-ms MS] [--timings FILE] [--ca-file PEM]";
 
 #[derive(Debug)]
 struct Args {
@@ -44,6 +44,9 @@ struct Args {
     positions: usize,
     checkpoint_ms: u64,
     timings: Option<PathBuf>,
+    /// Certificates trusted for `wss://` feeds besides the public roots
+    /// (the simulator's own CA, `exchange-sim --tls --tls-ca-out`).
+    ca_file: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -55,6 +58,7 @@ fn parse_args() -> Result<Args, String> {
         positions: 0,
         checkpoint_ms: 1000,
         timings: None,
+        ca_file: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -77,6 +81,7 @@ fn parse_args() -> Result<Args, String> {
             "--positions" => a.positions = num(value()?)? as usize,
             "--checkpoint-ms" => a.checkpoint_ms = num(value()?)?.max(1),
             "--timings" => a.timings = Some(PathBuf::from(value()?)),
+            "--ca-file" => a.ca_file = Some(PathBuf::from(value()?)),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -562,6 +567,7 @@ fn main() -> ExitCode {
     let settings = Settings {
         build_id: launch::build_id(|| format!("bench-worker {}", env!("CARGO_PKG_VERSION"))),
         checkpoint_interval: Duration::from_millis(args.checkpoint_ms),
+        ca_file: args.ca_file.clone(),
         ..Settings::default()
     };
     let fresh = move || Bench {
