@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 pub use cluster::{Bins, Cluster, ClusterBuilder, CtlOutput};
-pub use procs::process_alive;
+pub use procs::{parent_of, process_alive};
 pub use sim::Sim;
 pub use systemd::FakeSystemd;
 

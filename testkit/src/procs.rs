@@ -37,6 +37,29 @@ impl Cluster {
         pids
     }
 
+    /// Live checkpoint writers (`handoff_protocol::image`) of this cluster:
+    /// processes named `handoff-image` with its state directory in their
+    /// environment.
+    pub fn image_writers(&self) -> Vec<u32> {
+        let want = format!("HANDOFF_STATE_DIR={}", self.state_dir().display());
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        procs
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| process_alive(*pid))
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == handoff_protocol::image::IMAGE_COMM)
+            })
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == want.as_bytes()))
+            })
+            .collect()
+    }
+
     /// The processes holding `serving.lock` (from `/proc/locks`): the
     /// workers that may serve. Never more than one.
     pub fn serving_lock_holders(&self) -> Vec<u32> {
@@ -64,7 +87,7 @@ impl Cluster {
 }
 
 /// The parent of `pid` (field 4 of `/proc/<pid>/stat`).
-fn parent_of(pid: u32) -> Option<u32> {
+pub fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit(')')
         .next()?

@@ -201,7 +201,7 @@ pub trait App: Sized + Send + 'static {
     fn restore(&mut self, schema: u32, bytes: &[u8], mode: RestoreMode) -> Result<(), AppError>;
 
     /// Whether periodic checkpoints may serialize the state in a
-    /// copy-on-write child of this process (see [`crate::image`]), so that
+    /// copy-on-write child of this process (see [`crate::checkpoint`]), so that
     /// the event loop stops only for a `fork`. The child runs
     /// [`App::snapshot`] (or [`App::snapshot_as`]) on its own copy of the
     /// memory with only the forking thread: say `false` if they take a lock

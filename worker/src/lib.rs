@@ -88,11 +88,11 @@
 
 pub mod app;
 mod carried;
+pub mod checkpoint;
 pub mod conn;
 pub mod error;
 pub mod fault;
 pub mod feeds;
-pub mod image;
 pub mod launch;
 pub mod link;
 pub mod opened;

@@ -6,7 +6,7 @@ use std::task::Poll;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use handoff_protocol::worker::{Checkpoint, ConnLeftovers, FromWorker, Frozen, ToWorker};
+use handoff_protocol::worker::{ConnLeftovers, FromWorker, Frozen, ToWorker};
 use handoff_protocol::{monotonic_ns, Snapshot};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::{interval, timeout, MissedTickBehavior};
@@ -90,9 +90,9 @@ pub(crate) struct Worker<A: App> {
     /// Feeds whose connection was lost, to re-open (and re-subscribe).
     pub(crate) lost: Vec<crate::conn::Feed>,
     /// Schema of checkpoints, when the supervisor asked for another one.
-    checkpoint_schema: Option<u32>,
-    /// Where periodic checkpoints are made (see [`crate::image`]).
-    pub(crate) images: crate::image::Images,
+    pub(crate) checkpoint_schema: Option<u32>,
+    /// Where periodic checkpoints are made (see [`crate::checkpoint`]).
+    pub(crate) images: crate::checkpoint::Images,
     /// Lowest id a new connection may take: ids are never reused by a
     /// worker, so a re-opened feed is told apart from the one it replaces.
     pub(crate) id_floor: u32,
@@ -390,57 +390,6 @@ impl<A: App> Worker<A> {
                 self.lost.push(feed);
             }
         }
-    }
-
-    fn seal(&self, schema: u32) -> Result<Snapshot, WorkerError> {
-        let bytes = if schema == self.identity.schema {
-            self.app.snapshot()
-        } else {
-            self.app.snapshot_as(schema)
-        };
-        Ok(Snapshot::seal(
-            &self.identity.name,
-            schema,
-            bytes.map_err(WorkerError::Snapshot)?,
-        ))
-    }
-
-    /// A checkpoint written by a copy-on-write child when it can be (see
-    /// [`crate::image`]), else [`Worker::send_checkpoint`]. `asked`: the
-    /// supervisor asked for it (one in progress is followed by another).
-    async fn checkpoint_off_loop(&mut self, asked: bool) -> Result<(), WorkerError> {
-        let schema = self.checkpoint_schema.unwrap_or(self.identity.schema);
-        if self.link.is_some() && self.start_image(schema, asked) {
-            return Ok(());
-        }
-        self.send_checkpoint().await
-    }
-
-    /// A checkpoint taken in the event loop: the app's `snapshot()` and the
-    /// transfer of the bytes stop it meanwhile.
-    pub(crate) async fn send_checkpoint(&mut self) -> Result<(), WorkerError> {
-        if self.link.is_none() {
-            return Ok(());
-        }
-        // An app that cannot snapshot now (a Python exception, say) is not
-        // stopped for it: the supervisor keeps the checkpoint it has.
-        let snapshot = match self.seal(self.checkpoint_schema.unwrap_or(self.identity.schema)) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "checkpoint skipped: the app could not snapshot");
-                return Ok(());
-            }
-        };
-        let summary = self.app.summary();
-        let taken_at_ns = monotonic_ns();
-        self.tell(&FromWorker::Carried(self.carried())).await;
-        self.tell(&FromWorker::Checkpoint(Checkpoint {
-            snapshot,
-            summary,
-            taken_at_ns,
-        }))
-        .await;
-        Ok(())
     }
 
     /// Step 4 of a handoff: stop consuming (we are between two messages),

@@ -52,7 +52,7 @@ pub struct Settings {
     /// reconnect is better than a cut. `None`: never.
     pub max_conn_age: Option<Duration>,
     /// Longest the copy-on-write child that writes a checkpoint (see
-    /// [`crate::image`]) may take. Protects the crash-loss bound from a
+    /// [`crate::checkpoint`]) may take. Protects the crash-loss bound from a
     /// child that hangs (a snapshot waiting on a lock another thread held
     /// at the fork): past it the child is killed and checkpoints are taken
     /// in the event loop from then on.

@@ -1,4 +1,5 @@
-//! Periodic checkpoints off the serving path: the snapshot is serialized by
+//! Checkpoints: taken in the event loop ([`Worker::send_checkpoint`]) or,
+//! periodic ones, off the serving path: the snapshot is serialized by
 //! a copy-on-write child of the worker ([`handoff_protocol::image`]), so
 //! the event loop stops only for the `fork`, not for `snapshot()`, the
 //! checksum and the transfer of the bytes to the supervisor, which takes
@@ -20,11 +21,13 @@
 //! in progress (the `Frozen` state supersedes it).
 
 use handoff_protocol::image::{self, Image, ImageError, Writer};
-use handoff_protocol::worker::{Carried, CheckpointImage, FromWorker};
+use handoff_protocol::worker::{Carried, Checkpoint, CheckpointImage, FromWorker};
+use handoff_protocol::{monotonic_ns, Snapshot};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::app::App;
+use crate::error::WorkerError;
 use crate::serve::Worker;
 
 /// Where periodic checkpoints are made.
@@ -84,6 +87,57 @@ impl Images {
 }
 
 impl<A: App> Worker<A> {
+    pub(crate) fn seal(&self, schema: u32) -> Result<Snapshot, WorkerError> {
+        let bytes = if schema == self.identity.schema {
+            self.app.snapshot()
+        } else {
+            self.app.snapshot_as(schema)
+        };
+        Ok(Snapshot::seal(
+            &self.identity.name,
+            schema,
+            bytes.map_err(WorkerError::Snapshot)?,
+        ))
+    }
+
+    /// A checkpoint written by a copy-on-write child when it can be (see
+    /// this module), else [`Worker::send_checkpoint`]. `asked`: the
+    /// supervisor asked for it (one in progress is followed by another).
+    pub(crate) async fn checkpoint_off_loop(&mut self, asked: bool) -> Result<(), WorkerError> {
+        let schema = self.checkpoint_schema.unwrap_or(self.identity.schema);
+        if self.link.is_some() && self.start_image(schema, asked) {
+            return Ok(());
+        }
+        self.send_checkpoint().await
+    }
+
+    /// A checkpoint taken in the event loop: the app's `snapshot()` and the
+    /// transfer of the bytes stop it meanwhile.
+    pub(crate) async fn send_checkpoint(&mut self) -> Result<(), WorkerError> {
+        if self.link.is_none() {
+            return Ok(());
+        }
+        // An app that cannot snapshot now (a Python exception, say) is not
+        // stopped for it: the supervisor keeps the checkpoint it has.
+        let snapshot = match self.seal(self.checkpoint_schema.unwrap_or(self.identity.schema)) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "checkpoint skipped: the app could not snapshot");
+                return Ok(());
+            }
+        };
+        let summary = self.app.summary();
+        let taken_at_ns = monotonic_ns();
+        self.tell(&FromWorker::Carried(self.carried())).await;
+        self.tell(&FromWorker::Checkpoint(Checkpoint {
+            snapshot,
+            summary,
+            taken_at_ns,
+        }))
+        .await;
+        Ok(())
+    }
+
     /// Start a checkpoint in a child. `false` when it must be taken in the
     /// loop instead (the app opted out, or children failed before); `true`
     /// when one is in progress or was skipped.
