@@ -48,20 +48,20 @@ const OFF_MS: u64 = 24 * 3600 * 1000;
 
 /// What the worker carries besides its counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+pub enum State {
     Ballast(usize),
     Positions(usize),
 }
 
 impl State {
-    fn worker_args(self) -> Vec<String> {
+    pub fn worker_args(self) -> Vec<String> {
         match self {
             State::Ballast(n) => vec!["--ballast-bytes".into(), n.to_string()],
             State::Positions(n) => vec!["--positions".into(), n.to_string()],
         }
     }
 
-    fn label(self) -> String {
+    pub fn label(self) -> String {
         match self {
             State::Ballast(n) => format!("{} ballast", bytes(n as u64)),
             State::Positions(n) => format!("{n} positions"),

@@ -26,17 +26,21 @@
 //!    it, checkpoints every 200 ms vs off (`checkpoint.rs`);
 //! 9. a cold restart over a delayed path (5 and 25 ms one-way, `ws://` and
 //!    `wss://`) against the handoff over the same path, and the path's own
-//!    gaps with neither (`coldnet.rs`; the delay line is `delay.rs`).
+//!    gaps with neither (`coldnet.rs`; the delay line is `delay.rs`);
+//! 10. pre-copy handoffs (replay and delta) beside full-snapshot ones, at
+//!     16 and 64 connections, for 2 KiB, 1 MiB, 64 MiB and a million
+//!     positions, with the fds-only floor (`precopy.rs`).
 //!
 //! Flags: `--smoke`, `--upgrades N`, `--conns 1,16,64`,
 //! `--sizes 1024,1048576,67108864`, `--feed-rate N` (messages/s over all
 //! connections: each connection's streams get an equal share, so the load
 //! on the 2 cores does not grow with the connection count),
-//! `--only blackout,cold,steady,snapshot,footprint,python,checkpoint,coldnet`,
+//! `--only blackout,cold,steady,snapshot,footprint,python,checkpoint,coldnet,precopy`,
 //! `--checkpoint-ms MS`, `--checkpoint-secs S`, `--checkpoint-rounds N`,
 //! `--checkpoint-positions N,..` (section 8), `--delays-ms 5,25`,
 //! `--coldnet-restarts N`, `--coldnet-conns N`, `--coldnet-sizes BYTES,..`
-//! (section 9), `--out FILE`, `--verbose`
+//! (section 9), `--precopy-upgrades N`, `--precopy-conns N,..` (section 10),
+//! `--out FILE`, `--verbose`
 //! (the processes' logs on stderr), `--back-to-back` (upgrade again without
 //! waiting for the worker to work off the previous blackout's backlog).
 //! Targets are reported, never asserted.
@@ -46,6 +50,7 @@ mod checkpoint;
 mod coldnet;
 mod delay;
 mod floor;
+mod precopy;
 mod python;
 mod rig;
 mod stats;
@@ -94,6 +99,9 @@ struct Opts {
     coldnet_restarts: usize,
     coldnet_conns: usize,
     coldnet_sizes: Vec<usize>,
+    /// Section 10: upgrades per row and the connection counts.
+    precopy_upgrades: usize,
+    precopy_conns: Vec<usize>,
     only: Option<Vec<String>>,
     out: Option<PathBuf>,
     verbose: bool,
@@ -129,6 +137,8 @@ impl Opts {
                 coldnet_restarts: 1,
                 coldnet_conns: 4,
                 coldnet_sizes: vec![KIB],
+                precopy_upgrades: 2,
+                precopy_conns: vec![1],
                 only: None,
                 out: None,
                 verbose: false,
@@ -156,6 +166,8 @@ impl Opts {
                 coldnet_restarts: 5,
                 coldnet_conns: 4,
                 coldnet_sizes: vec![KIB, MIB],
+                precopy_upgrades: 30,
+                precopy_conns: vec![16, 64],
                 only: None,
                 out: None,
                 verbose: false,
@@ -190,6 +202,8 @@ impl Opts {
                 "--coldnet-restarts" => o.coldnet_restarts = val()?.parse::<usize>()?.max(1),
                 "--coldnet-conns" => o.coldnet_conns = val()?.parse::<usize>()?.clamp(1, 16),
                 "--coldnet-sizes" => o.coldnet_sizes = list(&val()?)?,
+                "--precopy-upgrades" => o.precopy_upgrades = val()?.parse::<usize>()?.max(1),
+                "--precopy-conns" => o.precopy_conns = list(&val()?)?,
                 "--only" => o.only = Some(val()?.split(',').map(str::to_string).collect()),
                 "--out" => o.out = Some(val()?.into()),
                 "--verbose" => o.verbose = true,
@@ -201,7 +215,8 @@ impl Opts {
                          [--checkpoint-ms MS] [--checkpoint-secs S] [--checkpoint-rounds N] \
                          [--checkpoint-positions N,..] [--delays-ms 5,25] [--coldnet-restarts N] \
                          [--coldnet-conns N] [--coldnet-sizes BYTES,..] \
-                         [--only blackout,cold,steady,snapshot,footprint,python,checkpoint,coldnet] [--out FILE] \
+                         [--precopy-upgrades N] [--precopy-conns N,..] \
+                         [--only blackout,cold,steady,snapshot,footprint,python,checkpoint,coldnet,precopy] [--out FILE] \
                          [--verbose] [--back-to-back]"
                     );
                     std::process::exit(0);
@@ -423,6 +438,10 @@ fn run() -> Result<()> {
         coldnet::section(&bins, &o, &mut md, &mut report)?;
     }
 
+    if o.runs("precopy") {
+        precopy::section(&bins, &o, &mut md, &mut report)?;
+    }
+
     let elapsed = started.elapsed().as_secs_f64();
     report["elapsed_s"] = json!(round1(elapsed));
     let cpu1 = rig::CpuAccount::now();
@@ -585,12 +604,25 @@ impl Phases {
 }
 
 fn blackout_cell(bins: &AllBins, o: &Opts, conns: usize, size: usize) -> Result<Cell> {
+    let args = vec!["--ballast-bytes".into(), size.to_string()];
+    blackout_cell_with(bins, o, conns, size, args)
+}
+
+/// [`blackout_cell`] with the worker's state (and pre-copy) given as its
+/// arguments; `size` labels the cell.
+fn blackout_cell_with(
+    bins: &AllBins,
+    o: &Opts,
+    conns: usize,
+    size: usize,
+    worker_args: Vec<String>,
+) -> Result<Cell> {
     let mut rig = Rig::feed(
         bins,
         RigOpts {
             conns,
             sim_args: o.sim_rate_args(conns),
-            worker_args: vec!["--ballast-bytes".into(), size.to_string()],
+            worker_args,
             verbose: o.verbose,
         },
     )?;

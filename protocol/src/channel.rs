@@ -298,9 +298,15 @@ mod tests {
     async fn messages_and_fds_cross() {
         let (mut sup, mut wrk) = pair();
         let (x, _y) = std::os::unix::net::UnixStream::pair().unwrap();
-        sup.send(&ToWorker::Freeze { schema: None }, &[])
-            .await
-            .unwrap();
+        sup.send(
+            &ToWorker::Freeze {
+                schema: None,
+                catch_up: false,
+            },
+            &[],
+        )
+        .await
+        .unwrap();
         sup.send(&ToWorker::Go, &[x.as_fd(), x.as_fd()])
             .await
             .unwrap();
@@ -334,6 +340,7 @@ mod tests {
                 leftovers: Vec::new(),
                 tls: Some(crate::tls::session_of(0xA5)),
             }],
+            digest: None,
         });
         let (mut sup, mut wrk) = pair();
         // Sent together, so the second frame is read with the first and
@@ -368,6 +375,7 @@ mod tests {
                 leftovers: vec![1; 20_000],
                 tls: None,
             }],
+            digest: None,
         });
         let sent = restore.clone();
         let writer = tokio::spawn(async move {

@@ -334,7 +334,10 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let msg = ToWorker::Freeze { schema: None };
+        let msg = ToWorker::Freeze {
+            schema: None,
+            catch_up: false,
+        };
         let bytes = encode(&msg, 0, MAX_CTL_FRAME).unwrap();
         let h = header_of(&bytes);
         assert_eq!(h.len, bytes.len() - HEADER_LEN);
@@ -383,6 +386,7 @@ mod tests {
             }],
             frozen_at_ns: 42,
             summary: Some("{}".into()),
+            digest: None,
         })
     }
 
@@ -432,6 +436,7 @@ mod tests {
             conns: vec![conn(1), conn(2)],
             frozen_at_ns: 42,
             summary: Some("{}".into()),
+            digest: None,
         });
         let whole = encode(&msg, 0, MAX_WORKER_FRAME).unwrap();
         assert!(has_key(&whole), "the sessions are in the frame as sent");

@@ -101,6 +101,8 @@ pub struct Writer {
     /// `None` once reaped.
     watch: Option<PidFd>,
     memfd: Option<OwnedFd>,
+    /// Reaped, having written its image: only the seal is left.
+    written: bool,
 }
 
 /// A finished image: a sealed memfd to send, and the size of the bytes it
@@ -138,6 +140,7 @@ where
                     pid: child,
                     watch: Some(watch),
                     memfd: Some(memfd),
+                    written: false,
                 }),
                 Err(source) => {
                     // Our own unreaped child: its pid cannot have been reused.
@@ -175,7 +178,10 @@ where
                 .write_all(&bytes)
                 .and_then(|()| out.write_all(&crc.to_le_bytes()))
             {
-                Ok(()) => EXIT_OK,
+                Ok(()) => {
+                    drain_page_batches();
+                    EXIT_OK
+                }
                 Err(_) => EXIT_WRITE_FAILED,
             }
         }
@@ -183,6 +189,22 @@ where
         Err(_) => EXIT_PANICKED,
     };
     exit_now(code)
+}
+
+/// Best effort: flush this CPU's batch of pages on their way to the LRU
+/// (`mlock` does, before it locks), so that the pages just written carry
+/// no stray reference when the parent seals the image (see
+/// [`SEAL_RETRIES`]).
+fn drain_page_batches() {
+    let byte = [0u8; 1];
+    // SAFETY: mlock/munlock of one byte of this stack frame, which outlives
+    // both calls; neither writes to it. Failure (a zero RLIMIT_MEMLOCK)
+    // changes nothing.
+    unsafe {
+        if libc::mlock(byte.as_ptr().cast(), 1) == 0 {
+            libc::munlock(byte.as_ptr().cast(), 1);
+        }
+    }
 }
 
 /// End the child: no destructor, no atexit handler, no flush.
@@ -223,6 +245,26 @@ impl Writer {
     /// Wait for the child to finish, reap it and seal its image. Cancel-safe:
     /// dropped before it resolves, the child is killed.
     pub async fn finish(&mut self) -> Result<Image, ImageError> {
+        if !self.written {
+            self.reap().await?;
+        }
+        // Nothing is taken before the seal: a wait for a retry may be
+        // cancelled and resumed.
+        if let Some(memfd) = &self.memfd {
+            seal(memfd).await?;
+        }
+        let memfd = self.memfd.take().ok_or_else(|| ImageError::Child {
+            pid: self.pid(),
+            how: "finished already".into(),
+        })?;
+        let len = File::from(memfd.try_clone()?).metadata()?.len();
+        let len = len.checked_sub(4).ok_or(ImageError::TooShort { len })?;
+        Ok(Image { fd: memfd, len })
+    }
+
+    /// Wait for the child to exit and reap it; an error unless it wrote
+    /// its image. Cancel-safe until the reap, which does not wait.
+    async fn reap(&mut self) -> Result<(), ImageError> {
         let pid = self.pid();
         if let Some(w) = &self.watch {
             w.exited()
@@ -230,41 +272,51 @@ impl Writer {
                 .map_err(|source| ImageError::Watch { pid, source })?;
         }
         self.watch = None;
-        let status = waitpid(self.pid, None);
-        let memfd = self.memfd.take().ok_or_else(|| ImageError::Child {
-            pid,
-            how: "finished already".into(),
-        })?;
-        match status {
-            Ok(WaitStatus::Exited(_, EXIT_OK)) => {}
-            Ok(WaitStatus::Exited(_, code)) => {
-                let how = match code {
-                    EXIT_CLOSURE_FAILED => "the snapshot failed".to_string(),
-                    EXIT_WRITE_FAILED => "the memfd write failed".to_string(),
-                    EXIT_PANICKED => "the snapshot panicked".to_string(),
-                    EXIT_ORPHANED => "its parent was gone".to_string(),
-                    c => format!("exit code {c}"),
-                };
-                return Err(ImageError::Child { pid, how });
+        let how = match waitpid(self.pid, None) {
+            Ok(WaitStatus::Exited(_, EXIT_OK)) => {
+                self.written = true;
+                return Ok(());
             }
-            Ok(other) => {
-                return Err(ImageError::Child {
-                    pid,
-                    how: format!("{other:?}"),
-                })
-            }
-            Err(e) => {
-                return Err(ImageError::Child {
-                    pid,
-                    how: format!("waitpid: {e}"),
-                })
-            }
-        }
-        fcntl(&memfd, FcntlArg::F_ADD_SEALS(sealed())).map_err(ImageError::Seal)?;
-        let len = File::from(memfd.try_clone()?).metadata()?.len();
-        let len = len.checked_sub(4).ok_or(ImageError::TooShort { len })?;
-        Ok(Image { fd: memfd, len })
+            Ok(WaitStatus::Exited(_, code)) => match code {
+                EXIT_CLOSURE_FAILED => "the snapshot failed".to_string(),
+                EXIT_WRITE_FAILED => "the memfd write failed".to_string(),
+                EXIT_PANICKED => "the snapshot panicked".to_string(),
+                EXIT_ORPHANED => "its parent was gone".to_string(),
+                c => format!("exit code {c}"),
+            },
+            Ok(other) => format!("{other:?}"),
+            Err(e) => format!("waitpid: {e}"),
+        };
+        self.memfd = None;
+        Err(ImageError::Child { pid, how })
     }
+}
+
+/// How many times a seal refused as busy is tried again, the first after
+/// [`SEAL_RETRY_FIRST`], each wait twice the last (about a second in all).
+/// The kernel refuses `F_SEAL_WRITE` while a page of the file has a
+/// reference it cannot account for, and the pages the child wrote last can
+/// sit in another CPU's batch of pages on their way to the LRU for a while
+/// after the child exits (seen under load: `EBUSY`). The kernel itself
+/// waits a little before refusing; this waits longer, off the event loop.
+pub const SEAL_RETRIES: u32 = 7;
+/// The first wait of [`SEAL_RETRIES`].
+pub const SEAL_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(8);
+
+async fn seal(memfd: &OwnedFd) -> Result<(), ImageError> {
+    let mut wait = SEAL_RETRY_FIRST;
+    for _ in 0..SEAL_RETRIES {
+        match fcntl(memfd, FcntlArg::F_ADD_SEALS(sealed())) {
+            Err(nix::errno::Errno::EBUSY) => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            done => return done.map(drop).map_err(ImageError::Seal),
+        }
+    }
+    fcntl(memfd, FcntlArg::F_ADD_SEALS(sealed()))
+        .map(drop)
+        .map_err(ImageError::Seal)
 }
 
 impl Drop for Writer {

@@ -73,7 +73,7 @@ pub use snapshot::Snapshot;
 
 /// Version of the supervisor ⇄ worker protocol. A worker whose `Hello` names
 /// another version is refused before anything is frozen.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Name of the environment variable through which a worker learns the number of
 /// its inherited supervisor socket.

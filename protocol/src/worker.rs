@@ -57,6 +57,45 @@ pub struct Hello {
     pub can_write: Vec<u32>,
     /// Schema versions this build can read.
     pub reads_schemas: Vec<u32>,
+    /// How this build can catch a successor up before a freeze, and be
+    /// caught up (see [`PreCopyMode`]).
+    pub precopy: PreCopyMode,
+}
+
+/// How a worker's state reaches its successor *before* the freeze, so
+/// that the freeze carries only what changed since (pre-copy). Both
+/// workers of an upgrade must say the same mode, and the successor must
+/// write the same schema; otherwise the whole state moves in the freeze.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum PreCopyMode {
+    /// The whole snapshot moves in the freeze.
+    #[default]
+    Off,
+    /// The library journals every input it delivers to the app after the
+    /// pre-copy image was taken; the successor delivers them again to its
+    /// app, discarding what the callbacks send and spawn. Needs callbacks
+    /// that are deterministic functions of the state and the input.
+    Replay,
+    /// The app writes what changed since a mark and applies it.
+    Delta,
+}
+
+/// One round of a pre-copy, from the serving worker (`PreCopied`) and, as
+/// it is, to the successor (`Warm`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreCopyPart {
+    /// 0: the state itself; then what changed since the previous round.
+    pub round: u32,
+    /// Round 0 with a descriptor attached (a sealed memfd written by a
+    /// copy-on-write child, [`crate::image`]): how many state bytes it
+    /// holds, its checksum excluded; `part`'s bytes are then empty.
+    pub image_len: Option<u64>,
+    /// The state (round 0 without an image) or the catch-up. Its bytes are
+    /// the frame's blob ([`crate::frame::Message`]).
+    #[serde(with = "crate::snapshot::envelope")]
+    pub part: Snapshot,
+    /// How long the serving worker's loop stopped to make it (nanoseconds).
+    pub took_ns: u64,
 }
 
 /// Whether a restore continues a live handoff or follows a crash.
@@ -92,6 +131,10 @@ pub struct Restore {
     #[serde(with = "crate::snapshot::envelope_opt")]
     pub snapshot: Option<Snapshot>,
     pub conns: Vec<ConnRestore>,
+    /// `Some`: `snapshot` is not a whole state but the catch-up of a
+    /// pre-copy, applied to the state the successor was warmed with; once
+    /// applied, the app's digest must be this one (the frozen worker's).
+    pub digest: Option<u64>,
 }
 
 /// A connection's part of a frozen worker's answer.
@@ -115,6 +158,17 @@ pub struct Frozen {
     pub frozen_at_ns: u64,
     /// The app's JSON summary of its state, if it has one.
     pub summary: Option<String>,
+    /// `Some` after a pre-copy: `snapshot` holds only the catch-up since
+    /// its last round, and this is the app's digest of the frozen state.
+    /// Not a checkpoint.
+    pub digest: Option<u64>,
+}
+
+impl Frozen {
+    /// Whether `snapshot` is a pre-copy's catch-up rather than a state.
+    pub fn is_catch_up(&self) -> bool {
+        self.digest.is_some()
+    }
 }
 
 /// A periodic (or requested) copy of the worker's state.
@@ -215,8 +269,21 @@ pub enum ToWorker {
     /// Start consuming (only after `Ready`).
     Go,
     /// Stop consuming at a message boundary, flush, answer `Frozen` with the
-    /// state written in `schema` (default: the worker's own).
-    Freeze { schema: Option<u32> },
+    /// state written in `schema` (default: the worker's own); with
+    /// `catch_up`, after a pre-copy, with only what changed since its last
+    /// round and the state's digest.
+    Freeze { schema: Option<u32>, catch_up: bool },
+    /// Pre-copy round `round`: 0 takes the state (a copy-on-write image)
+    /// and starts recording what changes; later rounds send what changed
+    /// since the previous one. Answered by `PreCopied` or `PreCopyFailed`;
+    /// the worker serves on throughout.
+    PreCopy { round: u32 },
+    /// The pre-copy was given up: stop recording changes.
+    PreCopyEnd,
+    /// To a successor before its `Restore`: a pre-copy round to apply (the
+    /// image's descriptor attached to round 0). Answered by `Warmed`, or
+    /// `Rejected` (and the successor exits).
+    Warm(PreCopyPart),
     /// The upgrade was abandoned: resume exactly where you froze.
     Thaw,
     /// Exit without touching the connections (no close frame, no shutdown).
@@ -293,6 +360,18 @@ pub enum FromWorker {
     /// ([`crate::image`]), so that its serving loop never stops for the
     /// snapshot. Comes right after its `Carried`, like a `Checkpoint`.
     CheckpointImage(CheckpointImage),
+    /// A pre-copy round (round 0's image descriptor attached).
+    PreCopied(PreCopyPart),
+    /// No pre-copy round could be made; the worker serves on and records
+    /// nothing.
+    PreCopyFailed {
+        reason: String,
+    },
+    /// A successor applied pre-copy round `round` in `took_ns`.
+    Warmed {
+        round: u32,
+        took_ns: u64,
+    },
 }
 
 /// A restore's snapshot travels as the frame's blob.
@@ -300,6 +379,7 @@ impl Message for ToWorker {
     fn blob(&self) -> Option<&bytes::Bytes> {
         match self {
             ToWorker::Restore(r) => r.snapshot.as_ref().map(|s| &s.bytes),
+            ToWorker::Warm(w) => Some(&w.part.bytes),
             _ => None,
         }
     }
@@ -307,6 +387,7 @@ impl Message for ToWorker {
     fn blob_mut(&mut self) -> Option<&mut bytes::Bytes> {
         match self {
             ToWorker::Restore(r) => r.snapshot.as_mut().map(|s| &mut s.bytes),
+            ToWorker::Warm(w) => Some(&mut w.part.bytes),
             _ => None,
         }
     }
@@ -318,6 +399,7 @@ impl Message for FromWorker {
         match self {
             FromWorker::Frozen(f) => Some(&f.snapshot.bytes),
             FromWorker::Checkpoint(c) => Some(&c.snapshot.bytes),
+            FromWorker::PreCopied(p) => Some(&p.part.bytes),
             _ => None,
         }
     }
@@ -326,6 +408,7 @@ impl Message for FromWorker {
         match self {
             FromWorker::Frozen(f) => Some(&mut f.snapshot.bytes),
             FromWorker::Checkpoint(c) => Some(&mut c.snapshot.bytes),
+            FromWorker::PreCopied(p) => Some(&mut p.part.bytes),
             _ => None,
         }
     }

@@ -273,6 +273,9 @@ fn kind(m: &FromWorker) -> &'static str {
         FromWorker::Serving => "Serving",
         FromWorker::Failed { .. } => "Failed",
         FromWorker::CheckpointImage(_) => "CheckpointImage",
+        FromWorker::PreCopied(_) => "PreCopied",
+        FromWorker::PreCopyFailed { .. } => "PreCopyFailed",
+        FromWorker::Warmed { .. } => "Warmed",
     }
 }
 

@@ -65,6 +65,21 @@ pub struct Args {
     /// backoff as always [default: 3].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub start_attempts: Option<u32>,
+    /// Pre-copy the state to the new worker before the freeze, when both
+    /// builds can (`on`), or move it whole in the freeze (`off`) [default: on].
+    #[arg(long, value_enum)]
+    pub precopy: Option<OnOff>,
+    /// Most pre-copy rounds of changes before the freeze [default: 4].
+    #[arg(long)]
+    pub precopy_rounds: Option<u32>,
+    /// A pre-copy round that took no longer than this to make and apply
+    /// ends the rounds: the freeze follows [default: 1ms].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub precopy_target_pause: Option<Duration>,
+    /// Longest a pre-copy round may take, the whole state's included; past
+    /// it the upgrade is refused and the old worker serves on [default: 60s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub precopy_timeout: Option<Duration>,
     /// Upgrade by itself when the file at the --worker path is replaced (after
     /// a short debounce, once per new build).
     #[arg(long)]
@@ -92,6 +107,14 @@ pub struct Args {
     pub worker_args: Vec<String>,
 }
 
+/// A setting that is on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOff {
+    On,
+    Off,
+}
+
 /// How logs are written (to stderr).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -117,6 +140,10 @@ pub struct FileConfig {
     pub adopt_timeout: Option<String>,
     pub probation: Option<String>,
     pub start_attempts: Option<u32>,
+    pub precopy: Option<OnOff>,
+    pub precopy_rounds: Option<u32>,
+    pub precopy_target_pause: Option<String>,
+    pub precopy_timeout: Option<String>,
     pub watch: Option<bool>,
     pub fd_store: Option<bool>,
     pub allow_uid: Option<Vec<u32>>,
@@ -197,6 +224,7 @@ impl Args {
     /// paths are made absolute against the current directory.
     pub fn config(&self, file: FileConfig) -> Result<Config, ConfigError> {
         let d = Timeouts::default();
+        let dp = crate::config::PreCopyLimits::default();
         let path = |flag: &Option<PathBuf>, file: Option<PathBuf>, key| {
             flag.clone()
                 .or(file)
@@ -236,6 +264,19 @@ impl Args {
                 .or(file.start_attempts)
                 .unwrap_or(3)
                 .max(1),
+            precopy: crate::config::PreCopyLimits {
+                enabled: self.precopy.or(file.precopy) != Some(OnOff::Off),
+                max_rounds: self
+                    .precopy_rounds
+                    .or(file.precopy_rounds)
+                    .unwrap_or(dp.max_rounds),
+                target_pause: duration(
+                    self.precopy_target_pause,
+                    &file.precopy_target_pause,
+                    "precopy_target_pause",
+                    dp.target_pause,
+                )?,
+            },
             watch: self.watch || file.watch.unwrap_or(false),
             fd_store: self.fd_store || file.fd_store.unwrap_or(false),
             access: crate::control::Access {
@@ -284,6 +325,12 @@ impl Args {
                     &file.adopt_timeout,
                     "adopt_timeout",
                     d.adopt,
+                )?,
+                precopy_round: duration(
+                    self.precopy_timeout,
+                    &file.precopy_timeout,
+                    "precopy_timeout",
+                    d.precopy_round,
                 )?,
                 ..d
             },

@@ -30,6 +30,35 @@ pub struct Config {
     /// Failed starts of a worker that never served before the supervisor
     /// gives up and exits non-zero (see [`crate::first_start`]).
     pub start_attempts: u32,
+    /// Whether and how far an upgrade pre-copies the state.
+    pub precopy: PreCopyLimits,
+}
+
+/// How an upgrade pre-copies the state to the successor before the freeze
+/// (see [`crate::handoff`]), like a live migration's limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreCopyLimits {
+    /// Pre-copy when both builds can (`--precopy on`, the default); off,
+    /// the whole state moves in the freeze.
+    pub enabled: bool,
+    /// Rounds of changes after the state itself before the freeze, at
+    /// most. Bounds how long a pre-copy chases a state that changes as
+    /// fast as it is copied.
+    pub max_rounds: u32,
+    /// A round that took no longer than this to make and apply ends the
+    /// rounds: what is left then is caught up in about as long, in the
+    /// freeze. Like QEMU's downtime limit.
+    pub target_pause: Duration,
+}
+
+impl Default for PreCopyLimits {
+    fn default() -> Self {
+        PreCopyLimits {
+            enabled: true,
+            max_rounds: 4,
+            target_pause: Duration::from_millis(1),
+        }
+    }
 }
 
 /// The named limits of each phase.
@@ -39,6 +68,11 @@ pub struct Timeouts {
     /// that hangs at start: the old worker has not been touched yet, so
     /// nothing is lost by giving up.
     pub prepare: Duration,
+    /// Longest a pre-copy round may take: the old worker making it, or the
+    /// new one applying it (round 0 is the whole state). Protects against
+    /// a pre-copy that never ends; past it the upgrade is refused, and the
+    /// old worker, which never stopped serving, loses nothing.
+    pub precopy_round: Duration,
     /// From `Freeze` to the old worker's `Frozen`. Protects against an old
     /// worker stuck in its loop; past it, it is told to thaw.
     pub freeze: Duration,
@@ -71,6 +105,7 @@ impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             prepare: Duration::from_secs(10),
+            precopy_round: Duration::from_secs(60),
             freeze: Duration::from_secs(5),
             restore: Duration::from_secs(10),
             exit: Duration::from_secs(5),

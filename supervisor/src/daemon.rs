@@ -752,6 +752,8 @@ impl Daemon {
                 self.drive(Event::Frozen(Box::new(f)));
             }
             FromWorker::FreezeFailed { reason } => self.drive(Event::FreezeFailed(reason)),
+            FromWorker::PreCopied(part) => self.on_precopied(part, fds),
+            FromWorker::PreCopyFailed { reason } => self.drive(Event::PreCopyFailed(reason)),
             FromWorker::FirstConsumed { at_ns } => self.on_first_consumed(at_ns),
             FromWorker::Heartbeat => {}
             FromWorker::Adoptable(_) => {
@@ -770,6 +772,9 @@ impl Daemon {
                 self.history
                     .push(format!("worker pid {} failed: {reason}", a.pid));
                 self.first_start.last_words(reason);
+            }
+            FromWorker::Warmed { .. } => {
+                warn!(pid = a.pid, "Warmed from the serving worker; ignored")
             }
         }
     }

@@ -226,6 +226,7 @@ mod tests {
             writes_schema: writes,
             can_write: can.to_vec(),
             reads_schemas: reads.to_vec(),
+            precopy: Default::default(),
         }
     }
 

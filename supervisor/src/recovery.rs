@@ -358,6 +358,7 @@ mod daemon_side {
                 mode: RestoreMode::Recovery,
                 snapshot,
                 conns,
+                digest: None,
             };
             a.send(ToWorker::Restore(restore), fds);
         }

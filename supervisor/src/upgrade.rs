@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use handoff_protocol::ctl::{CtlResponse, HandoffReport, Outcome, UpgradeRequest};
-use handoff_protocol::worker::{ConnRestore, FromWorker, Frozen, Restore, RestoreMode, ToWorker};
+use handoff_protocol::worker::{
+    ConnRestore, FromWorker, Frozen, PreCopyPart, Restore, RestoreMode, ToWorker,
+};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -32,6 +34,9 @@ pub struct InFlight {
     pub successor: Option<WorkerProc>,
     /// A, from the commit until it is reaped.
     pub retiring: Option<WorkerProc>,
+    /// The pre-copy part A made last (round 0's image descriptor with it),
+    /// until it is handed to B ([`Action::Warm`]).
+    pub part: Option<(PreCopyPart, Vec<std::os::fd::OwnedFd>)>,
 }
 
 impl InFlight {
@@ -158,6 +163,7 @@ impl Daemon {
                 event,
                 tokio::time::Instant::now(),
                 &self.cfg.timeouts,
+                &self.cfg.precopy,
             );
             self.handoff.phase = phase;
             for action in actions {
@@ -177,14 +183,36 @@ impl Daemon {
                     up.mark(milestone, detail);
                 }
             }
-            Action::Freeze { schema } => {
+            Action::Freeze { schema, catch_up } => {
                 if let Some(a) = self.active.as_mut() {
                     if let Lifecycle::Running { hello } = &a.life {
                         a.life = Lifecycle::Frozen {
                             hello: hello.clone(),
                         };
                     }
-                    a.send(ToWorker::Freeze { schema }, Vec::new());
+                    a.send(ToWorker::Freeze { schema, catch_up }, Vec::new());
+                }
+            }
+            Action::PreCopy { round } => {
+                if let Some(a) = self.active.as_ref() {
+                    a.send(ToWorker::PreCopy { round }, Vec::new());
+                }
+            }
+            Action::EndPreCopy => {
+                self.handoff.part = None;
+                if let Some(a) = self.active.as_ref() {
+                    a.send(ToWorker::PreCopyEnd, Vec::new());
+                }
+            }
+            Action::Warm { round } => {
+                let part = self.handoff.part.take();
+                match (part, self.handoff.successor.as_ref()) {
+                    (Some((part, fds)), Some(succ)) if part.round == round => {
+                        succ.send(ToWorker::Warm(part), fds)
+                    }
+                    // Cannot happen: the machine asks only for the part it
+                    // was told of.
+                    _ => warn!(round, "no pre-copy part to hand over"),
                 }
             }
             Action::HoldProgress => {
@@ -193,6 +221,8 @@ impl Daemon {
                 }
             }
             Action::Restore(f) => return self.restore_successor(*f),
+            // A catch-up is no state of its own.
+            Action::StoreCheckpoint(f) if f.is_catch_up() => {}
             Action::StoreCheckpoint(f) => self.store_checkpoint(
                 f.snapshot,
                 f.summary,
@@ -261,6 +291,7 @@ impl Daemon {
         }
         let dups = match self.held.duplicate_all() {
             Ok(d) => d,
+            Err(e) if f.is_catch_up() => return Some(Event::RestoreFailed(e.to_string())),
             Err(e) => {
                 // A thaws and carries on from this very state.
                 self.store_checkpoint(
@@ -293,11 +324,17 @@ impl Daemon {
             mode: RestoreMode::Handoff,
             snapshot: Some(f.snapshot.clone()),
             conns,
+            digest: f.digest,
         };
         self.handed_leftovers = Some(HandedLeftovers::without_secrets(succ.generation, &f.conns));
         // What the library carried with the frozen state goes first.
         succ.send(ToWorker::Carried(self.carried_ahead.clone()), Vec::new());
         succ.send(ToWorker::Restore(restore), fds);
+        if f.is_catch_up() {
+            // Not a state: B's first checkpoint after Go replaces the one
+            // before the upgrade.
+            return None;
+        }
         // The snapshot is a slice of the received frame, whose other bytes
         // (the TLS sessions among them) were wiped when it was decoded: the
         // checkpoint keeps nothing of the sessions alive.
@@ -372,6 +409,9 @@ impl Daemon {
                 }
             }
             WorkerEvent::Message(FromWorker::Ready, _) => Event::Ready,
+            WorkerEvent::Message(FromWorker::Warmed { round, took_ns }, _) => {
+                Event::Warmed { round, took_ns }
+            }
             WorkerEvent::Message(FromWorker::Rejected { reason }, _) => Event::Rejected(reason),
             WorkerEvent::Message(FromWorker::Heartbeat, _) => return,
             WorkerEvent::Message(FromWorker::Serving, _) => {
@@ -402,6 +442,34 @@ impl Daemon {
                 Event::SuccessorExited(status.to_string())
             }
         };
+        self.drive(event);
+    }
+
+    /// A pre-copy part from A: kept for B, and told to the machine.
+    pub(crate) fn on_precopied(&mut self, part: PreCopyPart, fds: Vec<std::os::fd::OwnedFd>) {
+        let fds_ok = if part.image_len.is_some() {
+            fds.len() == 1
+        } else {
+            fds.is_empty()
+        };
+        if !fds_ok {
+            let why = format!(
+                "pre-copy round {} came with {} descriptors",
+                part.round,
+                fds.len()
+            );
+            warn!("{why}");
+            return self.drive(Event::PreCopyFailed(why));
+        }
+        let event = Event::PreCopied {
+            round: part.round,
+            bytes: part.image_len.unwrap_or(part.part.bytes.len() as u64),
+            took_ns: part.took_ns,
+        };
+        // Only while a pre-copy waits for it (a late one is dropped).
+        if matches!(self.handoff.phase, Phase::PreCopying(..)) {
+            self.handoff.part = Some((part, fds));
+        }
         self.drive(event);
     }
 

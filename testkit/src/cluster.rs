@@ -468,6 +468,19 @@ impl Cluster {
         write_script(&path, &script)
     }
 
+    /// Write an executable wrapper that runs the worker binary with the
+    /// arguments the supervisor passes and then `more` (a build that differs
+    /// by a flag).
+    pub fn worker_wrapper_more(&self, name: &str, more: &[&str]) -> Result<PathBuf, TestkitError> {
+        let path = self.dir.path().join(name);
+        let mut script = format!("#!/bin/sh\nexec '{}' \"$@\"", self.bins.worker.display());
+        for a in more {
+            script.push_str(&format!(" '{}'", a.replace('\'', "'\\''")));
+        }
+        script.push('\n');
+        write_script(&path, &script)
+    }
+
     /// Write an executable wrapper that runs the worker binary with `args`
     /// *instead of* those the supervisor passes (a build configured
     /// differently, e.g. with another feed list).

@@ -18,6 +18,7 @@ mod operator;
 mod operator_cli;
 mod orders;
 mod phases;
+mod precopy;
 mod probation;
 mod python;
 mod signed_orders;

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use handoff_protocol::worker::{ConnId, ConnInfo, RestoreMode};
+use handoff_protocol::worker::{ConnId, ConnInfo, PreCopyMode, RestoreMode};
 use thiserror::Error;
 use tungstenite::Message;
 
@@ -243,6 +243,65 @@ pub trait App: Sized + Send + 'static {
         out: &mut Outbox<Self::Done>,
     ) {
         let _ = (conn, why, out);
+    }
+
+    /// How this app lets a successor be warmed before the freeze (see
+    /// [`crate::precopy`]): [`PreCopyMode::Replay`] if its callbacks are
+    /// deterministic functions of its state and their input (and, if it
+    /// spawns effects, [`App::encode_done`] and [`App::decode_done`] say
+    /// how to journal their results), [`PreCopyMode::Delta`] if it
+    /// implements [`App::delta_mark`], [`App::delta`] and
+    /// [`App::apply_delta`]. `Off` (the default): the whole state moves in
+    /// the freeze, as before.
+    fn precopy(&self) -> PreCopyMode {
+        PreCopyMode::Off
+    }
+
+    /// A digest of the whole state: after a pre-copy's catch-up the
+    /// successor's must equal the frozen worker's, or the upgrade is
+    /// refused and the old worker thawed. The default hashes
+    /// [`App::snapshot`], which costs a whole snapshot on both sides of the
+    /// freeze: an app with a large state keeps a digest up to date as it
+    /// changes (an XOR of per-entry hashes, say) and returns it here.
+    fn digest(&self) -> Result<u64, AppError> {
+        let bytes = self.snapshot()?;
+        Ok(crate::precopy::hash_bytes(&bytes))
+    }
+
+    /// [`PreCopyMode::Delta`]: from now on, record what changes, for
+    /// [`App::delta`]. Called between two callbacks, at the instant the
+    /// pre-copy image is taken.
+    fn delta_mark(&mut self) {}
+
+    /// [`PreCopyMode::Delta`]: what changed since the last mark (or the
+    /// last call), as bytes [`App::apply_delta`] reads; marks anew.
+    fn delta(&mut self) -> Result<Vec<u8>, AppError> {
+        Err(AppError::new("this app writes no deltas"))
+    }
+
+    /// [`PreCopyMode::Delta`]: apply what [`App::delta`] wrote (in the
+    /// successor, to the state it was warmed with).
+    fn apply_delta(&mut self, bytes: &[u8]) -> Result<(), AppError> {
+        let _ = bytes;
+        Err(AppError::new("this app applies no deltas"))
+    }
+
+    /// [`PreCopyMode::Delta`]: the pre-copy ended (given up): stop
+    /// recording changes.
+    fn delta_end(&mut self) {}
+
+    /// [`PreCopyMode::Replay`]: an effect's result as bytes, to journal it
+    /// for the successor. `None` (the default): effect results cannot be
+    /// journaled, and a pre-copy during which one comes back is given up.
+    fn encode_done(&self, done: &Self::Done) -> Option<Vec<u8>> {
+        let _ = done;
+        None
+    }
+
+    /// [`PreCopyMode::Replay`]: what [`App::encode_done`] wrote.
+    fn decode_done(&self, bytes: &[u8]) -> Result<Self::Done, AppError> {
+        let _ = bytes;
+        Err(AppError::new("this app decodes no effect results"))
     }
 
     /// This worker took over (after `Go`) in `mode`: reconcile what the

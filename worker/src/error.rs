@@ -46,4 +46,8 @@ pub enum RestoreError {
     Carried(String),
     #[error("fault injected: reject-restore")]
     Injected,
+    #[error("pre-copy: {0}")]
+    PreCopy(crate::precopy::PreCopyError),
+    #[error("the state diverged in the pre-copy's catch-up: digest {ours:#x} here, {theirs:#x} in the frozen worker")]
+    Diverged { ours: u64, theirs: u64 },
 }

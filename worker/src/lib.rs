@@ -20,6 +20,10 @@
 //!   included), snapshot, and hand over each connection's leftovers; then wait
 //!   to be thawed (a failed upgrade: resume exactly where it stopped) or told
 //!   to exit (without touching the connections);
+//! - **pre-copy** ([`precopy`]): an app with a large state says
+//!   [`App::precopy`] (`Replay` or `Delta`) and the successor is warmed with
+//!   it while this worker serves; the freeze then carries only what changed
+//!   since, checked by [`App::digest`];
 //! - **timers** ([`timers`]): the app sets named deadlines with
 //!   [`Outbox::after`] / [`Outbox::at`] and gets [`App::on_timer`]; the
 //!   library hands pending timers over with the state, so each fires once
@@ -97,6 +101,7 @@ pub mod launch;
 pub mod link;
 pub mod opened;
 pub mod orphan;
+pub mod precopy;
 pub mod serve;
 pub mod settings;
 pub mod start;

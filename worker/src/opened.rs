@@ -119,6 +119,9 @@ impl<A: App> Worker<A> {
         std::mem::take(&mut self.opened.notices)
             .into_iter()
             .map(|(info, why)| {
+                if let Some(j) = self.source.as_mut().and_then(|s| s.journal()) {
+                    j.closed(&info, &why);
+                }
                 let mut out = Outbox::default();
                 self.app.on_closed(&info, &why, &mut out);
                 out

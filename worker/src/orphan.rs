@@ -190,7 +190,7 @@ impl<A: App> Worker<A> {
         let since = self.orphanage.as_ref().map(|o| o.since);
         let mut link = Link::from_stream(stream);
         let offer = FromWorker::Adoptable(Adoptable {
-            hello: crate::start::hello(&self.identity, &self.settings),
+            hello: crate::start::hello(&self.identity, self.app.precopy(), &self.settings),
             generation: self.generation,
             state: if self.awaiting_go {
                 OrphanState::AwaitingGo

@@ -26,6 +26,13 @@ use crate::tls::Writer;
 /// acted on (a few hundred microseconds of small messages).
 const BATCH: usize = 32;
 
+/// A successor warmed by a pre-copy takes its first checkpoint this long
+/// after it starts serving, not a whole `checkpoint_interval`: until then
+/// the supervisor's newest checkpoint is the one before the upgrade, and a
+/// crash would go back to it. Not at once: the first messages after the
+/// blackout come first (the checkpoint's `fork` stops the loop briefly).
+const FIRST_CHECKPOINT_AFTER_WARM: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Whether the supervisor waits to hear of the first consumed message (the
 /// end of a handoff's blackout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +100,12 @@ pub(crate) struct Worker<A: App> {
     pub(crate) checkpoint_schema: Option<u32>,
     /// Where periodic checkpoints are made (see [`crate::checkpoint`]).
     pub(crate) images: crate::checkpoint::Images,
+    /// A pre-copy in progress, this worker its source (see
+    /// [`crate::precopy`]).
+    pub(crate) source: Option<crate::precopy::Source>,
+    /// Warmed by a pre-copy: take a checkpoint soon after going live (the
+    /// supervisor's newest is older than this state).
+    pub(crate) checkpoint_soon: bool,
     /// Lowest id a new connection may take: ids are never reused by a
     /// worker, so a re-opened feed is told apart from the one it replaces.
     pub(crate) id_floor: u32,
@@ -130,6 +143,8 @@ impl<A: App> Worker<A> {
             id_floor: 0,
             checkpoint_schema: None,
             images: Default::default(),
+            source: None,
+            checkpoint_soon: false,
         }
     }
 
@@ -163,6 +178,9 @@ impl<A: App> Worker<A> {
         let mut checkpoint = interval(self.settings.checkpoint_interval);
         checkpoint.set_missed_tick_behavior(MissedTickBehavior::Delay);
         checkpoint.reset();
+        if std::mem::take(&mut self.checkpoint_soon) {
+            checkpoint.reset_after(FIRST_CHECKPOINT_AFTER_WARM);
+        }
         let mut reconnect = interval(self.settings.reconnect_interval);
         reconnect.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut age_check = interval(self.settings.reconnect_interval);
@@ -197,12 +215,14 @@ impl<A: App> Worker<A> {
                         }
                     };
                     match cmd {
-                        ToWorker::Freeze { schema } => match self.freeze(schema.unwrap_or(self.identity.schema)).await? {
+                        ToWorker::Freeze { schema, catch_up } => match self.freeze(schema.unwrap_or(self.identity.schema), catch_up).await? {
                             AfterFreeze::Thawed => info!("thawed: resuming where we froze"),
                             AfterFreeze::Exit => return Ok(self.handed_over()),
                             AfterFreeze::Stop => return self.stop().await,
                         },
                         ToWorker::CheckpointNow => self.checkpoint_off_loop(true).await?,
+                        ToWorker::PreCopy { round } => self.precopy_round(round).await,
+                        ToWorker::PreCopyEnd => self.precopy_end(),
                         ToWorker::CheckpointIn { schema } => {
                             info!(?schema, "checkpoint schema changed");
                             self.checkpoint_schema = schema;
@@ -226,6 +246,7 @@ impl<A: App> Worker<A> {
                         self.checkpoint_off_loop(true).await?;
                     }
                 }
+                res = crate::precopy::image_done(&mut self.source) => self.precopy_image_done(res).await,
                 _ = crate::timers::until(self.timers.next_due()) => self.fire_due_timers().await,
                 (idx, item) = next_message(&mut self.conns, &mut self.next_poll) => {
                     self.consume(idx, item, &mut awaiting).await?;
@@ -239,11 +260,7 @@ impl<A: App> Worker<A> {
                         self.consume(idx, item, &mut awaiting).await?;
                     }
                 }
-                Some(done) = self.effects.next(), if !self.effects.is_empty() => {
-                    let mut out = Outbox::default();
-                    self.app.on_done(done, &mut out);
-                    self.write_outbox(out).await;
-                }
+                Some(done) = self.effects.next(), if !self.effects.is_empty() => self.deliver_done(done).await,
                 _ = reconnect.tick(), if !self.lost.is_empty() => self.reopen_lost().await,
                 _ = std::future::ready(()), if !self.opened.pending.is_empty() => self.open_pending().await,
                 _ = std::future::ready(()), if !self.opened.notices.is_empty() => {
@@ -277,6 +294,9 @@ impl<A: App> Worker<A> {
                     *awaiting = Awaiting::Nothing;
                     self.tell(&FromWorker::FirstConsumed { at_ns }).await;
                 }
+                if let Some(j) = self.source.as_mut().and_then(|s| s.journal()) {
+                    j.message(&self.conns[idx].info, &msg);
+                }
                 let mut out = Outbox::default();
                 self.app.on_message(&self.conns[idx].info, msg, &mut out);
                 self.write_outbox(out).await;
@@ -285,6 +305,16 @@ impl<A: App> Worker<A> {
             Some(Err(e)) => self.drop_conn(idx, format!("read failed: {e}")).await,
             None => self.drop_conn(idx, "closed by the peer".into()).await,
         }
+    }
+
+    /// An effect's result, to the app (journaled first in a pre-copy).
+    async fn deliver_done(&mut self, done: A::Done) {
+        if let Some(s) = self.source.as_mut().filter(|s| s.wants_done()) {
+            s.done(self.app.encode_done(&done));
+        }
+        let mut out = Outbox::default();
+        self.app.on_done(done, &mut out);
+        self.write_outbox(out).await;
     }
 
     /// Under a supervisor, stop signals are the supervisor's to act on (it
@@ -396,12 +426,14 @@ impl<A: App> Worker<A> {
     /// flush every connection, snapshot, and hand over the leftovers. Then
     /// wait to be thawed or told to exit; nothing is read or written on the
     /// connections in between.
-    async fn freeze(&mut self, schema: u32) -> Result<AfterFreeze, WorkerError> {
+    async fn freeze(&mut self, schema: u32, catch_up: bool) -> Result<AfterFreeze, WorkerError> {
         crate::fault::hit(crate::fault::FaultPoint::Freeze).await;
         // The frozen state supersedes a checkpoint still being written.
         self.images.abandon();
         self.gate = EffectGate::Held;
-        let after = self.freeze_inner(schema).await;
+        let after = self.freeze_inner(schema, catch_up).await;
+        // Whatever came of it, the pre-copy (if any) is over.
+        self.precopy_end();
         match after {
             Ok(AfterFreeze::Thawed) => {
                 self.gate = EffectGate::Open;
@@ -425,9 +457,7 @@ impl<A: App> Worker<A> {
         let limit = self.settings.freeze_settle_timeout;
         let settled = timeout(limit, async {
             while let Some(done) = self.effects.next().await {
-                let mut out = Outbox::default();
-                self.app.on_done(done, &mut out);
-                self.write_outbox(out).await;
+                self.deliver_done(done).await;
             }
         })
         .await;
@@ -439,7 +469,11 @@ impl<A: App> Worker<A> {
         })
     }
 
-    async fn freeze_inner(&mut self, schema: u32) -> Result<AfterFreeze, WorkerError> {
+    async fn freeze_inner(
+        &mut self,
+        schema: u32,
+        catch_up: bool,
+    ) -> Result<AfterFreeze, WorkerError> {
         let frozen_at_ns = monotonic_ns();
         let limit = self.settings.freeze_flush_timeout;
         let mut failure = self.settle().await.err();
@@ -458,7 +492,15 @@ impl<A: App> Worker<A> {
                 }
             }
         }
-        let snapshot = match (failure, self.seal(schema)) {
+        let state = match (&failure, catch_up) {
+            (Some(_), _) => Ok((Snapshot::seal("", 0, Vec::new()), None)),
+            (None, true) => self
+                .final_catch_up()
+                .map(|(s, d)| (s, Some(d)))
+                .map_err(WorkerError::Snapshot),
+            (None, false) => self.seal(schema).map(|s| (s, None)),
+        };
+        let (snapshot, digest) = match (failure, state) {
             (None, Ok(s)) => s,
             (Some(reason), _)
             | (None, Err(WorkerError::Snapshot(crate::app::AppError(reason)))) => {
@@ -493,7 +535,9 @@ impl<A: App> Worker<A> {
         for c in &mut self.conns {
             c.set_tls_writer(Writer::HandedOver);
         }
-        let after = self.frozen(snapshot, conns, frozen_at_ns, summary).await;
+        let after = self
+            .frozen(snapshot, digest, conns, frozen_at_ns, summary)
+            .await;
         if matches!(after, Ok(AfterFreeze::Thawed)) {
             for c in &mut self.conns {
                 c.set_tls_writer(Writer::Live);
@@ -506,6 +550,7 @@ impl<A: App> Worker<A> {
     async fn frozen(
         &mut self,
         snapshot: Snapshot,
+        digest: Option<u64>,
         conns: Vec<ConnLeftovers>,
         frozen_at_ns: u64,
         summary: Option<String>,
@@ -516,6 +561,7 @@ impl<A: App> Worker<A> {
             conns,
             frozen_at_ns,
             summary,
+            digest,
         }))
         .await;
         info!("frozen");

@@ -45,7 +45,7 @@ pub async fn run<A: App>(
     fault::hit(FaultPoint::Start).await;
     keep_tls_keys_out_of_core_dumps(&feeds)?;
     // Built first: its identity is what Hello says.
-    let app = fresh();
+    let mut app = fresh();
     let Some(mut link) = Link::from_env()? else {
         info!("no supervisor: running standalone");
         let mut worker = Worker::new(app, settings, None);
@@ -54,13 +54,34 @@ pub async fn run<A: App>(
         return worker.serve(Awaiting::Nothing).await;
     };
     fault::hit(FaultPoint::BeforeHello).await;
-    link.send(&FromWorker::Hello(hello(&app.identity(), &settings)))
-        .await?;
-    // What the library carried with a state to restore comes first.
+    link.send(&FromWorker::Hello(hello(
+        &app.identity(),
+        app.precopy(),
+        &settings,
+    )))
+    .await?;
+    // What the library carried with a state to restore comes first; before
+    // it, a pre-copy may warm the app.
     let mut carried = Default::default();
+    let mut sink = crate::precopy::Sink::default();
     let (first, fds) = loop {
         match link.recv().await? {
             Some((ToWorker::Carried(c), _)) => carried = c,
+            Some((ToWorker::Warm(part), fds)) => {
+                let round = part.round;
+                match sink.warm(&mut app, part, fds) {
+                    Ok(took_ns) => link.send(&FromWorker::Warmed { round, took_ns }).await?,
+                    Err(e) => {
+                        let reason = RestoreError::PreCopy(e).to_string();
+                        warn!(%reason, "refusing the pre-copy");
+                        link.send(&FromWorker::Rejected {
+                            reason: reason.clone(),
+                        })
+                        .await?;
+                        return Ok(Ended::Rejected(reason));
+                    }
+                }
+            }
             Some(first) => break first,
             None => {
                 return Err(WorkerError::SupervisorGone {
@@ -83,7 +104,13 @@ pub async fn run<A: App>(
             worker.serve(Awaiting::Nothing).await
         }
         ToWorker::Restore(restore) => {
-            take_over(app, restore, fds, carried, feeds, settings, link).await
+            let parts = Parts {
+                app,
+                restore,
+                fds,
+                sink,
+            };
+            take_over(parts, carried, feeds, settings, link).await
         }
         ToWorker::Exit | ToWorker::Stop => Ok(Ended::Abandoned),
         other => Err(WorkerError::Unexpected {
@@ -94,7 +121,11 @@ pub async fn run<A: App>(
 }
 
 /// What this build says to a supervisor.
-pub(crate) fn hello(id: &Identity, settings: &Settings) -> Hello {
+pub(crate) fn hello(
+    id: &Identity,
+    precopy: handoff_protocol::worker::PreCopyMode,
+    settings: &Settings,
+) -> Hello {
     Hello {
         protocol: PROTOCOL_VERSION,
         pid: std::process::id(),
@@ -103,6 +134,7 @@ pub(crate) fn hello(id: &Identity, settings: &Settings) -> Hello {
         writes_schema: id.schema,
         can_write: id.writes.clone(),
         reads_schemas: fault::reads_schemas_override().unwrap_or_else(|| id.reads.clone()),
+        precopy,
     }
 }
 
@@ -117,20 +149,26 @@ fn keep_tls_keys_out_of_core_dumps(feeds: &[Feed]) -> Result<(), WorkerError> {
     Ok(())
 }
 
-async fn take_over<A: App>(
+/// What a takeover restores from: the app (warmed by a pre-copy, or
+/// fresh), the `Restore` and its descriptors.
+struct Parts<A> {
     app: A,
     restore: Restore,
     fds: Vec<OwnedFd>,
+    sink: crate::precopy::Sink,
+}
+
+async fn take_over<A: App>(
+    parts: Parts<A>,
     carried: handoff_protocol::worker::Carried,
     feeds: Vec<Feed>,
     settings: Settings,
     mut link: Link,
 ) -> Result<Ended, WorkerError> {
-    let mode = restore.mode;
+    let mode = parts.restore.mode;
+    let warmed = parts.restore.digest.is_some();
     let restored = match crate::carried::CarriedState::decode(&carried) {
-        Ok(c) => restore_parts(app, restore, fds)
-            .await
-            .map(|parts| (parts, c)),
+        Ok(c) => restore_parts(parts).await.map(|parts| (parts, c)),
         Err(why) => Err(RestoreError::Carried(why)),
     };
     let restored = match (restored, fault::hit(FaultPoint::AfterRestore).await) {
@@ -155,6 +193,7 @@ async fn take_over<A: App>(
     info!(?mode, conns = conns.len(), "restored; ready");
     let mut worker = Worker::new(app, settings, Some(link));
     worker.configured = feeds.clone();
+    worker.checkpoint_soon = warmed;
     worker.report_feed_changes(&feed_plan).await;
     let Some(link) = worker.link.as_mut() else {
         return Err(WorkerError::SupervisorGone {
@@ -216,18 +255,29 @@ pub(crate) struct Stale {
 }
 
 async fn restore_parts<A: App>(
-    mut app: A,
-    restore: Restore,
-    fds: Vec<OwnedFd>,
+    parts: Parts<A>,
 ) -> Result<(A, Vec<Conn>, Vec<Stale>), RestoreError> {
+    let Parts {
+        mut app,
+        restore,
+        fds,
+        mut sink,
+    } = parts;
     if fds.len() != restore.conns.len() {
         return Err(RestoreError::FdCount {
             conns: restore.conns.len(),
             fds: fds.len(),
         });
     }
-    match &restore.snapshot {
-        Some(snap) => {
+    match (&restore.snapshot, restore.digest) {
+        // After a pre-copy: the catch-up, onto the warmed state.
+        (Some(part), Some(digest)) => sink.finish(&mut app, part, digest)?,
+        (None, Some(_)) => {
+            return Err(RestoreError::App(crate::app::AppError::new(
+                "a pre-copy's catch-up without its bytes",
+            )))
+        }
+        (Some(snap), None) => {
             let id = app.identity();
             snap.verify(&id.name, &id.reads)?;
             app.restore(snap.schema, &snap.bytes, restore.mode)
@@ -235,8 +285,8 @@ async fn restore_parts<A: App>(
         }
         // A crash before the first checkpoint: the app starts empty on the
         // connections that were kept open.
-        None if restore.mode == RestoreMode::Recovery => {}
-        None => {
+        (None, None) if restore.mode == RestoreMode::Recovery => {}
+        (None, None) => {
             return Err(RestoreError::App(crate::app::AppError::new(
                 "no snapshot to restore from",
             )))
@@ -274,6 +324,9 @@ impl<A: App> Worker<A> {
             info!(conn = %conn.info.id, name = %conn.info.name, peer = %conn.info.peer, "connected");
             self.opened_now(&conn.info.name);
             self.register(&conn).await;
+            if let Some(j) = self.source.as_mut().and_then(|s| s.journal()) {
+                j.open(&conn.info);
+            }
             let mut out = Outbox::default();
             self.app.on_open(&conn.info, &mut out);
             self.push_conn(conn);

@@ -132,6 +132,9 @@ impl<A: crate::App> crate::serve::Worker<A> {
     /// its own.
     pub(crate) async fn fire_due_timers(&mut self) {
         for timer in self.timers.take_due(now_unix_ms()) {
+            if let Some(j) = self.source.as_mut().and_then(|s| s.journal()) {
+                j.timer(&timer);
+            }
             let mut out = crate::Outbox::default();
             self.app.on_timer(&timer, &mut out);
             self.write_outbox(out).await;

@@ -11,11 +11,11 @@
 //! event ([`Event::RestoreFailed`]).
 
 use handoff_protocol::ctl::Outcome;
-use handoff_protocol::worker::{Frozen, Hello};
+use handoff_protocol::worker::{Frozen, Hello, PreCopyMode};
 use tokio::time::Instant;
 
 use super::{compatibility, Milestone, EXIT_STATUS_GRACE, FIRST_MESSAGE_GRACE};
-use crate::config::Timeouts;
+use crate::config::{PreCopyLimits, Timeouts};
 use crate::proc::Generation;
 
 /// A worker process as the machine knows it.
@@ -52,6 +52,10 @@ pub enum Phase {
     Idle,
     /// Steps 2–3: B spawned, waiting for its Hello. A untouched.
     Preparing(Pending),
+    /// Step 3a, pre-copy: A (serving on) asked for a round, waiting for it.
+    PreCopying(Pending, Rounds),
+    /// Step 3b, pre-copy: B applying the round A made, waiting for Warmed.
+    Warming(Pending, Rounds),
     /// Step 4: A told to freeze (in `schema`, or its own), waiting for Frozen.
     Freezing(Pending),
     /// Step 5: B restoring from A's snapshot, waiting for Ready.
@@ -59,6 +63,53 @@ pub enum Phase {
     /// Step 6: B told to go, A to exit; waiting to reap A and for B's first
     /// message.
     Committing(Committing),
+}
+
+/// A pre-copy's rounds so far (see [`crate::handoff`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rounds {
+    /// The round asked for (or being applied).
+    pub round: u32,
+    /// Each round's figures, in order.
+    pub done: Vec<RoundFigures>,
+}
+
+/// One pre-copy round, as the workers reported it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoundFigures {
+    /// Bytes A sent (the state, for round 0; then what changed).
+    pub bytes: u64,
+    /// How long A's loop stopped to make it.
+    pub made_ns: u64,
+    /// How long B took to apply it.
+    pub applied_ns: u64,
+}
+
+impl Rounds {
+    /// After B applied the current round: the next round to ask for, or
+    /// `None` to freeze now. Like a live migration's convergence test: a
+    /// round whose making and applying together fit in the target pause
+    /// says that what is left after it will too; past the round limit, or
+    /// when the rounds stop shrinking, waiting longer does not help.
+    pub fn next(&self, limits: &PreCopyLimits) -> Option<u32> {
+        let last = self.done.last()?;
+        if self.round == 0 {
+            // What changed while the whole state moved, at least once.
+            return (limits.max_rounds > 0).then_some(1);
+        }
+        if self.round >= limits.max_rounds {
+            return None;
+        }
+        let pause = std::time::Duration::from_nanos(last.made_ns + last.applied_ns);
+        if pause <= limits.target_pause {
+            return None;
+        }
+        let prev = self.done.len().checked_sub(2).map(|i| self.done[i]);
+        if self.round >= 2 && prev.is_some_and(|p| last.bytes >= p.bytes) {
+            return None;
+        }
+        Some(self.round + 1)
+    }
 }
 
 /// Step 6's progress.
@@ -81,6 +132,8 @@ impl Phase {
         match self {
             Phase::Idle => "idle",
             Phase::Preparing(_) => "preparing",
+            Phase::PreCopying(..) => "pre_copying",
+            Phase::Warming(..) => "warming",
             Phase::Freezing(_) => "freezing",
             Phase::Restoring(_) => "restoring",
             Phase::Committing(_) => "committing",
@@ -96,6 +149,7 @@ impl Phase {
         match self {
             Phase::Idle => None,
             Phase::Preparing(p) | Phase::Freezing(p) | Phase::Restoring(p) => Some(p.pair),
+            Phase::PreCopying(p, _) | Phase::Warming(p, _) => Some(p.pair),
             Phase::Committing(c) => Some(c.pair),
         }
     }
@@ -103,9 +157,11 @@ impl Phase {
     /// The successor, while it is not yet the active worker.
     pub fn successor(&self) -> Option<Generation> {
         match self {
-            Phase::Preparing(p) | Phase::Freezing(p) | Phase::Restoring(p) => {
-                Some(p.pair.new.generation)
-            }
+            Phase::Preparing(p)
+            | Phase::PreCopying(p, _)
+            | Phase::Warming(p, _)
+            | Phase::Freezing(p)
+            | Phase::Restoring(p) => Some(p.pair.new.generation),
             _ => None,
         }
     }
@@ -123,6 +179,7 @@ impl Phase {
         match self {
             Phase::Idle => None,
             Phase::Preparing(p) | Phase::Freezing(p) | Phase::Restoring(p) => Some(p.deadline),
+            Phase::PreCopying(p, _) | Phase::Warming(p, _) => Some(p.deadline),
             Phase::Committing(c) => c.deadline,
         }
     }
@@ -131,6 +188,12 @@ impl Phase {
     /// now must thaw it.
     fn old_frozen(&self) -> bool {
         matches!(self, Phase::Freezing(_) | Phase::Restoring(_))
+    }
+
+    /// Whether A records changes for a pre-copy: giving up now must tell
+    /// it to stop.
+    fn precopying(&self) -> bool {
+        matches!(self, Phase::PreCopying(..) | Phase::Warming(..))
     }
 }
 
@@ -144,6 +207,17 @@ pub enum Event {
         current: Option<Box<Hello>>,
         successor: Box<Hello>,
     },
+    /// A made pre-copy round `round` (the daemon keeps the part for
+    /// [`Action::Warm`]).
+    PreCopied {
+        round: u32,
+        bytes: u64,
+        took_ns: u64,
+    },
+    /// A could not make a pre-copy round; it serves on.
+    PreCopyFailed(String),
+    /// B applied pre-copy round `round`.
+    Warmed { round: u32, took_ns: u64 },
     /// A froze: its snapshot and leftovers.
     Frozen(Box<Frozen>),
     /// A could not freeze and serves on.
@@ -177,8 +251,15 @@ pub enum Event {
 pub enum Action {
     /// Record a milestone of the upgrade (and tell `--wait` clients).
     Mark(Milestone, Option<String>),
-    /// Tell A to freeze, in `schema` (`None`: the one it writes).
-    Freeze { schema: Option<u32> },
+    /// Tell A to freeze, in `schema` (`None`: the one it writes); with
+    /// `catch_up`, sending only what changed since the last pre-copy round.
+    Freeze { schema: Option<u32>, catch_up: bool },
+    /// Ask A for pre-copy round `round`.
+    PreCopy { round: u32 },
+    /// Hand B the part A made for round `round`.
+    Warm { round: u32 },
+    /// Tell A the pre-copy is over: stop recording changes.
+    EndPreCopy,
     /// From the freeze on, hold the `--wait` clients' progress until B
     /// consumes (see the parent module).
     HoldProgress,
@@ -207,7 +288,13 @@ pub enum Action {
 }
 
 /// One move: the next phase and what to do.
-pub fn step(phase: Phase, event: Event, now: Instant, t: &Timeouts) -> (Phase, Vec<Action>) {
+pub fn step(
+    phase: Phase,
+    event: Event,
+    now: Instant,
+    t: &Timeouts,
+    limits: &PreCopyLimits,
+) -> (Phase, Vec<Action>) {
     use Event as E;
     match (phase, event) {
         (Phase::Idle, E::Spawned { pair }) => (
@@ -230,18 +317,31 @@ pub fn step(phase: Phase, event: Event, now: Instant, t: &Timeouts) -> (Phase, V
                 Milestone::Prepared,
                 Some(format!("build {}", successor.build_id)),
             );
-            let verdict = match current {
-                Some(cur) => compatibility(&cur, &successor),
+            let verdict = match &current {
+                Some(cur) => compatibility(cur, &successor),
                 None => Err("the running worker never said Hello".to_string()),
             };
+            let precopy = match (&current, &verdict) {
+                (Some(cur), Ok(None)) => {
+                    limits.enabled
+                        && cur.precopy != PreCopyMode::Off
+                        && cur.precopy == successor.precopy
+                        && cur.writes_schema == successor.writes_schema
+                }
+                _ => false,
+            };
             match verdict {
-                Ok(schema) => (
-                    Phase::Freezing(Pending {
-                        deadline: now + t.freeze,
-                        ..p
-                    }),
-                    vec![mark, Action::Freeze { schema }, Action::HoldProgress],
+                Ok(None) if precopy => (
+                    Phase::PreCopying(
+                        Pending {
+                            deadline: now + t.precopy_round,
+                            ..p
+                        },
+                        Rounds::default(),
+                    ),
+                    vec![mark, Action::PreCopy { round: 0 }],
                 ),
+                Ok(schema) => freeze(p, schema, false, now, t, vec![mark]),
                 Err(reason) => {
                     let (phase, mut actions) =
                         give_up(Phase::Preparing(p), Outcome::Refused, reason);
@@ -250,12 +350,90 @@ pub fn step(phase: Phase, event: Event, now: Instant, t: &Timeouts) -> (Phase, V
                 }
             }
         }
-        (Phase::Freezing(p), E::Frozen(f)) => {
+        (
+            Phase::PreCopying(p, mut r),
+            E::PreCopied {
+                round,
+                bytes,
+                took_ns,
+            },
+        ) if round == r.round => {
+            r.done.push(RoundFigures {
+                bytes,
+                made_ns: took_ns,
+                applied_ns: 0,
+            });
+            let what = if round == 0 { "the state" } else { "changes" };
             let detail = format!(
-                "{} bytes of state, {} connections",
-                f.snapshot.bytes.len(),
-                f.conns.len()
+                "round {round}: {bytes} bytes of {what}, made in {} µs",
+                took_ns / 1000
             );
+            (
+                Phase::Warming(
+                    Pending {
+                        deadline: now + t.precopy_round,
+                        ..p
+                    },
+                    r,
+                ),
+                vec![
+                    Action::Mark(Milestone::PreCopied, Some(detail)),
+                    Action::Warm { round },
+                ],
+            )
+        }
+        // Nothing applied yet: the whole state moves in the freeze.
+        (Phase::PreCopying(p, r), E::PreCopyFailed(why)) if r.round == 0 => {
+            let mark = Action::Mark(
+                Milestone::PreCopyFailed,
+                Some(format!("{why}; the whole state moves in the freeze")),
+            );
+            freeze(p, None, false, now, t, vec![mark])
+        }
+        (phase @ Phase::PreCopying(..), E::PreCopyFailed(why)) => give_up(
+            phase,
+            Outcome::Refused,
+            format!("the old worker could not go on with the pre-copy: {why}"),
+        ),
+        (Phase::Warming(p, mut r), E::Warmed { round, took_ns }) if round == r.round => {
+            if let Some(last) = r.done.last_mut() {
+                last.applied_ns = took_ns;
+            }
+            let mark = Action::Mark(
+                Milestone::Warmed,
+                Some(format!("round {round} applied in {} µs", took_ns / 1000)),
+            );
+            match r.next(limits) {
+                Some(next) => {
+                    r.round = next;
+                    (
+                        Phase::PreCopying(
+                            Pending {
+                                deadline: now + t.precopy_round,
+                                ..p
+                            },
+                            r,
+                        ),
+                        vec![mark, Action::PreCopy { round: next }],
+                    )
+                }
+                None => freeze(p, None, true, now, t, vec![mark]),
+            }
+        }
+        (Phase::Freezing(p), E::Frozen(f)) => {
+            let detail = if f.is_catch_up() {
+                format!(
+                    "{} bytes of catch-up, {} connections",
+                    f.snapshot.bytes.len(),
+                    f.conns.len()
+                )
+            } else {
+                format!(
+                    "{} bytes of state, {} connections",
+                    f.snapshot.bytes.len(),
+                    f.conns.len()
+                )
+            };
             (
                 Phase::Restoring(Pending {
                     deadline: now + t.restore,
@@ -293,9 +471,14 @@ pub fn step(phase: Phase, event: Event, now: Instant, t: &Timeouts) -> (Phase, V
                 ],
             )
         }
-        (phase @ (Phase::Preparing(_) | Phase::Freezing(_) | Phase::Restoring(_)), event) => {
-            before_commit(phase, event, now, t)
-        }
+        (
+            phase @ (Phase::Preparing(_)
+            | Phase::PreCopying(..)
+            | Phase::Warming(..)
+            | Phase::Freezing(_)
+            | Phase::Restoring(_)),
+            event,
+        ) => before_commit(phase, event, now, t),
 
         // ---- after it ----------------------------------------------------
         (Phase::Committing(mut c), E::OldExited(status)) => {
@@ -336,8 +519,9 @@ pub fn step(phase: Phase, event: Event, now: Instant, t: &Timeouts) -> (Phase, V
 /// The events every phase before the commit answers alike.
 fn before_commit(phase: Phase, event: Event, now: Instant, t: &Timeouts) -> (Phase, Vec<Action>) {
     use Event as E;
+    // Nothing was frozen before the freeze: the old worker served on.
     let outcome = match phase {
-        Phase::Preparing(_) => Outcome::Refused,
+        Phase::Preparing(_) | Phase::PreCopying(..) | Phase::Warming(..) => Outcome::Refused,
         _ => Outcome::RolledBack,
     };
     match event {
@@ -376,6 +560,14 @@ fn before_commit(phase: Phase, event: Event, now: Instant, t: &Timeouts) -> (Pha
                 Phase::Preparing(_) => {
                     format!("the new worker did not say Hello within {:?}", t.prepare)
                 }
+                Phase::PreCopying(_, ref r) => format!(
+                    "the old worker did not make pre-copy round {} within {:?}",
+                    r.round, t.precopy_round
+                ),
+                Phase::Warming(_, ref r) => format!(
+                    "the new worker did not apply pre-copy round {} within {:?}",
+                    r.round, t.precopy_round
+                ),
                 Phase::Freezing(_) => {
                     format!("the old worker did not freeze within {:?}", t.freeze)
                 }
@@ -388,6 +580,9 @@ fn before_commit(phase: Phase, event: Event, now: Instant, t: &Timeouts) -> (Pha
         E::Frozen(f) => (phase, vec![Action::StoreCheckpoint(f)]),
         // Out of order (a Ready before Restore, a second Hello…): ignored.
         E::Spawned { .. }
+        | E::PreCopied { .. }
+        | E::PreCopyFailed(_)
+        | E::Warmed { .. }
         | E::Hello { .. }
         | E::FreezeFailed(_)
         | E::RestoreFailed(_)
@@ -396,11 +591,33 @@ fn before_commit(phase: Phase, event: Event, now: Instant, t: &Timeouts) -> (Pha
     }
 }
 
+/// Tell A to freeze (after `marks`); the blackout starts.
+fn freeze(
+    p: Pending,
+    schema: Option<u32>,
+    catch_up: bool,
+    now: Instant,
+    t: &Timeouts,
+    mut marks: Vec<Action>,
+) -> (Phase, Vec<Action>) {
+    marks.extend([Action::Freeze { schema, catch_up }, Action::HoldProgress]);
+    (
+        Phase::Freezing(Pending {
+            deadline: now + t.freeze,
+            ..p
+        }),
+        marks,
+    )
+}
+
 /// Give up before the commit: kill B, thaw A if it was frozen.
 fn give_up(phase: Phase, outcome: Outcome, reason: String) -> (Phase, Vec<Action>) {
     let mut actions = vec![Action::KillSuccessor];
     if phase.old_frozen() {
         actions.push(Action::Thaw);
+    }
+    if phase.precopying() {
+        actions.push(Action::EndPreCopy);
     }
     let milestone = match outcome {
         Outcome::Refused => Milestone::Failed,
@@ -438,6 +655,8 @@ fn lose(phase: Phase, reason: String, by: Option<Instant>) -> Phase {
         Phase::Preparing(p) => Phase::Preparing(note(p)),
         Phase::Freezing(p) => Phase::Freezing(note(p)),
         Phase::Restoring(p) => Phase::Restoring(note(p)),
+        Phase::PreCopying(p, r) => Phase::PreCopying(note(p), r),
+        Phase::Warming(p, r) => Phase::Warming(note(p), r),
         other => other,
     }
 }
@@ -445,6 +664,7 @@ fn lose(phase: Phase, reason: String, by: Option<Instant>) -> Phase {
 fn lost(phase: &Phase) -> Option<String> {
     match phase {
         Phase::Preparing(p) | Phase::Freezing(p) | Phase::Restoring(p) => p.lost.clone(),
+        Phase::PreCopying(p, _) | Phase::Warming(p, _) => p.lost.clone(),
         _ => None,
     }
 }

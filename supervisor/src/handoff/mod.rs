@@ -13,11 +13,25 @@
 //!    up here loses nothing.
 //! 3. **Prepare**: B's Hello is checked (protocol version, and that B reads
 //!    the schema A writes). Incompatible: refused, B killed.
+//!    3a. **Pre-copy** ([`Phase::PreCopying`], [`Phase::Warming`]), when
+//!    both builds say the same
+//!    [`PreCopyMode`](handoff_protocol::worker::PreCopyMode) (not `Off`), B writes A's
+//!    schema and the supervisor allows it ([`crate::config::PreCopyLimits`]):
+//!    A, serving on, makes round 0 (its state, written by a copy-on-write
+//!    child) and starts recording changes; B restores it (`Warm`, `Warmed`);
+//!    then rounds of what changed since the previous one, until one fits in
+//!    the target pause, stops shrinking, or the round limit is reached
+//!    ([`machine::Rounds::next`]). A failing round 0 falls back to a whole
+//!    state in the freeze; any later failure refuses the upgrade (A never
+//!    stopped). A lost nothing either way.
 //! 4. **Freeze** ([`Phase::Freezing`]): A is told to freeze; it answers with
-//!    its snapshot and each connection's leftovers. The blackout starts.
+//!    its snapshot (after a pre-copy: the changes since the last round and a
+//!    digest of its state) and each connection's leftovers. The blackout
+//!    starts.
 //! 5. **Restore** ([`Phase::Restoring`]): B gets the snapshot, the manifest and
-//!    the held descriptors, and answers Ready without consuming anything. A
-//!    rejection, crash or timeout here thaws A and kills B.
+//!    the held descriptors, and answers Ready without consuming anything (after
+//!    a pre-copy: once its digest matches A's). A rejection (a catch-up that
+//!    diverged among them), crash or timeout here thaws A and kills B.
 //! 6. **Commit** ([`Phase::Committing`]): A is told to exit, then B to go (in
 //!    that order: should the supervisor die in between, nobody serves rather
 //!    than two). The handoff completes when A is reaped (killed if it lingers)
@@ -70,6 +84,13 @@ pub enum Milestone {
     Spawned,
     /// B said Hello.
     Prepared,
+    /// A made a pre-copy round (A serves on).
+    PreCopied,
+    /// B applied a pre-copy round.
+    Warmed,
+    /// A could not make the first pre-copy round: the whole state moves in
+    /// the freeze.
+    PreCopyFailed,
     /// A froze: the blackout started.
     Frozen,
     /// B restored A's state.
@@ -96,6 +117,9 @@ impl Milestone {
             Milestone::Admitted => "admitted",
             Milestone::Spawned => "spawned",
             Milestone::Prepared => "prepared",
+            Milestone::PreCopied => "pre_copied",
+            Milestone::Warmed => "warmed",
+            Milestone::PreCopyFailed => "pre_copy_failed",
             Milestone::Frozen => "frozen",
             Milestone::Restored => "restored",
             Milestone::SameBuild => "same_build",

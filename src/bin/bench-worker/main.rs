@@ -8,13 +8,22 @@
 //! ```text
 //! bench-worker --feed ws://127.0.0.1:9443/ws [--feed …] [--symbols btcusdt,ethusdt]
 //!              [--ack] [--ballast-bytes N] [--positions N] [--checkpoint-ms MS]
-//!              [--timings FILE] [--ca-file PEM]
+//!              [--timings FILE] [--ca-file PEM] [--precopy off|replay|delta]
+//!              [--diverge]
 //! ```
 //!
 //! `--timings FILE` appends one line per event, with `CLOCK_MONOTONIC`
 //! nanoseconds (comparable across processes):
 //! `snapshot PID START_NS DUR_NS BYTES`, `restore PID START_NS DUR_NS BYTES`
 //! and `first PID NS` (first message consumed after a restore).
+//!
+//! Each trade also moves one position (`qty`) and one 8-byte word of the
+//! ballast, picked by the trade id, so that a large state changes as a
+//! bot's would. `--precopy replay|delta` lets an upgrade pre-copy the
+//! state ([`live`]: the digest it keeps and the deltas it writes);
+//! `--diverge` makes a build whose catch-up does not reproduce the state
+//! (it counts replayed trades twice, and one trade more per delta), for
+//! the tests that a diverging successor is refused.
 //!
 //! Runs under the supervisor exactly like `trading-worker`
 //! (`supervisor --worker …/bench-worker -- --feed …`), or standalone.
@@ -26,14 +35,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use handoff_worker::protocol::monotonic_ns;
-use handoff_worker::protocol::worker::{ConnInfo, RestoreMode};
+use handoff_worker::protocol::worker::{ConnInfo, PreCopyMode, RestoreMode};
 use handoff_worker::{App, AppError, Message, Outbox, Settings};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use trading_worker::launch;
 
+mod live;
+
 const USAGE: &str = "bench-worker --feed URL [--feed URL…] [--symbols a,b] [--ack] \
-[--ballast-bytes N] [--positions N] [--checkpoint-ms MS] [--timings FILE] [--ca-file PEM]";
+[--ballast-bytes N] [--positions N] [--checkpoint-ms MS] [--timings FILE] [--ca-file PEM] \
+[--precopy off|replay|delta] [--diverge]";
 
 #[derive(Debug)]
 struct Args {
@@ -47,6 +59,8 @@ struct Args {
     /// Certificates trusted for `wss://` feeds besides the public roots
     /// (the simulator's own CA, `exchange-sim --tls --tls-ca-out`).
     ca_file: Option<PathBuf>,
+    precopy: PreCopyMode,
+    diverge: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -59,6 +73,8 @@ fn parse_args() -> Result<Args, String> {
         checkpoint_ms: 1000,
         timings: None,
         ca_file: None,
+        precopy: PreCopyMode::Off,
+        diverge: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -82,6 +98,17 @@ fn parse_args() -> Result<Args, String> {
             "--checkpoint-ms" => a.checkpoint_ms = num(value()?)?.max(1),
             "--timings" => a.timings = Some(PathBuf::from(value()?)),
             "--ca-file" => a.ca_file = Some(PathBuf::from(value()?)),
+            "--precopy" => {
+                a.precopy = match value()?.as_str() {
+                    "off" => PreCopyMode::Off,
+                    "replay" => PreCopyMode::Replay,
+                    "delta" => PreCopyMode::Delta,
+                    other => {
+                        return Err(format!("--precopy: {other:?} is not off, replay or delta"))
+                    }
+                }
+            }
+            "--diverge" => a.diverge = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -451,8 +478,35 @@ struct Bench {
     ballast_bytes: usize,
     positions: usize,
     timings: Timings,
-    /// Waiting for the first message after a restore (for the `first` line).
+    /// Waiting for the first message after a takeover (for the `first` line).
     restored: bool,
+    precopy: PreCopyMode,
+    diverge: bool,
+    live: live::Live,
+}
+
+/// One trade on stream `key`: its counter, one position and one word of
+/// ballast, all picked by the id, so that replaying the same trades on the
+/// same state gives the same state.
+fn trade(live: &mut live::Live, state: &mut State, key: &str, id: u64) {
+    let mut c = state.counters.get(key).cloned().unwrap_or_default();
+    c.trades += 1;
+    c.last_id = id;
+    live.counter(state, key, c);
+    let n = state.positions.len() as u64;
+    if n > 0 {
+        let k = id.wrapping_mul(0x9E37_79B9) % n;
+        if let Some(mut p) = state.positions.get(&k).copied() {
+            p.qty += Decimal::new(1, 5);
+            live.position(state, k, p);
+        }
+    }
+    let words = (state.ballast.len() / 8) as u64;
+    if words > 0 {
+        let i = (id.wrapping_mul(7919) % words) as u32;
+        let w = live::word(&state.ballast, i) ^ id;
+        live.word(state, i, w);
+    }
 }
 
 impl App for Bench {
@@ -502,11 +556,56 @@ impl App for Bench {
             _ => codec().deserialize(bytes),
         }
         .map_err(AppError::new)?;
+        if self.precopy != PreCopyMode::Off {
+            self.live = live::Live::default();
+            self.live.keep(&self.state);
+        }
         let end = monotonic_ns();
         self.timings
             .line("restore", &[start, end - start, bytes.len() as u64]);
-        self.restored = true;
         Ok(())
+    }
+
+    fn on_takeover(&mut self, _mode: RestoreMode, _out: &mut Outbox) {
+        self.restored = true;
+    }
+
+    fn precopy(&self) -> PreCopyMode {
+        self.precopy
+    }
+
+    fn digest(&self) -> Result<u64, AppError> {
+        Ok(self.live.digest.unwrap_or_else(|| live::full(&self.state)))
+    }
+
+    fn delta_mark(&mut self) {
+        self.live.mark();
+    }
+
+    fn delta(&mut self) -> Result<Vec<u8>, AppError> {
+        use bincode::Options;
+        codec()
+            .serialize(&self.live.delta(&self.state))
+            .map_err(AppError::new)
+    }
+
+    fn apply_delta(&mut self, bytes: &[u8]) -> Result<(), AppError> {
+        use bincode::Options;
+        let delta: live::Delta = codec()
+            .with_limit(bytes.len() as u64 + 64)
+            .deserialize(bytes)
+            .map_err(AppError::new)?;
+        self.live
+            .apply(&mut self.state, delta)
+            .map_err(AppError::new)?;
+        if self.diverge {
+            trade(&mut self.live, &mut self.state, "diverged", 0);
+        }
+        Ok(())
+    }
+
+    fn delta_end(&mut self) {
+        self.live.unmark();
     }
 
     fn summary(&self) -> Option<String> {
@@ -527,6 +626,9 @@ impl App for Bench {
             self.state.seeded = true;
             self.state.ballast = ballast(self.ballast_bytes);
             self.state.positions = positions(self.positions);
+            if self.precopy != PreCopyMode::Off {
+                self.live.keep(&self.state);
+            }
         }
         out.send(
             conn.id,
@@ -544,9 +646,10 @@ impl App for Bench {
             return;
         };
         let key = format!("{}/{stream}", conn.name);
-        let c = self.state.counters.entry(key).or_default();
-        c.trades += 1;
-        c.last_id = id;
+        trade(&mut self.live, &mut self.state, &key, id);
+        if self.diverge {
+            trade(&mut self.live, &mut self.state, &key, id);
+        }
         if self.ack {
             let ack = trading_worker::market::ack(stream, id);
             out.send(conn.id, Message::text(ack));
@@ -578,6 +681,9 @@ fn main() -> ExitCode {
         positions: args.positions,
         timings: Timings::open(args.timings.as_ref()),
         restored: false,
+        precopy: args.precopy,
+        diverge: args.diverge,
+        live: live::Live::default(),
     };
     launch::run_main("bench-worker", &args.feeds, settings, fresh)
 }

@@ -8,7 +8,9 @@ use tokio::time::Instant;
 
 use super::machine::{step, Action, Event, Pair, Phase, Worker};
 use super::{compatibility, Milestone, EXIT_STATUS_GRACE, FIRST_MESSAGE_GRACE};
-use crate::config::Timeouts;
+use crate::config::{PreCopyLimits, Timeouts};
+
+mod precopy;
 
 const PAIR: Pair = Pair {
     old: Worker {
@@ -30,6 +32,7 @@ fn hello(writes: u32, reads: &[u32]) -> Box<Hello> {
         writes_schema: writes,
         can_write: vec![writes],
         reads_schemas: reads.to_vec(),
+        precopy: handoff_protocol::worker::PreCopyMode::Off,
     })
 }
 
@@ -39,6 +42,7 @@ fn frozen() -> Box<Frozen> {
         conns: Vec::new(),
         frozen_at_ns: 5,
         summary: None,
+        digest: None,
     })
 }
 
@@ -55,6 +59,7 @@ struct Run {
     phase: Phase,
     now: Instant,
     t: Timeouts,
+    limits: PreCopyLimits,
     phases: Vec<&'static str>,
     actions: Vec<Action>,
 }
@@ -65,6 +70,7 @@ impl Run {
             phase: Phase::Idle,
             now: Instant::now(),
             t: Timeouts::default(),
+            limits: PreCopyLimits::default(),
             phases: vec!["idle"],
             actions: Vec::new(),
         }
@@ -72,7 +78,13 @@ impl Run {
 
     /// Feed `event`; returns this step's actions.
     fn feed(&mut self, event: Event) -> &[Action] {
-        let (next, actions) = step(std::mem::take(&mut self.phase), event, self.now, &self.t);
+        let (next, actions) = step(
+            std::mem::take(&mut self.phase),
+            event,
+            self.now,
+            &self.t,
+            &self.limits,
+        );
         if next.name() != *self.phases.last().unwrap() {
             self.phases.push(next.name());
         }
@@ -166,7 +178,13 @@ fn a_successful_upgrade_passes_every_phase_in_order() {
     assert_eq!(r.finish(), Some((Outcome::Completed, None)));
     // A frozen (in its own schema), the progress held, B restored, then
     // Exit/Go; nobody killed or thawed.
-    assert_eq!(r.count(&Action::Freeze { schema: None }), 1);
+    assert_eq!(
+        r.count(&Action::Freeze {
+            schema: None,
+            catch_up: false
+        }),
+        1
+    );
     assert_eq!(r.count(&Action::HoldProgress), 1);
     assert_eq!(r.count(&Action::Commit), 1);
     assert_eq!(r.count(&Action::KillSuccessor), 0);
@@ -254,7 +272,13 @@ fn a_rollback_freezes_the_old_worker_in_the_schema_the_new_one_reads() {
         current: Some(current),
         successor: hello(1, &[1]),
     });
-    assert_eq!(r.count(&Action::Freeze { schema: Some(1) }), 1);
+    assert_eq!(
+        r.count(&Action::Freeze {
+            schema: Some(1),
+            catch_up: false
+        }),
+        1
+    );
     assert_eq!(r.phase.name(), "freezing");
 }
 
@@ -605,6 +629,7 @@ fn hello_of(writes: u32, can_write: &[u32], reads: &[u32]) -> Hello {
         writes_schema: writes,
         can_write: can_write.to_vec(),
         reads_schemas: reads.to_vec(),
+        precopy: Default::default(),
     }
 }
 

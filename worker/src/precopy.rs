@@ -1,0 +1,655 @@
+//! Pre-copy: the successor is warmed with the state while this worker
+//! serves, so that the freeze carries only what changed since.
+//!
+//! The serving worker (the *source*, [`Source`]) is asked for rounds:
+//!
+//! - **round 0** takes the state, in a copy-on-write child when the app
+//!   allows it ([`crate::App::snapshot_in_child`]; the loop stops only for
+//!   the `fork`), and at that same instant, between two callbacks, starts
+//!   recording what changes: the app's own mark
+//!   ([`crate::App::delta_mark`]) for [`PreCopyMode::Delta`], or the
+//!   library's journal of every input it delivers ([`Journal`]) for
+//!   [`PreCopyMode::Replay`];
+//! - **round k** sends what changed since round k−1 (the journal so far,
+//!   or [`crate::App::delta`]) and records anew;
+//! - **the freeze** (`Freeze { catch_up: true }`) sends the rest, with the
+//!   app's [`crate::App::digest`] of the frozen state.
+//!
+//! The successor (the *sink*, [`Sink`]) restores round 0, applies each
+//! round as it comes (replaying a journal with everything the callbacks
+//! send, spawn, set or open discarded: the source did all that), and after
+//! the last part, in the freeze, compares its digest with the source's: a
+//! mismatch refuses the takeover, and the supervisor thaws the source,
+//! which lost nothing. The supervisor decides how many rounds there are
+//! (`handoff::machine` in the supervisor).
+
+use std::os::fd::OwnedFd;
+
+use handoff_protocol::image::{self, Image, ImageError, Writer};
+use handoff_protocol::worker::{ConnId, ConnInfo, FromWorker, PreCopyMode, PreCopyPart};
+use handoff_protocol::{monotonic_ns, Snapshot};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use tungstenite::Message;
+
+use crate::app::{App, AppError, Outbox};
+use crate::serve::Worker;
+use crate::timers::Timer;
+
+/// Why a pre-copy part could not be made or applied.
+#[derive(Debug, Error)]
+pub enum PreCopyError {
+    #[error("this build does not pre-copy")]
+    Off,
+    #[error("round {got} out of order (after round {after:?})")]
+    OutOfOrder { got: u32, after: Option<u32> },
+    #[error("the pre-copy image: {0}")]
+    Image(#[from] ImageError),
+    #[error("round 0 names an image but {0} descriptors came with it")]
+    ImageFd(usize),
+    #[error(transparent)]
+    Envelope(#[from] handoff_protocol::snapshot::SnapshotError),
+    #[error("the app: {0}")]
+    App(AppError),
+    #[error("the journal cannot be kept: {0}")]
+    Journal(String),
+    #[error("the journal is unreadable: {0}")]
+    Decode(String),
+}
+
+/// A 64-bit digest of `bytes`: their length and CRC-32 (the default
+/// [`crate::App::digest`]).
+pub fn hash_bytes(bytes: &[u8]) -> u64 {
+    ((bytes.len() as u64) << 32) | u64::from(crc32fast::hash(bytes))
+}
+
+/// A message, as journaled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Payload {
+    Text(String),
+    Binary(#[serde(with = "serde_bytes")] Vec<u8>),
+    Ping(#[serde(with = "serde_bytes")] Vec<u8>),
+    Pong(#[serde(with = "serde_bytes")] Vec<u8>),
+    Close(Option<(u16, String)>),
+}
+
+impl Payload {
+    fn of(msg: &Message) -> Payload {
+        match msg {
+            Message::Text(t) => Payload::Text(t.as_str().to_owned()),
+            Message::Binary(b) => Payload::Binary(b.to_vec()),
+            Message::Ping(b) => Payload::Ping(b.to_vec()),
+            Message::Pong(b) => Payload::Pong(b.to_vec()),
+            Message::Close(c) => Payload::Close(
+                c.as_ref()
+                    .map(|c| (u16::from(c.code), c.reason.as_str().to_owned())),
+            ),
+            // Reading never yields a raw frame.
+            Message::Frame(f) => Payload::Binary(f.payload().to_vec()),
+        }
+    }
+
+    fn message(self) -> Message {
+        use tungstenite::protocol::frame::CloseFrame;
+        match self {
+            Payload::Text(t) => Message::text(t),
+            Payload::Binary(b) => Message::binary(b),
+            Payload::Ping(b) => Message::Ping(b.into()),
+            Payload::Pong(b) => Message::Pong(b.into()),
+            Payload::Close(c) => Message::Close(c.map(|(code, reason)| CloseFrame {
+                code: code.into(),
+                reason: reason.into(),
+            })),
+        }
+    }
+}
+
+/// Why a connection ended, as journaled ([`crate::opened::Closed`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Ended {
+    Lost(String),
+    ByApp,
+    MaxAge,
+}
+
+/// One input delivered to the app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Entry {
+    Open(ConnId),
+    Message(ConnId, Payload),
+    Done(#[serde(with = "serde_bytes")] Vec<u8>),
+    Timer {
+        key: String,
+        due_unix_ms: u64,
+        late: bool,
+    },
+    Closed(ConnId, Ended),
+}
+
+/// Every input the library delivered to the app since a round, in order,
+/// with the connections they name.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Journal {
+    conns: Vec<ConnInfo>,
+    entries: Vec<Entry>,
+}
+
+impl Journal {
+    fn conn(&mut self, info: &ConnInfo) -> ConnId {
+        if !self.conns.iter().any(|c| c == info) {
+            self.conns.retain(|c| c.id != info.id);
+            self.conns.push(info.clone());
+        }
+        info.id
+    }
+
+    pub(crate) fn open(&mut self, info: &ConnInfo) {
+        let id = self.conn(info);
+        self.entries.push(Entry::Open(id));
+    }
+
+    pub(crate) fn message(&mut self, info: &ConnInfo, msg: &Message) {
+        let id = self.conn(info);
+        self.entries.push(Entry::Message(id, Payload::of(msg)));
+    }
+
+    pub(crate) fn timer(&mut self, t: &Timer) {
+        self.entries.push(Entry::Timer {
+            key: t.key.clone(),
+            due_unix_ms: t.due_unix_ms,
+            late: t.late,
+        });
+    }
+
+    pub(crate) fn closed(&mut self, info: &ConnInfo, why: &crate::opened::Closed) {
+        use crate::opened::Closed;
+        let id = self.conn(info);
+        let why = match why {
+            Closed::Lost(r) => Ended::Lost(r.clone()),
+            Closed::ByApp => Ended::ByApp,
+            Closed::MaxAge => Ended::MaxAge,
+        };
+        self.entries.push(Entry::Closed(id, why));
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        // Strings, integers and byte strings only: serialising cannot fail.
+        bincode::serialize(self).unwrap_or_default()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Journal, PreCopyError> {
+        use bincode::Options;
+        bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .with_limit(bytes.len() as u64)
+            .deserialize(bytes)
+            .map_err(|e| PreCopyError::Decode(e.to_string()))
+    }
+
+    /// Deliver every entry to `app` again, discarding whatever the
+    /// callbacks ask for: the source already did it.
+    fn replay<A: App>(self, app: &mut A) -> Result<(), PreCopyError> {
+        let Journal { conns, entries } = self;
+        let conn = |id: ConnId| {
+            conns
+                .iter()
+                .find(|c| c.id == id)
+                .ok_or_else(|| PreCopyError::Decode(format!("an entry names unknown {id}")))
+        };
+        for entry in entries {
+            let mut out = Outbox::<A::Done>::default();
+            match entry {
+                Entry::Open(id) => app.on_open(conn(id)?, &mut out),
+                Entry::Message(id, p) => app.on_message(conn(id)?, p.message(), &mut out),
+                Entry::Done(bytes) => {
+                    let done = app.decode_done(&bytes).map_err(PreCopyError::App)?;
+                    app.on_done(done, &mut out);
+                }
+                Entry::Timer {
+                    key,
+                    due_unix_ms,
+                    late,
+                } => app.on_timer(
+                    &Timer {
+                        key,
+                        due_unix_ms,
+                        late,
+                    },
+                    &mut out,
+                ),
+                Entry::Closed(id, why) => {
+                    use crate::opened::Closed;
+                    let why = match why {
+                        Ended::Lost(r) => Closed::Lost(r),
+                        Ended::ByApp => Closed::ByApp,
+                        Ended::MaxAge => Closed::MaxAge,
+                    };
+                    app.on_closed(conn(id)?, &why, &mut out);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Round 0's image, while its child writes it.
+#[derive(Debug)]
+pub(crate) struct PendingImage {
+    writer: Writer,
+    deadline: Instant,
+    schema: u32,
+    took_ns: u64,
+}
+
+/// The serving worker's side of a pre-copy in progress.
+#[derive(Debug)]
+pub(crate) struct Source {
+    mode: PreCopyMode,
+    /// The last round sent (or, while `image` is written, being made).
+    round: u32,
+    /// [`PreCopyMode::Replay`]: what was delivered since that round.
+    journal: Journal,
+    /// Why the journal cannot be kept (an effect result the app cannot
+    /// encode): the next round or the freeze fails with it.
+    broken: Option<String>,
+    image: Option<Box<PendingImage>>,
+}
+
+impl Source {
+    /// The journal, when inputs are to be recorded.
+    pub(crate) fn journal(&mut self) -> Option<&mut Journal> {
+        (self.mode == PreCopyMode::Replay && self.broken.is_none()).then_some(&mut self.journal)
+    }
+
+    /// An effect's result, as [`crate::App::encode_done`] wrote it.
+    pub(crate) fn done(&mut self, encoded: Option<Vec<u8>>) {
+        if self.mode != PreCopyMode::Replay || self.broken.is_some() {
+            return;
+        }
+        match encoded {
+            Some(bytes) => self.journal.entries.push(Entry::Done(bytes)),
+            None => self.broken = Some(
+                "an effect's result came back and the app does not encode them (App::encode_done)"
+                    .into(),
+            ),
+        }
+    }
+
+    /// Whether `encode_done` is worth calling.
+    pub(crate) fn wants_done(&self) -> bool {
+        self.mode == PreCopyMode::Replay && self.broken.is_none()
+    }
+}
+
+/// Resolves when round 0's image is written, failed or late; pending
+/// forever when none is. Cancel-safe.
+pub(crate) async fn image_done(
+    source: &mut Option<Source>,
+) -> Result<(Image, u32, u64), ImageError> {
+    let Some(img) = source.as_mut().and_then(|s| s.image.as_mut()) else {
+        return std::future::pending().await;
+    };
+    let pid = img.writer.pid();
+    let res = tokio::time::timeout_at(img.deadline, img.writer.finish()).await;
+    let img = source
+        .as_mut()
+        .and_then(|s| s.image.take())
+        .expect("matched above");
+    match res {
+        Ok(Ok(done)) => Ok((done, img.schema, img.took_ns)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ImageError::Child {
+            pid,
+            how: "not finished within checkpoint_image_timeout".into(),
+        }),
+    }
+}
+
+impl<A: App> Worker<A> {
+    /// `PreCopy { round }`: make the round and send it, or say why not.
+    pub(crate) async fn precopy_round(&mut self, round: u32) {
+        let made = if round == 0 {
+            self.precopy_start().await
+        } else {
+            self.precopy_next(round).await
+        };
+        if let Err(e) = made {
+            warn!(round, error = %e, "no pre-copy round; serving on");
+            self.precopy_end();
+            self.tell(&FromWorker::PreCopyFailed {
+                reason: e.to_string(),
+            })
+            .await;
+        }
+    }
+
+    async fn precopy_start(&mut self) -> Result<(), PreCopyError> {
+        let mode = self.app.precopy();
+        if mode == PreCopyMode::Off {
+            return Err(PreCopyError::Off);
+        }
+        self.precopy_end();
+        let schema = self.identity.schema;
+        let start = monotonic_ns();
+        let mut image = None;
+        let mut whole = None;
+        match self.fork_image(schema) {
+            Some(Ok(writer)) => {
+                image = Some(Box::new(PendingImage {
+                    writer,
+                    deadline: Instant::now() + self.settings.checkpoint_image_timeout,
+                    schema,
+                    took_ns: monotonic_ns() - start,
+                }))
+            }
+            Some(Err(e)) => {
+                warn!(error = %e, "pre-copy image failed: the state is taken in the loop");
+                whole = Some(self.seal(schema).map_err(app_error)?);
+            }
+            None => whole = Some(self.seal(schema).map_err(app_error)?),
+        }
+        // The same instant as the image: between two callbacks.
+        if mode == PreCopyMode::Delta {
+            self.app.delta_mark();
+        }
+        self.source = Some(Source {
+            mode,
+            round: 0,
+            journal: Journal::default(),
+            broken: None,
+            image,
+        });
+        if let Some(part) = whole {
+            let took_ns = monotonic_ns() - start;
+            self.send_part(0, None, part, took_ns, None).await;
+        }
+        info!(?mode, "pre-copy started");
+        Ok(())
+    }
+
+    /// A copy-on-write child writing the state, if the app allows one.
+    fn fork_image(&self, schema: u32) -> Option<Result<Writer, ImageError>> {
+        if !self.app.snapshot_in_child() || crate::fault::image_fails() {
+            return None;
+        }
+        let app = &self.app;
+        Some(
+            image::fork_writer(|| app.snapshot().map_err(|e| e.0)).inspect(|_| {
+                debug!(schema, "pre-copy image forked");
+            }),
+        )
+    }
+
+    async fn precopy_next(&mut self, round: u32) -> Result<(), PreCopyError> {
+        let after = self
+            .source
+            .as_ref()
+            .filter(|s| s.image.is_none())
+            .map(|s| s.round);
+        if after != Some(round.wrapping_sub(1)) {
+            return Err(PreCopyError::OutOfOrder { got: round, after });
+        }
+        let start = monotonic_ns();
+        let bytes = self.catch_up()?;
+        let part = Snapshot::seal(&self.identity.name, self.identity.schema, bytes);
+        if let Some(s) = self.source.as_mut() {
+            s.round = round;
+        }
+        let took_ns = monotonic_ns() - start;
+        self.send_part(round, None, part, took_ns, None).await;
+        Ok(())
+    }
+
+    /// What changed since the last round, and record anew.
+    fn catch_up(&mut self) -> Result<Vec<u8>, PreCopyError> {
+        let Some(s) = self.source.as_mut() else {
+            return Err(PreCopyError::OutOfOrder {
+                got: 0,
+                after: None,
+            });
+        };
+        if let Some(why) = &s.broken {
+            return Err(PreCopyError::Journal(why.clone()));
+        }
+        match s.mode {
+            PreCopyMode::Replay => {
+                let bytes = s.journal.encode();
+                s.journal = Journal::default();
+                Ok(bytes)
+            }
+            PreCopyMode::Delta => self.app.delta().map_err(PreCopyError::App),
+            PreCopyMode::Off => Err(PreCopyError::Off),
+        }
+    }
+
+    /// The freeze after a pre-copy: the rest of the changes and the
+    /// state's digest. The pre-copy ends here, whatever follows.
+    pub(crate) fn final_catch_up(&mut self) -> Result<(Snapshot, u64), AppError> {
+        let ready = self.source.as_ref().is_some_and(|s| s.image.is_none());
+        let made = if ready {
+            self.catch_up().map_err(|e| AppError::new(e.to_string()))
+        } else {
+            Err(AppError::new("asked for a catch-up without a pre-copy"))
+        };
+        let digest = made.and_then(|bytes| Ok((bytes, self.app.digest()?)));
+        self.precopy_end();
+        let (bytes, digest) = digest?;
+        let part = Snapshot::seal(&self.identity.name, self.identity.schema, bytes);
+        Ok((part, digest))
+    }
+
+    /// Round 0's image is written: send it (or say it failed).
+    pub(crate) async fn precopy_image_done(&mut self, res: Result<(Image, u32, u64), ImageError>) {
+        match res {
+            Ok((img, schema, took_ns)) => {
+                let part = Snapshot {
+                    app: self.identity.name.clone(),
+                    schema,
+                    checksum: 0,
+                    bytes: Default::default(),
+                };
+                self.send_part(0, Some(img.len), part, took_ns, Some(img.fd))
+                    .await;
+            }
+            Err(e) => {
+                warn!(error = %e, "pre-copy image failed");
+                self.precopy_end();
+                self.tell(&FromWorker::PreCopyFailed {
+                    reason: format!("the pre-copy image: {e}"),
+                })
+                .await;
+            }
+        }
+    }
+
+    async fn send_part(
+        &mut self,
+        round: u32,
+        image_len: Option<u64>,
+        part: Snapshot,
+        took_ns: u64,
+        fd: Option<OwnedFd>,
+    ) {
+        debug!(round, bytes = part.bytes.len(), ?image_len, "pre-copy part");
+        let msg = FromWorker::PreCopied(PreCopyPart {
+            round,
+            image_len,
+            part,
+            took_ns,
+        });
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        let sent = match &fd {
+            Some(fd) => link.send_with_fd(&msg, fd).await,
+            None => link.send(&msg).await,
+        };
+        if let Err(e) = sent {
+            self.orphaned(&format!("cannot reach the supervisor ({e})"));
+        }
+    }
+
+    /// Stop recording changes (given up, or done with the freeze).
+    pub(crate) fn precopy_end(&mut self) {
+        if let Some(s) = self.source.take() {
+            debug!(round = s.round, "pre-copy ended");
+            if s.mode == PreCopyMode::Delta {
+                self.app.delta_end();
+            }
+        }
+    }
+}
+
+fn app_error(e: crate::error::WorkerError) -> PreCopyError {
+    match e {
+        crate::error::WorkerError::Snapshot(e) => PreCopyError::App(e),
+        other => PreCopyError::App(AppError::new(other)),
+    }
+}
+
+/// The successor's side: how far it has been warmed.
+#[derive(Debug, Default)]
+pub(crate) struct Sink {
+    /// The last round applied.
+    round: Option<u32>,
+}
+
+impl Sink {
+    /// Apply one round to `app` (freshly built for round 0); the time it
+    /// took, in nanoseconds.
+    pub(crate) fn warm<A: App>(
+        &mut self,
+        app: &mut A,
+        warm: PreCopyPart,
+        fds: Vec<OwnedFd>,
+    ) -> Result<u64, PreCopyError> {
+        let start = monotonic_ns();
+        let expected = self.round.map_or(0, |r| r + 1);
+        if warm.round != expected {
+            return Err(PreCopyError::OutOfOrder {
+                got: warm.round,
+                after: self.round,
+            });
+        }
+        let id = app.identity();
+        if warm.round == 0 {
+            let snap = match warm.image_len {
+                Some(len) => {
+                    let [fd] = <[OwnedFd; 1]>::try_from(fds)
+                        .map_err(|fds| PreCopyError::ImageFd(fds.len()))?;
+                    let (bytes, checksum) =
+                        image::read(&fd, handoff_protocol::frame::MAX_WORKER_FRAME as u64)?;
+                    if bytes.len() as u64 != len {
+                        return Err(ImageError::Length {
+                            said: len,
+                            holds: bytes.len() as u64,
+                        }
+                        .into());
+                    }
+                    Snapshot {
+                        checksum,
+                        bytes,
+                        ..warm.part
+                    }
+                }
+                None => warm.part,
+            };
+            snap.verify(&id.name, &id.reads)?;
+            app.restore(
+                snap.schema,
+                &snap.bytes,
+                handoff_protocol::worker::RestoreMode::Handoff,
+            )
+            .map_err(PreCopyError::App)?;
+        } else {
+            apply(app, &warm.part)?;
+        }
+        self.round = Some(warm.round);
+        Ok(monotonic_ns() - start)
+    }
+
+    /// The freeze's catch-up: apply it, then compare digests.
+    pub(crate) fn finish<A: App>(
+        &mut self,
+        app: &mut A,
+        part: &Snapshot,
+        digest: u64,
+    ) -> Result<(), crate::error::RestoreError> {
+        use crate::error::RestoreError;
+        if self.round.is_none() {
+            return Err(RestoreError::PreCopy(PreCopyError::OutOfOrder {
+                got: u32::MAX,
+                after: None,
+            }));
+        }
+        apply(app, part).map_err(RestoreError::PreCopy)?;
+        let ours = app.digest().map_err(RestoreError::App)?;
+        if ours != digest {
+            return Err(RestoreError::Diverged {
+                ours,
+                theirs: digest,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A catch-up, in the app's mode.
+fn apply<A: App>(app: &mut A, part: &Snapshot) -> Result<(), PreCopyError> {
+    let id = app.identity();
+    part.verify(&id.name, &[id.schema])?;
+    match app.precopy() {
+        PreCopyMode::Replay => Journal::decode(&part.bytes)?.replay(app),
+        PreCopyMode::Delta => app.apply_delta(&part.bytes).map_err(PreCopyError::App),
+        PreCopyMode::Off => Err(PreCopyError::Off),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use handoff_protocol::worker::ConnKind;
+
+    fn info(id: u32) -> ConnInfo {
+        ConnInfo {
+            id: ConnId(id),
+            name: format!("feed-{id}"),
+            kind: ConnKind::WebSocket,
+            url: "ws://x/ws".into(),
+            peer: "127.0.0.1:1".into(),
+        }
+    }
+
+    #[test]
+    fn a_journal_round_trips_every_kind_of_input() {
+        let mut j = Journal::default();
+        j.open(&info(0));
+        j.message(&info(0), &Message::text("t"));
+        j.message(&info(1), &Message::binary(vec![1, 2]));
+        j.message(&info(1), &Message::Ping(vec![3].into()));
+        j.message(&info(1), &Message::Close(None));
+        j.timer(&Timer {
+            key: "k".into(),
+            due_unix_ms: 9,
+            late: true,
+        });
+        j.entries.push(Entry::Done(vec![4]));
+        j.closed(&info(0), &crate::opened::Closed::MaxAge);
+        let back = Journal::decode(&j.encode()).unwrap();
+        assert_eq!(back, j);
+        assert_eq!(back.conns.len(), 2);
+    }
+
+    #[test]
+    fn a_bad_journal_is_an_error_not_a_panic() {
+        let mut j = Journal::default();
+        j.message(&info(0), &Message::text("hello"));
+        let bytes = j.encode();
+        for cut in 0..bytes.len() {
+            assert!(Journal::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(Journal::decode(&[0xff; 64]).is_err());
+    }
+}
