@@ -167,6 +167,8 @@ impl<A: App> Worker<A> {
     /// The supervisor is gone: serve on, and wait to be adopted.
     pub(crate) fn orphaned(&mut self, why: &str) {
         self.link = None;
+        // Nobody will ask for the next round: stop recording.
+        self.precopy_end();
         self.adoption_deadline = None;
         if self.orphanage.is_some() {
             return;

@@ -128,15 +128,30 @@ enum Entry {
     Closed(ConnId, Ended),
 }
 
+/// The most a journal may hold between two rounds (about: the payloads
+/// and a little per entry). Protects the serving worker's memory should
+/// rounds stop coming (a supervisor that hangs, a successor that never
+/// applies round 0 before `--precopy-timeout`): past it the journal is
+/// given up, the next round fails and the upgrade is refused.
+pub const JOURNAL_LIMIT: usize = 256 << 20;
+
 /// Every input the library delivered to the app since a round, in order,
 /// with the connections they name.
 #[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Journal {
     conns: Vec<ConnInfo>,
     entries: Vec<Entry>,
+    /// About how many bytes the entries hold ([`JOURNAL_LIMIT`]).
+    #[serde(skip)]
+    bytes: usize,
 }
 
 impl Journal {
+    fn push(&mut self, entry: Entry, bytes: usize) {
+        self.bytes += bytes + 16;
+        self.entries.push(entry);
+    }
+
     fn conn(&mut self, info: &ConnInfo) -> ConnId {
         if !self.conns.iter().any(|c| c == info) {
             self.conns.retain(|c| c.id != info.id);
@@ -147,20 +162,21 @@ impl Journal {
 
     pub(crate) fn open(&mut self, info: &ConnInfo) {
         let id = self.conn(info);
-        self.entries.push(Entry::Open(id));
+        self.push(Entry::Open(id), 0);
     }
 
     pub(crate) fn message(&mut self, info: &ConnInfo, msg: &Message) {
         let id = self.conn(info);
-        self.entries.push(Entry::Message(id, Payload::of(msg)));
+        self.push(Entry::Message(id, Payload::of(msg)), msg.len());
     }
 
     pub(crate) fn timer(&mut self, t: &Timer) {
-        self.entries.push(Entry::Timer {
+        let entry = Entry::Timer {
             key: t.key.clone(),
             due_unix_ms: t.due_unix_ms,
             late: t.late,
-        });
+        };
+        self.push(entry, t.key.len());
     }
 
     pub(crate) fn closed(&mut self, info: &ConnInfo, why: &crate::opened::Closed) {
@@ -171,7 +187,7 @@ impl Journal {
             Closed::ByApp => Ended::ByApp,
             Closed::MaxAge => Ended::MaxAge,
         };
-        self.entries.push(Entry::Closed(id, why));
+        self.push(Entry::Closed(id, why), 0);
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -191,7 +207,7 @@ impl Journal {
     /// Deliver every entry to `app` again, discarding whatever the
     /// callbacks ask for: the source already did it.
     fn replay<A: App>(self, app: &mut A) -> Result<(), PreCopyError> {
-        let Journal { conns, entries } = self;
+        let Journal { conns, entries, .. } = self;
         let conn = |id: ConnId| {
             conns
                 .iter()
@@ -260,7 +276,17 @@ pub(crate) struct Source {
 impl Source {
     /// The journal, when inputs are to be recorded.
     pub(crate) fn journal(&mut self) -> Option<&mut Journal> {
-        (self.mode == PreCopyMode::Replay && self.broken.is_none()).then_some(&mut self.journal)
+        if self.mode != PreCopyMode::Replay || self.broken.is_some() {
+            return None;
+        }
+        if self.journal.bytes > JOURNAL_LIMIT {
+            self.broken = Some(format!(
+                "the journal outgrew {JOURNAL_LIMIT} bytes between two rounds"
+            ));
+            self.journal = Journal::default();
+            return None;
+        }
+        Some(&mut self.journal)
     }
 
     /// An effect's result, as [`crate::App::encode_done`] wrote it.
@@ -269,7 +295,10 @@ impl Source {
             return;
         }
         match encoded {
-            Some(bytes) => self.journal.entries.push(Entry::Done(bytes)),
+            Some(bytes) => {
+                let n = bytes.len();
+                self.journal.push(Entry::Done(bytes), n);
+            }
             None => self.broken = Some(
                 "an effect's result came back and the app does not encode them (App::encode_done)"
                     .into(),
@@ -635,9 +664,10 @@ mod tests {
             due_unix_ms: 9,
             late: true,
         });
-        j.entries.push(Entry::Done(vec![4]));
+        j.push(Entry::Done(vec![4]), 1);
         j.closed(&info(0), &crate::opened::Closed::MaxAge);
-        let back = Journal::decode(&j.encode()).unwrap();
+        let mut back = Journal::decode(&j.encode()).unwrap();
+        back.bytes = j.bytes;
         assert_eq!(back, j);
         assert_eq!(back.conns.len(), 2);
     }
