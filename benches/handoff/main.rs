@@ -664,10 +664,13 @@ fn blackout_cell_with(
         cell.serialize.push(w.serialize_us);
         cell.decode.push(w.decode_us);
         cell.snapshot_bytes = w.snapshot_bytes;
+        // The longest silence of the acks from the old worker's freeze (or,
+        // with a pre-copy, its image: it serves on meanwhile) to the new
+        // worker's first ack.
         let (before, after) = wait_for(
             "the new worker's first ack",
             Duration::from_secs(10),
-            || Ok(rig.tap.silence(w.freeze_ns, w.first_ns)),
+            || Ok(rig.tap.longest_gap(w.freeze_ns, w.first_ns)),
         )?;
         cell.feed.push(after.saturating_sub(before) as f64 / 1000.0);
     }
@@ -764,7 +767,8 @@ fn caught_up_over(sim: &Sim, feed_rate: u32, rtt: Duration) -> Result<()> {
 
 /// What bench-worker's timing file says about one handoff.
 struct WorkerTimes {
-    /// The old worker's freeze snapshot started (its writes are flushed).
+    /// The old worker's freeze snapshot started (its writes are flushed);
+    /// with a pre-copy, its image (it serves on until the freeze).
     freeze_ns: u64,
     /// The new worker consumed its first message.
     first_ns: u64,

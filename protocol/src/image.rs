@@ -21,6 +21,10 @@
 //! - is named [`IMAGE_COMM`] (`/proc/<pid>/comm`), so that tools and tests
 //!   counting the worker processes of a state directory can tell it apart
 //!   (it inherits the worker's environment);
+//! - seals the memfd itself once written: `F_SEAL_WRITE` may wait in the
+//!   kernel (for the last pages written to reach the LRU, up to about
+//!   150 ms under load), and that wait belongs in the child, never in the
+//!   serving parent, which only checks the seals are there;
 //! - runs only the closure it was given, and ends with `_exit` (no
 //!   destructor, no atexit handler, no flush of buffers it shares with the
 //!   parent), its exit code saying how it went.
@@ -62,6 +66,7 @@ const EXIT_CLOSURE_FAILED: i32 = 3;
 const EXIT_WRITE_FAILED: i32 = 4;
 const EXIT_PANICKED: i32 = 5;
 const EXIT_ORPHANED: i32 = 6;
+const EXIT_SEAL_FAILED: i32 = 7;
 
 /// Why an image could not be made or read.
 #[derive(Debug, Error)]
@@ -178,10 +183,10 @@ where
                 .write_all(&bytes)
                 .and_then(|()| out.write_all(&crc.to_le_bytes()))
             {
-                Ok(()) => {
-                    drain_page_batches();
-                    EXIT_OK
-                }
+                Ok(()) => match seal_waiting(out.as_fd()) {
+                    Ok(()) => EXIT_OK,
+                    Err(_) => EXIT_SEAL_FAILED,
+                },
                 Err(_) => EXIT_WRITE_FAILED,
             }
         }
@@ -189,22 +194,6 @@ where
         Err(_) => EXIT_PANICKED,
     };
     exit_now(code)
-}
-
-/// Best effort: flush this CPU's batch of pages on their way to the LRU
-/// (`mlock` does, before it locks), so that the pages just written carry
-/// no stray reference when the parent seals the image (see
-/// [`SEAL_RETRIES`]).
-fn drain_page_batches() {
-    let byte = [0u8; 1];
-    // SAFETY: mlock/munlock of one byte of this stack frame, which outlives
-    // both calls; neither writes to it. Failure (a zero RLIMIT_MEMLOCK)
-    // changes nothing.
-    unsafe {
-        if libc::mlock(byte.as_ptr().cast(), 1) == 0 {
-            libc::munlock(byte.as_ptr().cast(), 1);
-        }
-    }
 }
 
 /// End the child: no destructor, no atexit handler, no flush.
@@ -219,9 +208,27 @@ fn exit_now(code: i32) -> ! {
 /// image takes longer instead of taking the parent's core.
 fn idle_priority() {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler(0, …) changes this process's own policy;
-    // `param` is a valid sched_param that outlives the call.
+    // SAFETY: sched_setscheduler(0, …) changes the calling thread's own
+    // policy; `param` is a valid sched_param that outlives the call.
     unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+}
+
+/// Run `work` on a thread of its own under `SCHED_IDLE` (see the image
+/// child) and wait for it: for bulk work of a process that must not take
+/// a core from a serving one (a successor restoring a pre-copy's state).
+/// The calling thread keeps its own policy (an unprivileged thread could
+/// not return from `SCHED_IDLE`).
+pub fn run_idle<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            idle_priority();
+            work()
+        });
+        match worker.join() {
+            Ok(out) => out,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }
 
 /// Close every descriptor above stderr except `keep`.
@@ -248,15 +255,12 @@ impl Writer {
         if !self.written {
             self.reap().await?;
         }
-        // Nothing is taken before the seal: a wait for a retry may be
-        // cancelled and resumed.
-        if let Some(memfd) = &self.memfd {
-            seal(memfd).await?;
-        }
         let memfd = self.memfd.take().ok_or_else(|| ImageError::Child {
             pid: self.pid(),
             how: "finished already".into(),
         })?;
+        // The child sealed it (F_GET_SEALS does not wait).
+        check_sealed(&memfd, sealed())?;
         let len = File::from(memfd.try_clone()?).metadata()?.len();
         let len = len.checked_sub(4).ok_or(ImageError::TooShort { len })?;
         Ok(Image { fd: memfd, len })
@@ -282,6 +286,7 @@ impl Writer {
                 EXIT_WRITE_FAILED => "the memfd write failed".to_string(),
                 EXIT_PANICKED => "the snapshot panicked".to_string(),
                 EXIT_ORPHANED => "its parent was gone".to_string(),
+                EXIT_SEAL_FAILED => "the seal failed".to_string(),
                 c => format!("exit code {c}"),
             },
             Ok(other) => format!("{other:?}"),
@@ -292,31 +297,39 @@ impl Writer {
     }
 }
 
-/// How many times a seal refused as busy is tried again, the first after
-/// [`SEAL_RETRY_FIRST`], each wait twice the last (about a second in all).
-/// The kernel refuses `F_SEAL_WRITE` while a page of the file has a
-/// reference it cannot account for, and the pages the child wrote last can
-/// sit in another CPU's batch of pages on their way to the LRU for a while
-/// after the child exits (seen under load: `EBUSY`). The kernel itself
-/// waits a little before refusing; this waits longer, off the event loop.
+/// How many times the child tries a seal refused as busy again, the first
+/// after [`SEAL_RETRY_FIRST`], each wait twice the last (about a second in
+/// all). The kernel refuses `F_SEAL_WRITE` while a page of the file has a
+/// reference it cannot account for (the pages written last, on their way
+/// to the LRU in another CPU's batch: seen under load as `EBUSY`), after
+/// waiting for them up to about 150 ms itself. Only the child waits.
 pub const SEAL_RETRIES: u32 = 7;
 /// The first wait of [`SEAL_RETRIES`].
 pub const SEAL_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(8);
 
-async fn seal(memfd: &OwnedFd) -> Result<(), ImageError> {
+/// In the child: seal the written image, waiting as long as it takes.
+fn seal_waiting(memfd: std::os::fd::BorrowedFd<'_>) -> nix::Result<()> {
     let mut wait = SEAL_RETRY_FIRST;
     for _ in 0..SEAL_RETRIES {
         match fcntl(memfd, FcntlArg::F_ADD_SEALS(sealed())) {
             Err(nix::errno::Errno::EBUSY) => {
-                tokio::time::sleep(wait).await;
+                std::thread::sleep(wait);
                 wait *= 2;
             }
-            done => return done.map(drop).map_err(ImageError::Seal),
+            done => return done.map(drop),
         }
     }
-    fcntl(memfd, FcntlArg::F_ADD_SEALS(sealed()))
-        .map(drop)
-        .map_err(ImageError::Seal)
+    fcntl(memfd, FcntlArg::F_ADD_SEALS(sealed())).map(drop)
+}
+
+/// Whether `fd` carries the seals `need`, checked without waiting.
+fn check_sealed(fd: impl AsFd, need: SealFlag) -> Result<(), ImageError> {
+    let seals = fcntl(fd.as_fd(), FcntlArg::F_GET_SEALS).map_err(ImageError::NotMemfd)?;
+    let need = need.bits();
+    if seals & need != need {
+        return Err(ImageError::NotSealed { seals });
+    }
+    Ok(())
 }
 
 impl Drop for Writer {
@@ -333,11 +346,8 @@ impl Drop for Writer {
 /// snapshot bytes. Returns the bytes and the checksum the writer computed
 /// (checked by whoever restores them, as every snapshot's).
 pub fn read(fd: impl AsFd, max: u64) -> Result<(Bytes, u32), ImageError> {
-    let seals = fcntl(fd.as_fd(), FcntlArg::F_GET_SEALS).map_err(ImageError::NotMemfd)?;
-    let need = (SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE).bits();
-    if seals & need != need {
-        return Err(ImageError::NotSealed { seals });
-    }
+    let need = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE;
+    check_sealed(fd.as_fd(), need)?;
     let mut file = File::from(fd.as_fd().try_clone_to_owned()?);
     let total = file.metadata()?.len();
     let len = total

@@ -104,6 +104,13 @@ impl<A: App> Worker<A> {
     /// this module), else [`Worker::send_checkpoint`]. `asked`: the
     /// supervisor asked for it (one in progress is followed by another).
     pub(crate) async fn checkpoint_off_loop(&mut self, asked: bool) -> Result<(), WorkerError> {
+        if !asked && self.source.is_some() {
+            // A pre-copy's image is being written or was just taken: a
+            // second copy of the state now would only double the work
+            // beside the serving loop. The next tick takes it.
+            debug!("periodic checkpoint skipped: a pre-copy is in progress");
+            return Ok(());
+        }
         let schema = self.checkpoint_schema.unwrap_or(self.identity.schema);
         if self.link.is_some() && self.start_image(schema, asked) {
             return Ok(());

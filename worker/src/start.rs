@@ -69,7 +69,14 @@ pub async fn run<A: App>(
             Some((ToWorker::Carried(c), _)) => carried = c,
             Some((ToWorker::Warm(part), fds)) => {
                 let round = part.round;
-                match sink.warm(&mut app, part, fds) {
+                // The whole state is bulk work beside a serving worker:
+                // it yields every core that worker (and the feed) wants.
+                let warmed = if round == 0 {
+                    handoff_protocol::image::run_idle(|| sink.warm(&mut app, part, fds))
+                } else {
+                    sink.warm(&mut app, part, fds)
+                };
+                match warmed {
                     Ok(took_ns) => link.send(&FromWorker::Warmed { round, took_ns }).await?,
                     Err(e) => {
                         let reason = RestoreError::PreCopy(e).to_string();
