@@ -50,6 +50,7 @@ use handoff_protocol::PROTOCOL_VERSION;
 use tokio::sync::mpsc;
 
 pub mod machine;
+mod rounds;
 #[cfg(test)]
 mod tests;
 

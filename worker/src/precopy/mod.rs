@@ -26,17 +26,19 @@
 use std::os::fd::OwnedFd;
 
 use handoff_protocol::image::{self, Image, ImageError, Writer};
-use handoff_protocol::worker::{ConnId, ConnInfo, FromWorker, PreCopyMode, PreCopyPart};
+use handoff_protocol::worker::{FromWorker, PreCopyMode, PreCopyPart};
 use handoff_protocol::{monotonic_ns, Snapshot};
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
-use tungstenite::Message;
 
-use crate::app::{App, AppError, Outbox};
+use crate::app::{App, AppError};
 use crate::serve::Worker;
-use crate::timers::Timer;
+
+mod journal;
+
+pub(crate) use journal::Journal;
+pub use journal::JOURNAL_LIMIT;
 
 /// Why a pre-copy part could not be made or applied.
 #[derive(Debug, Error)]
@@ -63,191 +65,6 @@ pub enum PreCopyError {
 /// [`crate::App::digest`]).
 pub fn hash_bytes(bytes: &[u8]) -> u64 {
     ((bytes.len() as u64) << 32) | u64::from(crc32fast::hash(bytes))
-}
-
-/// A message, as journaled.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-enum Payload {
-    Text(String),
-    Binary(#[serde(with = "serde_bytes")] Vec<u8>),
-    Ping(#[serde(with = "serde_bytes")] Vec<u8>),
-    Pong(#[serde(with = "serde_bytes")] Vec<u8>),
-    Close(Option<(u16, String)>),
-}
-
-impl Payload {
-    fn of(msg: &Message) -> Payload {
-        match msg {
-            Message::Text(t) => Payload::Text(t.as_str().to_owned()),
-            Message::Binary(b) => Payload::Binary(b.to_vec()),
-            Message::Ping(b) => Payload::Ping(b.to_vec()),
-            Message::Pong(b) => Payload::Pong(b.to_vec()),
-            Message::Close(c) => Payload::Close(
-                c.as_ref()
-                    .map(|c| (u16::from(c.code), c.reason.as_str().to_owned())),
-            ),
-            // Reading never yields a raw frame.
-            Message::Frame(f) => Payload::Binary(f.payload().to_vec()),
-        }
-    }
-
-    fn message(self) -> Message {
-        use tungstenite::protocol::frame::CloseFrame;
-        match self {
-            Payload::Text(t) => Message::text(t),
-            Payload::Binary(b) => Message::binary(b),
-            Payload::Ping(b) => Message::Ping(b.into()),
-            Payload::Pong(b) => Message::Pong(b.into()),
-            Payload::Close(c) => Message::Close(c.map(|(code, reason)| CloseFrame {
-                code: code.into(),
-                reason: reason.into(),
-            })),
-        }
-    }
-}
-
-/// Why a connection ended, as journaled ([`crate::opened::Closed`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-enum Ended {
-    Lost(String),
-    ByApp,
-    MaxAge,
-}
-
-/// One input delivered to the app.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-enum Entry {
-    Open(ConnId),
-    Message(ConnId, Payload),
-    Done(#[serde(with = "serde_bytes")] Vec<u8>),
-    Timer {
-        key: String,
-        due_unix_ms: u64,
-        late: bool,
-    },
-    Closed(ConnId, Ended),
-}
-
-/// The most a journal may hold between two rounds (about: the payloads
-/// and a little per entry). Protects the serving worker's memory should
-/// rounds stop coming (a supervisor that hangs, a successor that never
-/// applies round 0 before `--precopy-timeout`): past it the journal is
-/// given up, the next round fails and the upgrade is refused.
-pub const JOURNAL_LIMIT: usize = 256 << 20;
-
-/// Every input the library delivered to the app since a round, in order,
-/// with the connections they name.
-#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Journal {
-    conns: Vec<ConnInfo>,
-    entries: Vec<Entry>,
-    /// About how many bytes the entries hold ([`JOURNAL_LIMIT`]).
-    #[serde(skip)]
-    bytes: usize,
-}
-
-impl Journal {
-    fn push(&mut self, entry: Entry, bytes: usize) {
-        self.bytes += bytes + 16;
-        self.entries.push(entry);
-    }
-
-    fn conn(&mut self, info: &ConnInfo) -> ConnId {
-        if !self.conns.iter().any(|c| c == info) {
-            self.conns.retain(|c| c.id != info.id);
-            self.conns.push(info.clone());
-        }
-        info.id
-    }
-
-    pub(crate) fn open(&mut self, info: &ConnInfo) {
-        let id = self.conn(info);
-        self.push(Entry::Open(id), 0);
-    }
-
-    pub(crate) fn message(&mut self, info: &ConnInfo, msg: &Message) {
-        let id = self.conn(info);
-        self.push(Entry::Message(id, Payload::of(msg)), msg.len());
-    }
-
-    pub(crate) fn timer(&mut self, t: &Timer) {
-        let entry = Entry::Timer {
-            key: t.key.clone(),
-            due_unix_ms: t.due_unix_ms,
-            late: t.late,
-        };
-        self.push(entry, t.key.len());
-    }
-
-    pub(crate) fn closed(&mut self, info: &ConnInfo, why: &crate::opened::Closed) {
-        use crate::opened::Closed;
-        let id = self.conn(info);
-        let why = match why {
-            Closed::Lost(r) => Ended::Lost(r.clone()),
-            Closed::ByApp => Ended::ByApp,
-            Closed::MaxAge => Ended::MaxAge,
-        };
-        self.push(Entry::Closed(id, why), 0);
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        // Strings, integers and byte strings only: serialising cannot fail.
-        bincode::serialize(self).unwrap_or_default()
-    }
-
-    fn decode(bytes: &[u8]) -> Result<Journal, PreCopyError> {
-        use bincode::Options;
-        bincode::DefaultOptions::new()
-            .with_fixint_encoding()
-            .with_limit(bytes.len() as u64)
-            .deserialize(bytes)
-            .map_err(|e| PreCopyError::Decode(e.to_string()))
-    }
-
-    /// Deliver every entry to `app` again, discarding whatever the
-    /// callbacks ask for: the source already did it.
-    fn replay<A: App>(self, app: &mut A) -> Result<(), PreCopyError> {
-        let Journal { conns, entries, .. } = self;
-        let conn = |id: ConnId| {
-            conns
-                .iter()
-                .find(|c| c.id == id)
-                .ok_or_else(|| PreCopyError::Decode(format!("an entry names unknown {id}")))
-        };
-        for entry in entries {
-            let mut out = Outbox::<A::Done>::default();
-            match entry {
-                Entry::Open(id) => app.on_open(conn(id)?, &mut out),
-                Entry::Message(id, p) => app.on_message(conn(id)?, p.message(), &mut out),
-                Entry::Done(bytes) => {
-                    let done = app.decode_done(&bytes).map_err(PreCopyError::App)?;
-                    app.on_done(done, &mut out);
-                }
-                Entry::Timer {
-                    key,
-                    due_unix_ms,
-                    late,
-                } => app.on_timer(
-                    &Timer {
-                        key,
-                        due_unix_ms,
-                        late,
-                    },
-                    &mut out,
-                ),
-                Entry::Closed(id, why) => {
-                    use crate::opened::Closed;
-                    let why = match why {
-                        Ended::Lost(r) => Closed::Lost(r),
-                        Ended::ByApp => Closed::ByApp,
-                        Ended::MaxAge => Closed::MaxAge,
-                    };
-                    app.on_closed(conn(id)?, &why, &mut out);
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Round 0's image, while its child writes it.
@@ -295,10 +112,7 @@ impl Source {
             return;
         }
         match encoded {
-            Some(bytes) => {
-                let n = bytes.len();
-                self.journal.push(Entry::Done(bytes), n);
-            }
+            Some(bytes) => self.journal.done(bytes),
             None => self.broken = Some(
                 "an effect's result came back and the app does not encode them (App::encode_done)"
                     .into(),
@@ -633,53 +447,5 @@ fn apply<A: App>(app: &mut A, part: &Snapshot) -> Result<(), PreCopyError> {
         PreCopyMode::Replay => Journal::decode(&part.bytes)?.replay(app),
         PreCopyMode::Delta => app.apply_delta(&part.bytes).map_err(PreCopyError::App),
         PreCopyMode::Off => Err(PreCopyError::Off),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use handoff_protocol::worker::ConnKind;
-
-    fn info(id: u32) -> ConnInfo {
-        ConnInfo {
-            id: ConnId(id),
-            name: format!("feed-{id}"),
-            kind: ConnKind::WebSocket,
-            url: "ws://x/ws".into(),
-            peer: "127.0.0.1:1".into(),
-        }
-    }
-
-    #[test]
-    fn a_journal_round_trips_every_kind_of_input() {
-        let mut j = Journal::default();
-        j.open(&info(0));
-        j.message(&info(0), &Message::text("t"));
-        j.message(&info(1), &Message::binary(vec![1, 2]));
-        j.message(&info(1), &Message::Ping(vec![3].into()));
-        j.message(&info(1), &Message::Close(None));
-        j.timer(&Timer {
-            key: "k".into(),
-            due_unix_ms: 9,
-            late: true,
-        });
-        j.push(Entry::Done(vec![4]), 1);
-        j.closed(&info(0), &crate::opened::Closed::MaxAge);
-        let mut back = Journal::decode(&j.encode()).unwrap();
-        back.bytes = j.bytes;
-        assert_eq!(back, j);
-        assert_eq!(back.conns.len(), 2);
-    }
-
-    #[test]
-    fn a_bad_journal_is_an_error_not_a_panic() {
-        let mut j = Journal::default();
-        j.message(&info(0), &Message::text("hello"));
-        let bytes = j.encode();
-        for cut in 0..bytes.len() {
-            assert!(Journal::decode(&bytes[..cut]).is_err(), "cut at {cut}");
-        }
-        assert!(Journal::decode(&[0xff; 64]).is_err());
     }
 }
