@@ -492,23 +492,23 @@ impl<A: App> Worker<A> {
                 }
             }
         }
-        let state = match (&failure, catch_up) {
-            (Some(_), _) => Ok((Snapshot::seal("", 0, Vec::new()), None)),
+        // Nothing is taken of the state once the freeze has failed.
+        let state = match (failure, catch_up) {
+            (Some(reason), _) => Err(WorkerError::Snapshot(crate::app::AppError(reason))),
             (None, true) => self
                 .final_catch_up()
                 .map(|(s, d)| (s, Some(d)))
                 .map_err(WorkerError::Snapshot),
             (None, false) => self.seal(schema).map(|s| (s, None)),
         };
-        let (snapshot, digest) = match (failure, state) {
-            (None, Ok(s)) => s,
-            (Some(reason), _)
-            | (None, Err(WorkerError::Snapshot(crate::app::AppError(reason)))) => {
+        let (snapshot, digest) = match state {
+            Ok(s) => s,
+            Err(WorkerError::Snapshot(crate::app::AppError(reason))) => {
                 warn!(%reason, "cannot freeze; carrying on");
                 self.tell(&FromWorker::FreezeFailed { reason }).await;
                 return Ok(AfterFreeze::Thawed);
             }
-            (None, Err(e)) => return Err(e),
+            Err(e) => return Err(e),
         };
         let mut conns = Vec::with_capacity(self.conns.len());
         for c in &self.conns {

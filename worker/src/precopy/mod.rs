@@ -47,6 +47,10 @@ pub enum PreCopyError {
     Off,
     #[error("round {got} out of order (after round {after:?})")]
     OutOfOrder { got: u32, after: Option<u32> },
+    #[error("no pre-copy in progress here")]
+    NotStarted,
+    #[error("a catch-up came before any pre-copy round")]
+    NotWarmed,
     #[error("the pre-copy image: {0}")]
     Image(#[from] ImageError),
     #[error("round 0 names an image but {0} descriptors came with it")]
@@ -248,10 +252,7 @@ impl<A: App> Worker<A> {
     /// What changed since the last round, and record anew.
     fn catch_up(&mut self) -> Result<Vec<u8>, PreCopyError> {
         let Some(s) = self.source.as_mut() else {
-            return Err(PreCopyError::OutOfOrder {
-                got: 0,
-                after: None,
-            });
+            return Err(PreCopyError::NotStarted);
         };
         if let Some(why) = &s.broken {
             return Err(PreCopyError::Journal(why.clone()));
@@ -422,10 +423,7 @@ impl Sink {
     ) -> Result<(), crate::error::RestoreError> {
         use crate::error::RestoreError;
         if self.round.is_none() {
-            return Err(RestoreError::PreCopy(PreCopyError::OutOfOrder {
-                got: u32::MAX,
-                after: None,
-            }));
+            return Err(RestoreError::PreCopy(PreCopyError::NotWarmed));
         }
         apply(app, part).map_err(RestoreError::PreCopy)?;
         let ours = app.digest().map_err(RestoreError::App)?;
