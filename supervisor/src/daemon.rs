@@ -3,32 +3,38 @@
 //! reacts to three streams: worker events, control requests and intents.
 //! Nothing blocks it: each worker's channel has its own task, so `status` and
 //! "busy" answers are immediate even mid-upgrade.
+//!
+//! The loop (`run_with`) and the state are here; what it does with each
+//! stream lives beside it: the workers' messages and exits in
+//! [`crate::worker_events`], the operator's signals and requests in
+//! [`crate::requests`], the newest checkpoint and its way to the disk in
+//! [`crate::checkpoints`], an upgrade's steps in [`crate::upgrade`], unplanned
+//! exits in [`crate::recovery`].
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use handoff_protocol::ctl::{CtlRequest, CtlResponse, HandoffReport, Outcome, UpgradeRequest};
-use handoff_protocol::worker::{ConnKind, FromWorker, ToWorker};
-use handoff_protocol::Snapshot;
+use handoff_protocol::ctl::{CtlResponse, HandoffReport, Outcome, UpgradeRequest};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::binary;
 use crate::builds::{Build, BuildStore};
+use crate::checkpoints::Stored;
 use crate::config::Config;
-use crate::control::{self, CtlCommand};
-use crate::handoff::machine::{Event, Phase};
+use crate::control;
+use crate::handoff::machine::Event;
 use crate::handoff::{Trigger, Upgrade};
 use crate::held::HeldSockets;
 use crate::history::History;
 use crate::metrics::{MetricsError, MetricsView};
 use crate::notify::Notifier;
-use crate::persist::{OnDisk, Persister};
+use crate::persist::Persister;
 use crate::probation::Probation;
-use crate::proc::{Generation, Lifecycle, SpawnError, Tagged, WorkerEvent};
-use crate::recovery::{HandedLeftovers, Recovery, StartPlan, HEARTBEAT_CHECK_EVERY};
+use crate::proc::{Generation, Lifecycle, SpawnError, Tagged};
+use crate::recovery::{HandedLeftovers, Recovery, HEARTBEAT_CHECK_EVERY};
 use crate::signals::Intent;
 use crate::upgrade::InFlight;
 use crate::watch::WatchTrigger;
@@ -60,31 +66,6 @@ pub enum DaemonError {
     NeverServed(String),
 }
 
-/// The newest checkpoint.
-#[derive(Debug)]
-pub struct Stored {
-    pub snapshot: Snapshot,
-    pub summary: Option<String>,
-    pub at: Instant,
-    /// What the worker library carried with that snapshot (its timers…).
-    pub carried: handoff_protocol::worker::Carried,
-    pub taken: Taken,
-}
-
-/// How a stored checkpoint was taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Taken {
-    /// In the worker's event loop, which stopped for it.
-    InLoop,
-    /// By a copy-on-write child of the worker (`handoff_protocol::image`):
-    /// the event loop stopped only for the `fork`.
-    ByChild,
-    /// The snapshot of a freeze, mid-handoff.
-    Frozen,
-    /// Read back at start (the checkpoint file, systemd's fd store).
-    Loaded,
-}
-
 /// Handoff counters.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -98,7 +79,7 @@ pub struct Stats {
 
 /// How the daemon is winding down.
 #[derive(Debug)]
-enum Stopping {
+pub(crate) enum Stopping {
     Running,
     /// Stop sent to the worker; killed at the deadline.
     Draining {
@@ -125,11 +106,11 @@ pub struct Daemon {
     pub(crate) stats: Stats,
     pub(crate) started: Instant,
     pub(crate) next_generation: Generation,
-    next_handoff: u64,
+    pub(crate) next_handoff: u64,
     /// `checkpoint --wait` clients, with when they asked: each is answered
     /// by the first checkpoint taken after that.
-    checkpoint_waiters: Vec<(u64, mpsc::Sender<CtlResponse>)>,
-    stopping: Stopping,
+    pub(crate) checkpoint_waiters: Vec<(u64, mpsc::Sender<CtlResponse>)>,
+    pub(crate) stopping: Stopping,
     /// The build the active worker runs (changes when an upgrade commits).
     pub(crate) current: Option<Build>,
     /// Every binary run is admitted here first (see [`crate::builds`]).
@@ -148,18 +129,18 @@ pub struct Daemon {
     /// Writes each checkpoint to the state directory.
     pub(crate) persister: Option<Persister>,
     /// The stored checkpoint is newer than the file (see `store_checkpoint`).
-    persist_pending: bool,
+    pub(crate) persist_pending: bool,
     /// systemd's notify socket.
     pub(crate) systemd: Notifier,
     /// Whether systemd has been told READY=1 yet.
-    ready_sent: bool,
+    pub(crate) ready_sent: bool,
     /// Counters and histograms for `/metrics`, published after every event.
     pub(crate) metrics: MetricsView,
-    metrics_tx: watch::Sender<MetricsView>,
+    pub(crate) metrics_tx: watch::Sender<MetricsView>,
     /// Recent events for `supervisorctl log`.
     pub(crate) history: History,
     /// Finished downloads of `upgrade --url` come back here.
-    downloads: mpsc::Sender<Downloaded>,
+    pub(crate) downloads: mpsc::Sender<Downloaded>,
     /// `STATE_DIR/supervisor.lock`: this is the one supervisor of the state
     /// directory for as long as it lives (or passes it on).
     pub(crate) lock: handoff_protocol::lockfile::LockFile,
@@ -188,9 +169,9 @@ pub struct Daemon {
 /// A finished `upgrade --url` download, on its way back to the daemon.
 #[derive(Debug)]
 pub struct Downloaded {
-    req: UpgradeRequest,
-    result: Result<PathBuf, String>,
-    reply: mpsc::Sender<CtlResponse>,
+    pub(crate) req: UpgradeRequest,
+    pub(crate) result: Result<PathBuf, String>,
+    pub(crate) reply: mpsc::Sender<CtlResponse>,
 }
 
 /// Run the supervisor until a graceful stop completes. `intents` are the
@@ -375,16 +356,6 @@ impl Daemon {
         matches!(self.stopping, Stopping::Running)
     }
 
-    /// Write the stored checkpoint to the file now if it is newer.
-    pub(crate) fn flush_checkpoint(&mut self) {
-        if self.persist_pending {
-            if let Some(c) = self.checkpoint.take() {
-                self.persist(&c.snapshot, &c.summary, &c.carried);
-                self.checkpoint = Some(c);
-            }
-        }
-    }
-
     /// A new supervisor serves: exit without touching the worker or the
     /// control socket.
     pub(crate) fn handed_over(&mut self) {
@@ -401,462 +372,6 @@ impl Daemon {
         let g = self.next_generation;
         self.next_generation += 1;
         g
-    }
-
-    // ---- intents and control requests -------------------------------------
-
-    fn on_intent(&mut self, intent: Intent) {
-        match intent {
-            Intent::Upgrade => {
-                let req = UpgradeRequest {
-                    binary: None,
-                    url: None,
-                    sha256: None,
-                    wait: false,
-                };
-                if let Err(reason) = self.start_upgrade(Trigger::Signal, &req, None) {
-                    warn!(%reason, "SIGUSR2 upgrade not started");
-                }
-            }
-            Intent::GracefulStop => self.begin_stop(),
-            Intent::UpgradeSupervisor => {
-                let (tx, mut rx) = mpsc::channel(1);
-                let req = handoff_protocol::ctl::SupervisorUpgradeRequest {
-                    binary: None,
-                    sha256: None,
-                    wait: false,
-                };
-                self.begin_succession(req, tx);
-                if let Ok(CtlResponse::Refused { reason }) = rx.try_recv() {
-                    warn!(%reason, "SIGUSR1 supervisor upgrade not started");
-                }
-            }
-            Intent::Reload => info!("SIGHUP: nothing to reload (configuration comes from flags)"),
-        }
-    }
-
-    fn on_ctl(&mut self, cmd: CtlCommand) {
-        let CtlCommand { req, reply } = cmd;
-        match req {
-            CtlRequest::Status => {
-                let _ = reply.try_send(CtlResponse::Status(Box::new(self.status())));
-            }
-            CtlRequest::Upgrade(u) if u.url.is_some() => self.begin_download(u, reply),
-            CtlRequest::Upgrade(u) => {
-                let waiter = u.wait.then(|| reply.clone());
-                match self.start_upgrade(Trigger::Control, &u, waiter) {
-                    Err(reason) => {
-                        let _ = reply.try_send(CtlResponse::Refused { reason });
-                    }
-                    Ok(report) if !u.wait => {
-                        let _ = reply.try_send(CtlResponse::Upgrade(report));
-                    }
-                    Ok(_) => {}
-                }
-            }
-            CtlRequest::Checkpoint { wait } => match self.active.as_ref() {
-                Some(a) if a.hello().is_some() => {
-                    a.send(ToWorker::CheckpointNow, Vec::new());
-                    if wait {
-                        self.checkpoint_waiters
-                            .push((handoff_protocol::monotonic_ns(), reply));
-                    } else {
-                        let _ = reply.try_send(CtlResponse::Ok);
-                    }
-                }
-                _ => {
-                    let _ = reply.try_send(CtlResponse::Refused {
-                        reason: "no worker is running".into(),
-                    });
-                }
-            },
-            CtlRequest::Stop => {
-                let _ = reply.try_send(CtlResponse::Ok);
-                self.begin_stop();
-            }
-            CtlRequest::UpgradeSupervisor(req) => self.begin_succession(req, reply),
-            CtlRequest::Log { last } => {
-                let _ = reply.try_send(CtlResponse::Log(self.history.last(last as usize)));
-            }
-            CtlRequest::Rollback { wait } => {
-                let Some(previous) = self.probation.previous.clone() else {
-                    let reason = "no previous build to roll back to".to_string();
-                    let _ = reply.try_send(CtlResponse::Refused { reason });
-                    return;
-                };
-                let req = UpgradeRequest {
-                    binary: Some(previous.build.exec.display().to_string()),
-                    url: None,
-                    sha256: None,
-                    wait,
-                };
-                let waiter = wait.then(|| reply.clone());
-                match self.start_upgrade(Trigger::Rollback, &req, waiter) {
-                    Err(reason) => {
-                        let _ = reply.try_send(CtlResponse::Refused { reason });
-                    }
-                    Ok(report) if !wait => {
-                        let _ = reply.try_send(CtlResponse::Upgrade(report));
-                    }
-                    Ok(_) => {}
-                }
-            }
-        }
-    }
-
-    /// `upgrade --url`: refuse at once if it cannot start, else download in
-    /// a task of its own; the upgrade starts when the file is in.
-    fn begin_download(&mut self, req: UpgradeRequest, reply: mpsc::Sender<CtlResponse>) {
-        let refuse = |reason: String| {
-            let _ = reply.try_send(CtlResponse::Refused { reason });
-        };
-        if req.sha256.is_none() {
-            return refuse(crate::download::DownloadError::NoChecksum.to_string());
-        }
-        if let Some(busy) = self.handoff.busy() {
-            return refuse(busy);
-        }
-        let url = req.url.clone().unwrap_or_default();
-        info!(%url, "downloading a build");
-        let (state_dir, tx) = (self.cfg.state_dir.clone(), self.downloads.clone());
-        tokio::spawn(async move {
-            let result = crate::download::fetch(&url, &state_dir)
-                .await
-                .map_err(|e| e.to_string());
-            let _ = tx.send(Downloaded { req, result, reply }).await;
-        });
-    }
-
-    fn on_downloaded(&mut self, done: Downloaded) {
-        let Downloaded {
-            mut req,
-            result,
-            reply,
-        } = done;
-        let path = match result {
-            Ok(p) => p,
-            Err(reason) => {
-                let _ = reply.try_send(CtlResponse::Refused { reason });
-                return;
-            }
-        };
-        req.binary = Some(path.display().to_string());
-        req.url = None;
-        let waiter = req.wait.then(|| reply.clone());
-        match self.start_upgrade(Trigger::Control, &req, waiter) {
-            Err(reason) => {
-                let _ = reply.try_send(CtlResponse::Refused { reason });
-            }
-            Ok(report) if !req.wait => {
-                let _ = reply.try_send(CtlResponse::Upgrade(report));
-            }
-            Ok(_) => {}
-        }
-        // Admitted into the build store (or refused): the download is done with.
-        let _ = std::fs::remove_file(&path);
-    }
-
-    fn begin_stop(&mut self) {
-        if !matches!(self.stopping, Stopping::Running) {
-            return;
-        }
-        info!("graceful stop");
-        self.systemd.stopping();
-        self.drive(Event::Stopping);
-        match self.active.as_mut() {
-            Some(a) if !matches!(a.life, Lifecycle::Exited { .. }) => {
-                a.send(ToWorker::Stop, Vec::new());
-                a.life = Lifecycle::Exiting;
-                let deadline = tokio::time::Instant::now() + self.cfg.timeouts.stop;
-                self.stopping = Stopping::Draining { deadline };
-            }
-            _ => self.stopping = Stopping::Done,
-        }
-    }
-
-    // ---- worker events ----------------------------------------------------
-
-    fn on_worker_event(&mut self, ev: Tagged) {
-        let Tagged { generation, event } = ev;
-        if self
-            .active
-            .as_ref()
-            .is_some_and(|a| a.generation == generation)
-        {
-            self.on_active_event(event);
-        } else if self
-            .handoff
-            .successor
-            .as_ref()
-            .is_some_and(|s| s.generation == generation)
-        {
-            self.on_successor_event(event);
-        } else if self
-            .handoff
-            .retiring
-            .as_ref()
-            .is_some_and(|o| o.generation == generation)
-        {
-            self.on_retiring_event(event);
-        } else if let WorkerEvent::Message(msg, fds) = event {
-            // A killed successor's last words, or similar: descriptors are
-            // closed as `fds` drops.
-            if !fds.is_empty() {
-                warn!(
-                    generation,
-                    n = fds.len(),
-                    "descriptors from a retired worker closed"
-                );
-            }
-            tracing::debug!(generation, ?msg, "message from a retired worker ignored");
-        }
-    }
-
-    fn on_active_event(&mut self, event: WorkerEvent) {
-        match event {
-            WorkerEvent::Message(msg, fds) => self.on_active_message(msg, fds),
-            WorkerEvent::ChannelClosed { error } => {
-                // A worker the supervisor cannot talk to cannot be frozen,
-                // checkpointed or stopped: replace it (its exit starts a
-                // recovery on the held sockets). Usually it is exiting anyway.
-                // It is given `EXIT_STATUS_GRACE` to exit by itself, so that
-                // its own exit status is what is reported; past it,
-                // `check_heartbeat` kills it.
-                if matches!(self.stopping, Stopping::Running) {
-                    if let Some(a) = self.active.as_mut() {
-                        warn!(
-                            pid = a.pid,
-                            error = error.as_deref().unwrap_or("closed"),
-                            "lost the channel to the active worker; it is replaced once it exits"
-                        );
-                        a.channel_closed = Some(Instant::now());
-                    }
-                }
-            }
-            WorkerEvent::Exited(status) => {
-                let Some(mut a) = self.active.take() else {
-                    return;
-                };
-                a.life = Lifecycle::Exited {
-                    status: status.to_string(),
-                };
-                if matches!(self.stopping, Stopping::Draining { .. }) {
-                    info!(pid = a.pid, %status, "worker stopped");
-                    self.stopping = Stopping::Done;
-                    return;
-                }
-                if self.handoff.phase.successor().is_some() {
-                    self.drive(Event::OldExited(status.to_string()));
-                }
-                self.on_unplanned_exit(&a, status.to_string());
-            }
-        }
-    }
-
-    fn on_active_message(&mut self, msg: FromWorker, fds: Vec<std::os::fd::OwnedFd>) {
-        let Some(a) = self.active.as_mut() else {
-            return;
-        };
-        match msg {
-            FromWorker::Hello(hello) => {
-                if !matches!(a.life, Lifecycle::Starting) {
-                    return;
-                }
-                match a.plan.clone() {
-                    StartPlan::Recover { reason, after } => {
-                        self.send_recovery(hello, reason, after)
-                    }
-                    StartPlan::Fresh | StartPlan::Successor => {
-                        info!(pid = a.pid, build = %hello.build_id, "worker said hello; starting fresh");
-                        a.life = Lifecycle::Running { hello };
-                        a.send(ToWorker::StartFresh, Vec::new());
-                        let status = format!("serving: worker pid {}", a.pid);
-                        self.serving(&status);
-                    }
-                }
-            }
-            FromWorker::Ready => {
-                if let Lifecycle::Recovering { hello } = &a.life {
-                    info!(pid = a.pid, "recovered worker ready; serving");
-                    let status = format!("serving: worker pid {} (recovered)", a.pid);
-                    a.life = Lifecycle::Running {
-                        hello: hello.clone(),
-                    };
-                    a.send(ToWorker::Go, Vec::new());
-                    self.serving(&status);
-                }
-            }
-            FromWorker::Rejected { reason } => {
-                error!(pid = a.pid, %reason, "the recovering worker refused the checkpoint");
-            }
-            FromWorker::Register(info) => {
-                let mut fds = fds;
-                if fds.len() != 1 {
-                    warn!(conn = %info.id, n = fds.len(), "registration must carry exactly one descriptor; ignored");
-                    return;
-                }
-                if info.kind == ConnKind::WebSocketTls {
-                    // Its sessions will pass through this process at every
-                    // handoff (and, under kernel TLS, the socket holds keys).
-                    if let Err(e) = handoff_protocol::tls::keep_keys_out_of_core_dumps() {
-                        warn!("cannot keep TLS keys out of core dumps (PR_SET_DUMPABLE): {e}");
-                    }
-                }
-                if let Some(fd) = fds.pop() {
-                    info!(conn = %info.id, name = %info.name, peer = %info.peer, "holding connection");
-                    if let Some(k) = &self.fdstore {
-                        k.conn(&info, &fd);
-                    }
-                    self.held.insert(info, fd);
-                }
-            }
-            FromWorker::Unregister { id, reason } => {
-                info!(conn = %id, %reason, "connection released");
-                if self.held.remove(id).is_some() {
-                    if let Some(k) = &self.fdstore {
-                        k.unconn(id);
-                    }
-                }
-            }
-            FromWorker::Checkpoint(c) => {
-                self.store_checkpoint(c.snapshot, c.summary, Taken::InLoop, c.taken_at_ns)
-            }
-            FromWorker::CheckpointImage(c) => {
-                let mut fds = fds;
-                match (fds.pop(), fds.is_empty()) {
-                    (Some(fd), true) => {
-                        match c.read(fd) {
-                            Ok(c) => self.store_checkpoint(
-                                c.snapshot,
-                                c.summary,
-                                Taken::ByChild,
-                                c.taken_at_ns,
-                            ),
-                            Err(e) => {
-                                warn!(pid = a.pid, "checkpoint image refused, the previous checkpoint is kept: {e}");
-                                self.carried_ahead = Default::default();
-                            }
-                        }
-                    }
-                    _ => {
-                        warn!(
-                            pid = a.pid,
-                            "a checkpoint image must carry exactly one descriptor; ignored"
-                        );
-                        self.carried_ahead = Default::default();
-                    }
-                }
-            }
-            FromWorker::Frozen(f) => {
-                crate::fault::hit(crate::fault::Point::InFreeze);
-                self.drive(Event::Frozen(Box::new(f)));
-            }
-            FromWorker::FreezeFailed { reason } => self.drive(Event::FreezeFailed(reason)),
-            FromWorker::PreCopied(part) => self.on_precopied(part, fds),
-            FromWorker::PreCopyFailed { reason } => self.drive(Event::PreCopyFailed(reason)),
-            FromWorker::FirstConsumed { at_ns } => self.on_first_consumed(at_ns),
-            FromWorker::Heartbeat => {}
-            FromWorker::Adoptable(_) => {
-                warn!("Adoptable from a worker that has a supervisor; ignored")
-            }
-            FromWorker::Carried(c) => self.carried_ahead = c,
-            FromWorker::FeedChanges(lines) => {
-                for line in lines {
-                    warn!(pid = a.pid, "{line}");
-                    self.history.push(format!("worker pid {}: {line}", a.pid));
-                }
-            }
-            FromWorker::Serving => self.first_start.served(),
-            FromWorker::Failed { reason } => {
-                error!(pid = a.pid, %reason, "the worker failed");
-                self.history
-                    .push(format!("worker pid {} failed: {reason}", a.pid));
-                self.first_start.last_words(reason);
-            }
-            FromWorker::Warmed { .. } => {
-                warn!(pid = a.pid, "Warmed from the serving worker; ignored")
-            }
-        }
-    }
-
-    pub(crate) fn store_checkpoint(
-        &mut self,
-        snapshot: Snapshot,
-        summary: Option<String>,
-        taken: Taken,
-        taken_at_ns: u64,
-    ) {
-        let bytes = snapshot.bytes.len() as u64;
-        let schema = snapshot.schema;
-        let carried = std::mem::take(&mut self.carried_ahead);
-        // Mid-handoff (a Frozen snapshot) the file waits for the upgrade to
-        // end: writing and syncing it would compete with the successor for
-        // the CPU and the disk during the blackout. Until then the file
-        // holds the previous checkpoint, which is what a restarted
-        // supervisor would recover from anyway.
-        if taken != Taken::Frozen && self.handoff.phase.is_idle() {
-            self.persist(&snapshot, &summary, &carried);
-        } else {
-            self.persist_pending = true;
-        }
-        self.checkpoint = Some(Stored {
-            snapshot,
-            summary,
-            at: Instant::now(),
-            carried,
-            taken,
-        });
-        self.checkpoint_waiters.retain(|(asked_ns, w)| {
-            if *asked_ns > taken_at_ns {
-                return true;
-            }
-            let _ = w.try_send(CtlResponse::CheckpointStored { bytes, schema });
-            false
-        });
-    }
-
-    fn persist(
-        &mut self,
-        snapshot: &Snapshot,
-        summary: &Option<String>,
-        carried: &handoff_protocol::worker::Carried,
-    ) {
-        self.persist_pending = false;
-        let c = OnDisk {
-            snapshot: snapshot.clone(),
-            summary: summary.clone(),
-            carried: carried.0.clone(),
-        };
-        if let Some(k) = &self.fdstore {
-            k.checkpoint(c.clone());
-        }
-        if let Some(p) = &self.persister {
-            p.save(c);
-        }
-    }
-
-    fn on_first_consumed(&mut self, at_ns: u64) {
-        self.handed_leftovers = None;
-        let gen = self.active.as_ref().map(|a| a.generation);
-        let Some((pending_gen, frozen_at)) = self.stats.blackout_pending else {
-            return;
-        };
-        if Some(pending_gen) != gen {
-            return;
-        }
-        let blackout = at_ns.saturating_sub(frozen_at) / 1000;
-        self.stats.blackout_pending = None;
-        if let (Phase::Committing(_), Some(up)) = (&self.handoff.phase, self.handoff.up.as_mut()) {
-            up.first_consumed_ns = Some(at_ns);
-            self.drive(Event::FirstConsumed);
-        } else if let Some(last) = self.stats.last.as_mut() {
-            last.blackout_us = Some(blackout);
-            self.metrics.blackout.observe_us(blackout);
-        }
-        info!(
-            blackout_us = blackout,
-            "new worker consumed its first message"
-        );
     }
 
     /// Refresh the gauges and hand the view to the metrics endpoint.

@@ -16,9 +16,10 @@ use tokio::net::UnixListener;
 use tracing::{error, info};
 
 use crate::builds::Build;
+use crate::checkpoints::Stored;
 use crate::config::Config;
 use crate::control;
-use crate::daemon::{Daemon, DaemonError, Stored};
+use crate::daemon::{Daemon, DaemonError};
 use crate::persist::Persister;
 use crate::proc::{Generation, SpawnError, WorkerProc};
 use crate::recovery::StartPlan;
@@ -198,7 +199,7 @@ impl Daemon {
                     summary: c.summary,
                     at: Instant::now(),
                     carried: handoff_protocol::worker::Carried(c.carried),
-                    taken: crate::daemon::Taken::Loaded,
+                    taken: crate::checkpoints::Taken::Loaded,
                 });
                 StartPlan::Recover {
                     reason: "the supervisor restarted; state from its checkpoint file".into(),

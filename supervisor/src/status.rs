@@ -82,7 +82,7 @@ impl Daemon {
             bytes: c.snapshot.bytes.len() as u64,
             schema: c.snapshot.schema,
             summary: c.summary.clone(),
-            off_loop: c.taken == crate::daemon::Taken::ByChild,
+            off_loop: c.taken == crate::checkpoints::Taken::ByChild,
         });
         let handoffs = HandoffStats {
             completed: self.stats.completed,

@@ -226,7 +226,7 @@ impl Daemon {
             Action::StoreCheckpoint(f) => self.store_checkpoint(
                 f.snapshot,
                 f.summary,
-                crate::daemon::Taken::InLoop,
+                crate::checkpoints::Taken::InLoop,
                 f.frozen_at_ns,
             ),
             Action::Commit => return self.commit(),
@@ -297,7 +297,7 @@ impl Daemon {
                 self.store_checkpoint(
                     f.snapshot,
                     f.summary,
-                    crate::daemon::Taken::InLoop,
+                    crate::checkpoints::Taken::InLoop,
                     f.frozen_at_ns,
                 );
                 return Some(Event::RestoreFailed(e.to_string()));
@@ -339,7 +339,7 @@ impl Daemon {
         // (the TLS sessions among them) were wiped when it was decoded: the
         // checkpoint keeps nothing of the sessions alive.
         let at = f.frozen_at_ns;
-        self.store_checkpoint(f.snapshot, f.summary, crate::daemon::Taken::Frozen, at);
+        self.store_checkpoint(f.snapshot, f.summary, crate::checkpoints::Taken::Frozen, at);
         None
     }
 

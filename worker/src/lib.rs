@@ -97,6 +97,7 @@ pub mod conn;
 pub mod error;
 pub mod fault;
 pub mod feeds;
+mod freeze;
 pub mod launch;
 pub mod link;
 pub mod opened;

@@ -1,25 +1,25 @@
 //! The event loop: consume messages one at a time, answer the supervisor,
-//! freeze at a message boundary, thaw or exit.
+//! freeze at a message boundary ([`crate::freeze`]), thaw or exit.
 
 use std::future::poll_fn;
 use std::task::Poll;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use handoff_protocol::worker::{ConnLeftovers, FromWorker, Frozen, ToWorker};
-use handoff_protocol::{monotonic_ns, Snapshot};
+use handoff_protocol::monotonic_ns;
+use handoff_protocol::worker::{FromWorker, ToWorker};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::time::{interval, timeout, MissedTickBehavior};
+use tokio::time::{interval, MissedTickBehavior};
 use tracing::{debug, info, warn};
 use tungstenite::Message;
 
 use crate::app::{App, Effect, Outbox, Target};
 use crate::conn::Conn;
 use crate::error::WorkerError;
+use crate::freeze::AfterFreeze;
 use crate::link::{recv_opt, Link};
 use crate::settings::Settings;
 use crate::start::Ended;
-use crate::tls::Writer;
 
 /// Most messages consumed in a row without looking at the supervisor, the
 /// timers or the signals: bounds how much later than otherwise a Freeze is
@@ -41,19 +41,9 @@ pub(crate) enum Awaiting {
     FirstMessage,
 }
 
-/// How a freeze ended.
-enum AfterFreeze {
-    /// Abandoned upgrade (or failed freeze): carry on exactly where we were.
-    Thawed,
-    /// A successor is live: leave without touching the connections.
-    Exit,
-    /// Stop for good.
-    Stop,
-}
-
 /// Whether new effects may start now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EffectGate {
+pub(crate) enum EffectGate {
     Open,
     /// Freezing: effects the app asks for wait in `deferred` (started on
     /// thaw, dropped on exit: the app recorded them in its state).
@@ -91,9 +81,9 @@ pub(crate) struct Worker<A: App> {
     /// Round-robin start for fairness between connections.
     next_poll: usize,
     /// The app's requests in flight.
-    effects: FuturesUnordered<Effect<A::Done>>,
-    deferred: Vec<Effect<A::Done>>,
-    gate: EffectGate,
+    pub(crate) effects: FuturesUnordered<Effect<A::Done>>,
+    pub(crate) deferred: Vec<Effect<A::Done>>,
+    pub(crate) gate: EffectGate,
     /// Feeds whose connection was lost, to re-open (and re-subscribe).
     pub(crate) lost: Vec<crate::conn::Feed>,
     /// Schema of checkpoints, when the supervisor asked for another one.
@@ -308,7 +298,7 @@ impl<A: App> Worker<A> {
     }
 
     /// An effect's result, to the app (journaled first in a pre-copy).
-    async fn deliver_done(&mut self, done: A::Done) {
+    pub(crate) async fn deliver_done(&mut self, done: A::Done) {
         if let Some(s) = self.source.as_mut().filter(|s| s.wants_done()) {
             s.done(self.app.encode_done(&done));
         }
@@ -401,16 +391,6 @@ impl<A: App> Worker<A> {
         e
     }
 
-    /// `Exit`: a successor serves from now on. Let go of `serving.lock` at
-    /// once (the successor waits for it) and leave the connections as they
-    /// are.
-    fn handed_over(&mut self) -> Ended {
-        if let Some(lock) = self.serving.take() {
-            lock.hand_over();
-        }
-        Ended::HandedOver
-    }
-
     /// Try to re-open every lost feed; those that fail wait for the next
     /// tick of `reconnect_interval`.
     async fn reopen_lost(&mut self) {
@@ -418,173 +398,6 @@ impl<A: App> Worker<A> {
             if let Err(e) = self.open_feeds(std::slice::from_ref(&feed)).await {
                 warn!(name = %feed.name, error = %e, "re-open failed; will retry");
                 self.lost.push(feed);
-            }
-        }
-    }
-
-    /// Step 4 of a handoff: stop consuming (we are between two messages),
-    /// flush every connection, snapshot, and hand over the leftovers. Then
-    /// wait to be thawed or told to exit; nothing is read or written on the
-    /// connections in between.
-    async fn freeze(&mut self, schema: u32, catch_up: bool) -> Result<AfterFreeze, WorkerError> {
-        crate::fault::hit(crate::fault::FaultPoint::Freeze).await;
-        // The frozen state supersedes a checkpoint still being written.
-        self.images.abandon();
-        self.gate = EffectGate::Held;
-        let after = self.freeze_inner(schema, catch_up).await;
-        // Whatever came of it, the pre-copy (if any) is over.
-        self.precopy_end();
-        match after {
-            Ok(AfterFreeze::Thawed) => {
-                self.gate = EffectGate::Open;
-                self.effects.extend(self.deferred.drain(..));
-            }
-            _ if !self.deferred.is_empty() => {
-                info!(
-                    n = self.deferred.len(),
-                    "effects never started; the state records them for the successor"
-                );
-                self.deferred.clear();
-            }
-            _ => {}
-        }
-        after
-    }
-
-    /// Settle the app's in-flight effects: each one's result is applied to
-    /// the state before the snapshot, so none is half-known.
-    async fn settle(&mut self) -> Result<(), String> {
-        let limit = self.settings.freeze_settle_timeout;
-        let settled = timeout(limit, async {
-            while let Some(done) = self.effects.next().await {
-                self.deliver_done(done).await;
-            }
-        })
-        .await;
-        settled.map_err(|_| {
-            format!(
-                "{} requests still in flight after {limit:?}",
-                self.effects.len()
-            )
-        })
-    }
-
-    async fn freeze_inner(
-        &mut self,
-        schema: u32,
-        catch_up: bool,
-    ) -> Result<AfterFreeze, WorkerError> {
-        let frozen_at_ns = monotonic_ns();
-        let limit = self.settings.freeze_flush_timeout;
-        let mut failure = self.settle().await.err();
-        for conn in &mut self.conns {
-            if failure.is_some() {
-                break;
-            }
-            match timeout(limit, conn.flush()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => failure = Some(format!("{}: flush failed: {e}", conn.info.id)),
-                Err(_) => {
-                    failure = Some(format!(
-                        "{}: pending writes not flushed within {limit:?}",
-                        conn.info.id
-                    ))
-                }
-            }
-        }
-        // Nothing is taken of the state once the freeze has failed.
-        let state = match (failure, catch_up) {
-            (Some(reason), _) => Err(WorkerError::Snapshot(crate::app::AppError(reason))),
-            (None, true) => self
-                .final_catch_up()
-                .map(|(s, d)| (s, Some(d)))
-                .map_err(WorkerError::Snapshot),
-            (None, false) => self.seal(schema).map(|s| (s, None)),
-        };
-        let (snapshot, digest) = match state {
-            Ok(s) => s,
-            Err(WorkerError::Snapshot(crate::app::AppError(reason))) => {
-                warn!(%reason, "cannot freeze; carrying on");
-                self.tell(&FromWorker::FreezeFailed { reason }).await;
-                return Ok(AfterFreeze::Thawed);
-            }
-            Err(e) => return Err(e),
-        };
-        let mut conns = Vec::with_capacity(self.conns.len());
-        for c in &self.conns {
-            match c.tls_session() {
-                Ok(tls) => conns.push(ConnLeftovers {
-                    id: c.info.id,
-                    leftovers: c.leftovers(),
-                    tls,
-                }),
-                Err(e) => {
-                    let reason = format!("{}: {e}", c.info.id);
-                    warn!(%reason, "cannot freeze; carrying on");
-                    self.tell(&FromWorker::FreezeFailed { reason }).await;
-                    return Ok(AfterFreeze::Thawed);
-                }
-            }
-        }
-        let summary = self.app.summary();
-        if self.link.is_none() {
-            return Ok(AfterFreeze::Thawed);
-        }
-        // The TLS sessions leave with the Frozen message: from here on only
-        // the successor may seal records, until a Thaw gives the right back.
-        for c in &mut self.conns {
-            c.set_tls_writer(Writer::HandedOver);
-        }
-        let after = self
-            .frozen(snapshot, digest, conns, frozen_at_ns, summary)
-            .await;
-        if matches!(after, Ok(AfterFreeze::Thawed)) {
-            for c in &mut self.conns {
-                c.set_tls_writer(Writer::Live);
-            }
-        }
-        after
-    }
-
-    /// Hand the frozen state over and wait to be thawed or let go.
-    async fn frozen(
-        &mut self,
-        snapshot: Snapshot,
-        digest: Option<u64>,
-        conns: Vec<ConnLeftovers>,
-        frozen_at_ns: u64,
-        summary: Option<String>,
-    ) -> Result<AfterFreeze, WorkerError> {
-        self.tell(&FromWorker::Carried(self.carried())).await;
-        self.tell(&FromWorker::Frozen(Frozen {
-            snapshot,
-            conns,
-            frozen_at_ns,
-            summary,
-            digest,
-        }))
-        .await;
-        info!("frozen");
-        let mut heartbeat = interval(self.settings.heartbeat_interval);
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            let Some(link) = self.link.as_mut() else {
-                // Without a supervisor no successor can go live (it waits
-                // for Go from the supervisor), so serving on is the only way
-                // nothing is lost.
-                warn!("supervisor went away while frozen; thawing");
-                return Ok(AfterFreeze::Thawed);
-            };
-            tokio::select! {
-                cmd = link.recv() => match cmd {
-                    Ok(Some((ToWorker::Thaw, _))) => return Ok(AfterFreeze::Thawed),
-                    Ok(Some((ToWorker::Exit, _))) => return Ok(AfterFreeze::Exit),
-                    Ok(Some((ToWorker::Stop, _))) => return Ok(AfterFreeze::Stop),
-                    Ok(Some((other, _))) => debug!(?other, "ignored while frozen"),
-                    Ok(None) => self.orphaned("supervisor went away while frozen"),
-                    Err(e) => self.orphaned(&format!("supervisor channel broken while frozen ({e})")),
-                },
-                _ = heartbeat.tick() => self.tell(&FromWorker::Heartbeat).await,
             }
         }
     }

@@ -129,7 +129,8 @@ mod daemon_side {
     use tracing::{error, info, warn};
 
     use super::Keeper;
-    use crate::daemon::{Daemon, Stored};
+    use crate::checkpoints::Stored;
+    use crate::daemon::Daemon;
     use crate::fdstore::{Received, Storer};
     use crate::persist::OnDisk;
     use crate::recovery::StartPlan;
@@ -172,7 +173,7 @@ mod daemon_side {
                     summary: c.summary.clone(),
                     at: Instant::now(),
                     carried: handoff_protocol::worker::Carried(c.carried.clone()),
-                    taken: crate::daemon::Taken::Loaded,
+                    taken: crate::checkpoints::Taken::Loaded,
                 });
             }
             if self.cfg.fd_store {

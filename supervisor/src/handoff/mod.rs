@@ -49,6 +49,7 @@ use handoff_protocol::worker::Hello;
 use handoff_protocol::PROTOCOL_VERSION;
 use tokio::sync::mpsc;
 
+mod events;
 pub mod machine;
 mod rounds;
 #[cfg(test)]
