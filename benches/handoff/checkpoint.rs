@@ -39,9 +39,10 @@ use handoff_protocol::monotonic_ns;
 use handoff_testkit::wait_for;
 use serde_json::{json, Value};
 
+use crate::blackout::caught_up;
 use crate::rig::{AllBins, Rig, RigOpts};
 use crate::stats::{bytes, max, pct, round1, summary, trio, us};
-use crate::{caught_up, progress, Opts};
+use crate::{progress, Opts};
 
 /// An interval no pass lasts: checkpoints off.
 const OFF_MS: u64 = 24 * 3600 * 1000;

@@ -47,13 +47,12 @@ use handoff_protocol::monotonic_ns;
 use handoff_testkit::wait_for;
 use serde_json::{json, Value};
 
+use crate::blackout::{caught_up_over, num, worker_times};
+use crate::cold::{spawn_standalone, unacked_per_conn, wait_acking, Cold};
 use crate::rig::{AllBins, Rig, RigOpts};
 use crate::stats::{bytes, max, mean, pct, ratio, round1, summary, trio, us, yes};
 use crate::tap::Net;
-use crate::{
-    caught_up_over, num, progress, spawn_standalone, unacked_per_conn, wait_acking, worker_times,
-    Jitter, Opts, SYMBOLS,
-};
+use crate::{progress, Jitter, Opts, SYMBOLS};
 
 /// A quiet window: its longest ack gap is the baseline, and the handoff's
 /// figure is the longest gap within half of it either side of the handoff.
@@ -75,39 +74,6 @@ impl Scheme {
             Scheme::Ws => "ws://",
             Scheme::Wss => "wss://",
         }
-    }
-}
-
-/// The cold restarts of one cell.
-#[derive(Debug, Default)]
-struct ColdRow {
-    gap_us: Vec<f64>,
-    /// Kill → the last new connection's first ack.
-    all_back_us: Vec<f64>,
-    unacked: Vec<f64>,
-    unsubscribed: Vec<f64>,
-}
-
-impl ColdRow {
-    fn lost(&self) -> Vec<f64> {
-        self.unacked
-            .iter()
-            .zip(&self.unsubscribed)
-            .map(|(a, b)| a + b)
-            .collect()
-    }
-
-    fn json(&self) -> Value {
-        let lost = self.lost();
-        json!({
-            "restarts": self.gap_us.len(),
-            "gap_us": summary(&self.gap_us),
-            "all_feeds_back_us": summary(&self.all_back_us),
-            "lost_per_restart": summary(&lost),
-            "unacked_per_restart": summary(&self.unacked),
-            "unsubscribed_per_restart": summary(&self.unsubscribed),
-            "samples": { "gap_us": self.gap_us, "lost": lost },
-        })
     }
 }
 
@@ -162,7 +128,8 @@ impl HandoffRow {
 struct Cell {
     delay_ms: u64,
     scheme: Scheme,
-    cold: ColdRow,
+    /// The cell's cold restarts.
+    cold: Cold,
     handoffs: Vec<HandoffRow>,
     /// The longest ack gap of each quiet window.
     baseline_us: Vec<f64>,
@@ -183,7 +150,7 @@ impl Cell {
     }
 
     fn json(&self) -> Value {
-        let cold = pct(&self.cold.gap_us, 50.0);
+        let cold = pct(&self.cold.gap, 50.0);
         json!({
             "one_way_delay_ms": self.delay_ms,
             "scheme": self.scheme.name(),
@@ -212,7 +179,11 @@ pub fn section(bins: &AllBins, o: &Opts, md: &mut String, report: &mut Value) ->
             cells.push(Cell {
                 delay_ms,
                 scheme,
-                cold: ColdRow::default(),
+                cold: Cold {
+                    conns,
+                    rate: o.rate_per_stream(conns),
+                    ..Cold::default()
+                },
                 handoffs: o
                     .coldnet_sizes
                     .iter()
@@ -255,7 +226,7 @@ pub fn section(bins: &AllBins, o: &Opts, md: &mut String, report: &mut Value) ->
                     handoff_pass(bins, o, net, conns, &mut cell.handoffs[k - 1], &mut jitter)?
                 };
                 let gap = match k {
-                    0 => cell.cold.gap_us.last(),
+                    0 => cell.cold.gap.last(),
                     k => cell.handoffs[k - 1].gap_us.last(),
                 };
                 progress(format!(
@@ -322,7 +293,7 @@ fn cold_pass(
     o: &Opts,
     net: Net,
     conns: usize,
-    row: &mut ColdRow,
+    row: &mut Cold,
     jitter: &mut Jitter,
 ) -> Result<(f64, Vec<f64>)> {
     let rig = Rig::feed_over(
@@ -362,9 +333,9 @@ fn cold_pass(
         .filter_map(|c| c.first_ack_ns)
         .max()
         .unwrap_or(t_kill);
-    row.gap_us
+    row.gap
         .push(new_first.saturating_sub(old_last) as f64 / 1000.0);
-    row.all_back_us
+    row.all_back
         .push(back.saturating_sub(t_kill) as f64 / 1000.0);
     // Each feed without a subscription: its old connection's close to its
     // new SUBSCRIBE, both as the exchange sees them.
@@ -470,14 +441,14 @@ fn table(o: &Opts, conns: usize, cells: &[Cell]) -> String {
     );
     let pair = |v: &[f64]| format!("{} / {}", us(pct(v, 50.0)), us(max(v)));
     for c in cells {
-        let cold = pct(&c.cold.gap_us, 50.0);
+        let cold = pct(&c.cold.gap, 50.0);
         let lost = c.cold.lost();
         s.push_str(&format!(
             "| {} ms | {} | cold restart (kill -9, start again) | {} | {} | {:.1} ({:.1} unacked + {:.1} unsubscribed) | {:.0} / – | – |\n",
             c.delay_ms,
             c.scheme.name(),
-            pair(&c.cold.gap_us),
-            us(pct(&c.cold.all_back_us, 50.0)),
+            pair(&c.cold.gap),
+            us(pct(&c.cold.all_back, 50.0)),
             mean(&lost),
             mean(&c.cold.unacked),
             mean(&c.cold.unsubscribed),
@@ -511,7 +482,7 @@ fn table(o: &Opts, conns: usize, cells: &[Cell]) -> String {
         .iter()
         .find(|c| Some(c.delay_ms) == near && c.scheme == Scheme::Wss)
     {
-        let cold = pct(&c.cold.gap_us, 50.0);
+        let cold = pct(&c.cold.gap, 50.0);
         let figures: Vec<String> = c
             .handoffs
             .iter()

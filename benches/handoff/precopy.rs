@@ -5,20 +5,23 @@
 //! in the freeze), `replay` (the journal of inputs since the pre-copy
 //! image) and `delta` (bench-worker's own delta). Every trade changes the
 //! state (a counter, a position and a word of ballast), so the catch-up is
-//! never empty. Each row is section 1's cell ([`crate::blackout_cell_with`]):
-//! the supervisor's blackout (A's freeze to B's first message), the
-//! feed-side longest ack gap around the handoff (from the relay's kernel
-//! timestamps; for a pre-copy the window starts at the pre-copy image, so
-//! it includes the `fork`), the floor beside it (a bare process given the
-//! same descriptors and, for `floor`, the bytes of the whole state; for
-//! `fds-only`, none), and what the exchange saw lost.
+//! never empty. Each row is section 1's cell
+//! ([`crate::blackout::blackout_cell_with`]): the supervisor's blackout
+//! (A's freeze to B's first message), the feed-side longest ack gap around
+//! the handoff (from the relay's kernel timestamps; for a pre-copy the
+//! window starts at the pre-copy image, so it includes the `fork`), the
+//! floor beside it (a bare process given the same descriptors and, for
+//! `floor`, the bytes of the whole state; for `fds-only`, none), and what
+//! the exchange saw lost.
 
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
+use crate::blackout::{blackout_cell_with, Cell};
 use crate::checkpoint::State;
+use crate::rig::AllBins;
 use crate::stats::{pct, ratio, summary, trio, us};
-use crate::{blackout_cell_with, progress, AllBins, Cell, Opts, KIB, MIB};
+use crate::{progress, Opts, KIB, MIB};
 
 const MODES: [&str; 3] = ["off", "replay", "delta"];
 

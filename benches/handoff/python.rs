@@ -31,9 +31,11 @@ use anyhow::{bail, Context, Result};
 use handoff_testkit::{wait_for, Bins, Sim, TestkitError};
 use serde_json::{json, Value};
 
+use crate::blackout::{blackout_cell, Cell};
 use crate::rig::{proc_sample, AllBins, CLOCK_TICKS_PER_S};
 use crate::stats::{bytes, pct, ratio, trio, us};
-use crate::{audit_rate, blackout_cell, progress, Cell, Opts, KIB, SYMBOLS};
+use crate::steady::audit_rate;
+use crate::{progress, Opts, KIB, SYMBOLS};
 
 const NOT_RUN: &str = "NOT RUN: HANDOFF_PYTHON unset (HANDOFF_PYTHON=$(scripts/python-env))";
 
