@@ -9,7 +9,7 @@
 //! worker that consumes market data and sends orders.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -72,18 +72,11 @@ impl LockFile {
             .mode(0o600)
             .open(path)
             .map_err(io)?;
-        let mut file = file;
         match how {
             Wait::No => lock_now(&file, path)?,
             Wait::AsLongAsItTakes => file.lock().map_err(io)?,
         }
-        let pid = std::process::id().to_string();
-        (|| {
-            file.set_len(0)?;
-            file.rewind()?;
-            file.write_all(pid.as_bytes())
-        })()
-        .map_err(io)?;
+        record(&file, &std::process::id().to_string()).map_err(io)?;
         Ok(LockFile {
             path: path.to_path_buf(),
             file,
@@ -122,13 +115,8 @@ impl LockFile {
     /// Let go of the lock for a successor: record in the file that this
     /// holder handed over (at `Exit`), then release it. Until another
     /// worker takes the lock, [`handed_over`] says so.
-    pub fn hand_over(mut self) {
-        let mark = format!("{HANDED_OVER} {}", std::process::id());
-        let _ = (|| {
-            self.file.set_len(0)?;
-            self.file.rewind()?;
-            self.file.write_all(mark.as_bytes())
-        })();
+    pub fn hand_over(self) {
+        let _ = record(&self.file, &format!("{HANDED_OVER} {}", std::process::id()));
     }
 
     /// Whether `path` is free right now (taken and released at once,
@@ -175,20 +163,43 @@ fn lock_now(file: &File, path: &Path) -> Result<(), LockError> {
     })
 }
 
+/// Every record is written over the previous one at offset 0, padded to
+/// this length, and never by truncating the file: on ext4 a truncation to
+/// zero of a file with data marks it for a flush at close
+/// (`auto_da_alloc`), and the next truncation then waits for that disk
+/// write. Taking `serving.lock` after a handoff did exactly that, and it
+/// cost the new worker about half a millisecond of its blackout.
+const RECORD_LEN: usize = 32;
+
+/// Write `text` as the file's record (see [`RECORD_LEN`]).
+fn record(file: &File, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(format!("{text:<RECORD_LEN$}\n").as_bytes(), 0)
+}
+
+/// The record in `path`: its first line, trimmed.
+fn read_record(path: &Path) -> Option<String> {
+    let mut s = String::new();
+    File::open(path).ok()?.read_to_string(&mut s).ok()?;
+    Some(s.lines().next().unwrap_or("").trim().to_string())
+}
+
 /// What a holder that handed over writes in the file.
 const HANDED_OVER: &str = "handed-over-by";
 
 /// Whether the last holder of `path` let go of it by handing over (rather
 /// than dying or stopping): no worker has taken it since.
 pub fn handed_over(path: &Path) -> bool {
-    std::fs::read_to_string(path).is_ok_and(|s| s.starts_with(HANDED_OVER))
+    read_record(path).is_some_and(|s| s.starts_with(HANDED_OVER))
 }
 
 /// The pid the last holder of `path` wrote, if any.
 pub fn holder(path: &Path) -> Option<u32> {
-    let mut s = String::new();
-    File::open(path).ok()?.read_to_string(&mut s).ok()?;
-    s.trim().trim_start_matches(HANDED_OVER).trim().parse().ok()
+    read_record(path)?
+        .trim_start_matches(HANDED_OVER)
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -216,6 +227,24 @@ mod tests {
         let again = LockFile::lock_blocking(&path).unwrap();
         assert_eq!(again.path(), path);
         assert!(!handed_over(&path), "a new holder replaces the record");
+    }
+
+    #[test]
+    fn a_record_is_written_over_the_last_one_whatever_was_there() {
+        let _g = crate::FORK_GUARD.lock();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serving.lock");
+        // A longer record than any this code writes, and a line after it.
+        std::fs::write(&path, "handed-over-by 4294967295 and more\nold junk\n").unwrap();
+        assert!(handed_over(&path));
+        let held = LockFile::try_lock(&path).unwrap();
+        assert!(!handed_over(&path), "the new holder's record comes first");
+        drop(held);
+        assert_eq!(holder(&path), Some(std::process::id()));
+        let held = LockFile::try_lock(&path).unwrap();
+        held.hand_over();
+        assert!(handed_over(&path));
+        assert_eq!(holder(&path), Some(std::process::id()));
     }
 
     #[test]
