@@ -203,10 +203,13 @@ fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Run only on a core nothing else wants (`SCHED_IDLE`): the serving
-/// parent, the feed and the supervisor come first, so on a busy machine the
-/// image takes longer instead of taking the parent's core.
-fn idle_priority() {
+/// Run the calling thread only on a core nothing else wants
+/// (`SCHED_IDLE`) from now on: the serving parent, the feed and the
+/// supervisor come first, so on a busy machine the image takes longer
+/// instead of taking the parent's core. Also for a worker that has handed
+/// over, for its teardown (see `handoff_worker`'s freeze). An unprivileged
+/// thread cannot go back.
+pub fn idle_priority() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler(0, …) changes the calling thread's own
     // policy; `param` is a valid sched_param that outlives the call.

@@ -345,7 +345,10 @@ pub enum FromWorker {
     /// `Go`. Sent before `Ready`; the supervisor logs them with the upgrade.
     FeedChanges(Vec<String>),
     /// The worker holds every feed it was configured with and serves: sent
-    /// once, when its event loop starts (fresh, recovered or after `Go`).
+    /// once, when its event loop starts (fresh or recovered), or, after
+    /// `Go`, once its first message is through (or at its first heartbeat,
+    /// on a quiet feed), so that the supervisor's wake-up does not fall in
+    /// the blackout.
     /// Until a worker has said it, the supervisor counts its exits as
     /// failed starts.
     Serving,

@@ -36,6 +36,12 @@ impl<A: App> Worker<A> {
         if let Some(lock) = self.serving.take() {
             lock.hand_over();
         }
+        // What is left is the process's teardown (its state freed, its
+        // runtime dropped): it must not take a core from the successor or
+        // the supervisor, which are about to write `Go` and take the first
+        // message. The `Exit` that woke this worker placed it on the
+        // supervisor's core.
+        handoff_protocol::image::idle_priority();
         Ended::HandedOver
     }
 

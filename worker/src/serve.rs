@@ -186,8 +186,15 @@ impl<A: App> Worker<A> {
                     .await;
             }
         }
-        // Every feed is open: a start that got this far did not fail.
-        self.tell(&FromWorker::Serving).await;
+        // Every feed is open: a start that got this far did not fail. A
+        // successor says so once its first message is through (or at its
+        // first heartbeat, on a quiet feed): the write wakes the
+        // supervisor, which on a busy machine would take this core from
+        // the first message, the end of the blackout.
+        let mut serving_told = awaiting != Awaiting::FirstMessage;
+        if serving_told {
+            self.tell(&FromWorker::Serving).await;
+        }
         loop {
             let linked = self.link.is_some();
             tokio::select! {
@@ -227,7 +234,12 @@ impl<A: App> Worker<A> {
                 // Timers before the connections: a worker that always has a
                 // message ready must still heartbeat and checkpoint, or the
                 // supervisor takes it for hung (they are ready only when due).
-                _ = heartbeat.tick(), if linked => self.tell(&FromWorker::Heartbeat).await,
+                _ = heartbeat.tick(), if linked => {
+                    if !std::mem::replace(&mut serving_told, true) {
+                        self.tell(&FromWorker::Serving).await;
+                    }
+                    self.tell(&FromWorker::Heartbeat).await
+                }
                 stream = crate::orphan::accept_opt(&self.orphanage), if !linked => self.offer_adoption(stream).await,
                 _ = crate::orphan::adoption_stalled(self.adoption_deadline) => self.drop_silent_adopter(),
                 _ = checkpoint.tick(), if linked => self.checkpoint_off_loop(false).await?,
@@ -248,6 +260,10 @@ impl<A: App> Worker<A> {
                             break;
                         };
                         self.consume(idx, item, &mut awaiting).await?;
+                    }
+                    if !serving_told && awaiting == Awaiting::Nothing {
+                        serving_told = true;
+                        self.tell(&FromWorker::Serving).await;
                     }
                 }
                 Some(done) = self.effects.next(), if !self.effects.is_empty() => self.deliver_done(done).await,
