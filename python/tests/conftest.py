@@ -1,4 +1,6 @@
-"""Fixtures: the exchange simulator and bots as real processes.
+"""Fixtures: the exchange simulator and bots as real processes; and the
+reference trading bot's modules with fakes of the runtime, shared by its
+pure-logic tests (test_trading_bot_*.py).
 
 The simulator is the `exchange-sim` binary of this repository's build
 (`$HANDOFF_BIN_DIR`, default `target/debug`: `cargo build` or `cargo test`
@@ -8,9 +10,12 @@ makes it). Bots run under the interpreter running pytest, as a bot would.
 import json
 import os
 import subprocess
+import sys
 import threading
+import types
 import queue
 import urllib.request
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -121,3 +126,92 @@ def spawn():
         if p.proc.poll() is None:
             p.proc.kill()
             p.proc.wait()
+
+
+# --- the reference trading bot ------------------------------------------------------
+# Its pure logic (``python/examples/trading_bot.py``, ``trading_state.py``) is
+# tested without the runtime or the network (test_trading_bot_*.py): the
+# modules, and fakes of what the runtime hands a bot.
+sys.path.insert(0, str(EXAMPLES))
+
+_stub = None
+try:
+    import handoff  # noqa: F401
+except ImportError:  # the package is not built: the logic needs only App
+    _stub = types.ModuleType("handoff")
+    _stub.App = type("App", (), {})
+    _stub.run = lambda app, feeds, **kw: 0
+    sys.modules["handoff"] = _stub
+
+import trading_bot as tb  # noqa: E402, F401
+import trading_state as ts  # noqa: E402
+
+if _stub is not None:  # the bot keeps it; other test modules see no package
+    del sys.modules["handoff"]
+
+D = Decimal
+
+
+class Out:
+    """A fake ``out``: records every call; ``spawned`` keeps the coroutines
+    (closed, never run) with a copy of the open orders at spawn time."""
+
+    def __init__(self, bot=None):
+        self.calls, self.spawned, self.bot = [], [], bot
+
+    def send(self, conn, msg):
+        self.calls.append(("send", getattr(conn, "name", conn), msg))
+
+    def after(self, seconds, key):
+        self.calls.append(("after", seconds, key))
+
+    def at(self, unix_ms, key):
+        self.calls.append(("at", unix_ms, key))
+
+    def open(self, name, url):
+        self.calls.append(("open", name, url))
+
+    def spawn(self, aw):
+        orders = {k: o.status for k, o in self.bot.state.open_orders.items()} if self.bot else None
+        self.spawned.append((aw.cr_code.co_name, aw.cr_frame.f_locals.copy(), orders))
+        aw.close()
+        self.calls.append(("spawn", aw.cr_code.co_name))
+
+    def sends(self):
+        return [c[2] for c in self.calls if c[0] == "send"]
+
+
+def conn(id=0, name="feed-0"):
+    return types.SimpleNamespace(id=id, name=name, url="ws://x", peer="x", tls=False)
+
+
+def trade(id, price, symbol="BTCUSDT", qty="0.001"):
+    return json.dumps(
+        {
+            "stream": f"{symbol.lower()}@trade",
+            "data": {
+                "e": "trade",
+                "E": 1,
+                "s": symbol,
+                "t": id,
+                "p": price,
+                "q": qty,
+                "T": 1,
+                "m": True,
+            },
+        }
+    )
+
+
+def zigzag(i, base):
+    """fixture_tests.rs sample_state's price of trade ``i``."""
+    wave = ((i // 37) % 2) * 2 - 1
+    return ts.plain(D(base * 100 + wave * (i % 37) * 7).scaleb(-2))
+
+
+def feed(bot, n=600, conn_=None, out=None):
+    out = out or Out(bot)
+    for i in range(1, n + 1):
+        for sym, base in (("BTCUSDT", 42_000), ("ETHUSDT", 2_200)):
+            bot.on_message(conn_ or conn(), trade(i, zigzag(i, base), sym), out)
+    return out

@@ -11,7 +11,7 @@
 //!    is a dead orphan's: removed); one of our uid (or root) answers
 //!    `Adoptable` with its Hello, generation and state; its pidfd is opened
 //!    before that answer is read, so the handle is that process's;
-//! 2. exactly one serving orphan: it is adopted ([`Daemon::adopt`]): told
+//! 2. exactly one serving orphan: it is adopted (`Daemon::adopt`): told
 //!    `Adopt`, it registers its connections again and sends a checkpoint. No
 //!    freeze, no handoff: the exchange sees nothing. A successor left
 //!    *awaiting Go* by a supervisor that died mid-handoff (its predecessor

@@ -1,4 +1,4 @@
-//! Checkpoints: taken in the event loop ([`Worker::send_checkpoint`]) or,
+//! Checkpoints: taken in the event loop (`Worker::send_checkpoint`) or,
 //! periodic ones, off the serving path: the snapshot is serialized by
 //! a copy-on-write child of the worker ([`handoff_protocol::image`]), so
 //! the event loop stops only for the `fork`, not for `snapshot()`, the

@@ -1,5 +1,5 @@
 //! The event loop: consume messages one at a time, answer the supervisor,
-//! freeze at a message boundary ([`crate::freeze`]), thaw or exit.
+//! freeze at a message boundary (`freeze.rs`), thaw or exit.
 
 use std::future::poll_fn;
 use std::task::Poll;

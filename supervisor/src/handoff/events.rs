@@ -54,7 +54,7 @@ pub enum Event {
     FeedChanges(String),
     /// The supervisor is stopping.
     Stopping,
-    /// [`Phase::deadline`] passed.
+    /// [`super::machine::Phase::deadline`] passed.
     Deadline,
 }
 

@@ -1,21 +1,21 @@
 //! Pre-copy: the successor is warmed with the state while this worker
 //! serves, so that the freeze carries only what changed since.
 //!
-//! The serving worker (the *source*, [`Source`]) is asked for rounds:
+//! The serving worker (the *source*, `Source`) is asked for rounds:
 //!
 //! - **round 0** takes the state, in a copy-on-write child when the app
 //!   allows it ([`crate::App::snapshot_in_child`]; the loop stops only for
 //!   the `fork`), and at that same instant, between two callbacks, starts
 //!   recording what changes: the app's own mark
 //!   ([`crate::App::delta_mark`]) for [`PreCopyMode::Delta`], or the
-//!   library's journal of every input it delivers ([`Journal`]) for
+//!   library's journal of every input it delivers (`Journal`) for
 //!   [`PreCopyMode::Replay`];
 //! - **round k** sends what changed since round k−1 (the journal so far,
 //!   or [`crate::App::delta`]) and records anew;
 //! - **the freeze** (`Freeze { catch_up: true }`) sends the rest, with the
 //!   app's [`crate::App::digest`] of the frozen state.
 //!
-//! The successor (the *sink*, [`Sink`]) restores round 0, applies each
+//! The successor (the *sink*, `Sink`) restores round 0, applies each
 //! round as it comes (replaying a journal with everything the callbacks
 //! send, spawn, set or open discarded: the source did all that), and after
 //! the last part, in the freeze, compares its digest with the source's: a
