@@ -15,7 +15,7 @@ use handoff_testkit::{wait_for, Sim};
 use serde_json::{json, Value};
 
 use crate::floor;
-use crate::rig::{AllBins, Rig, RigOpts};
+use crate::rig::{AllBins, Rig};
 use crate::stats::{bytes, max, pct, ratio, round1, summary, trio, us, yes};
 use crate::{progress, Jitter, Opts, SYMBOLS};
 
@@ -147,15 +147,7 @@ pub fn blackout_cell_with(
     size: usize,
     worker_args: Vec<String>,
 ) -> Result<Cell> {
-    let mut rig = Rig::feed(
-        bins,
-        RigOpts {
-            conns,
-            sim_args: o.sim_rate_args(conns),
-            worker_args,
-            verbose: o.verbose,
-        },
-    )?;
+    let mut rig = o.feed_rig(bins, conns, worker_args)?;
     rig.start_supervisor()?;
     let mut cell = Cell {
         conns,

@@ -40,7 +40,7 @@ use handoff_testkit::wait_for;
 use serde_json::{json, Value};
 
 use crate::blackout::caught_up;
-use crate::rig::{AllBins, Rig, RigOpts};
+use crate::rig::AllBins;
 use crate::stats::{bytes, max, pct, round1, summary, trio, us};
 use crate::{progress, Opts};
 
@@ -273,15 +273,7 @@ fn pass(
     let mut worker_args = state.worker_args();
     worker_args.push("--checkpoint-ms".into());
     worker_args.push(interval_ms.unwrap_or(OFF_MS).to_string());
-    let mut rig = Rig::feed(
-        bins,
-        RigOpts {
-            conns,
-            sim_args: o.sim_rate_args(conns),
-            worker_args,
-            verbose: o.verbose,
-        },
-    )?;
+    let mut rig = o.feed_rig(bins, conns, worker_args)?;
     rig.start_supervisor()?;
     let pid = rig.status()?["worker"]["pid"]
         .as_u64()

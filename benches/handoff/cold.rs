@@ -13,7 +13,7 @@ use handoff_testkit::wait_for;
 use serde_json::{json, Value};
 
 use crate::blackout::Cell;
-use crate::rig::{AllBins, Rig, RigOpts};
+use crate::rig::{AllBins, Rig};
 use crate::stats::{max, mean, pct, ratio, round1, summary, trio, us};
 use crate::tap;
 use crate::{Jitter, Opts, SYMBOLS};
@@ -36,6 +36,47 @@ pub struct Cold {
 }
 
 impl Cold {
+    /// One restart, as the relay saw it: `old` the killed worker's
+    /// connections, `new` its replacement's, `t_kill` when the kill was
+    /// sent. Records the ack gap (old's last ack to new's first), every
+    /// feed back (kill to new's last first ack) and the trades broadcast
+    /// while a feed had no subscription (old's close to new's SUBSCRIBE,
+    /// at the feed's rate).
+    pub fn record(
+        &mut self,
+        old: &[tap::ConnRec],
+        new: &[tap::ConnRec],
+        t_kill: u64,
+    ) -> Result<()> {
+        let old_last = old
+            .iter()
+            .filter_map(|c| c.last_ack_ns)
+            .max()
+            .context("no ack on the old connections")?;
+        let new_first = new
+            .iter()
+            .filter_map(|c| c.first_ack_ns)
+            .min()
+            .context("no ack on the new connections")?;
+        let back = new
+            .iter()
+            .filter_map(|c| c.first_ack_ns)
+            .max()
+            .unwrap_or(t_kill);
+        self.gap
+            .push(new_first.saturating_sub(old_last) as f64 / 1000.0);
+        self.all_back
+            .push(back.saturating_sub(t_kill) as f64 / 1000.0);
+        let unsub_s: f64 = old
+            .iter()
+            .zip(new)
+            .filter_map(|(o, n)| Some(n.subscribed_ns?.saturating_sub(o.closed_ns?) as f64 / 1e9))
+            .sum();
+        self.unsubscribed
+            .push(unsub_s * f64::from(self.rate) * SYMBOLS.len() as f64);
+        Ok(())
+    }
+
     /// The restarts measured (one sample each).
     pub fn restarts(&self) -> usize {
         self.gap.len()
@@ -98,14 +139,10 @@ pub fn wait_acking(rig: &Rig, from: usize, n: usize) -> Result<Vec<tap::ConnRec>
 }
 
 pub fn cold_restarts(bins: &AllBins, o: &Opts, conns: usize, size: usize) -> Result<Cold> {
-    let rig = Rig::feed(
+    let rig = o.feed_rig(
         bins,
-        RigOpts {
-            conns,
-            sim_args: o.sim_rate_args(conns),
-            worker_args: vec!["--ballast-bytes".into(), size.to_string()],
-            verbose: o.verbose,
-        },
+        conns,
+        vec!["--ballast-bytes".into(), size.to_string()],
     )?;
     let mut cold = Cold {
         conns,
@@ -123,38 +160,11 @@ pub fn cold_restarts(bins: &AllBins, o: &Opts, conns: usize, size: usize) -> Res
         child = spawn_standalone(&rig)?;
         let new_from = (k + 1) * conns;
         let cs = wait_acking(&rig, new_from, conns)?;
-        // The old connections' last ack to the new ones' first.
-        let old_last = cs[new_from - conns..new_from]
-            .iter()
-            .filter_map(|c| c.last_ack_ns)
-            .max()
-            .context("no ack on the old connections")?;
-        let new_first = cs[new_from..new_from + conns]
-            .iter()
-            .filter_map(|c| c.first_ack_ns)
-            .min()
-            .context("no ack on the new connections")?;
-        cold.gap
-            .push(new_first.saturating_sub(old_last) as f64 / 1000.0);
-        let back = cs[new_from..new_from + conns]
-            .iter()
-            .filter_map(|c| c.first_ack_ns)
-            .max()
-            .unwrap_or(t_kill);
-        cold.all_back
-            .push(back.saturating_sub(t_kill) as f64 / 1000.0);
-        // Trades broadcast on feed i while it had no subscription: from the
-        // old connection's end to the new one's SUBSCRIBE, at the feed's rate.
-        let mut unsub_s = 0.0;
-        for i in 0..conns {
-            let old = &cs[new_from - conns + i];
-            let new = &cs[new_from + i];
-            if let (Some(end), Some(sub)) = (old.closed_ns, new.subscribed_ns) {
-                unsub_s += sub.saturating_sub(end) as f64 / 1e9;
-            }
-        }
-        cold.unsubscribed
-            .push(unsub_s * f64::from(o.rate_per_stream(conns)) * SYMBOLS.len() as f64);
+        cold.record(
+            &cs[new_from - conns..new_from],
+            &cs[new_from..new_from + conns],
+            t_kill,
+        )?;
     }
     let _ = child.kill();
     let _ = child.wait();

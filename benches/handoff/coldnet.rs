@@ -52,7 +52,7 @@ use crate::cold::{spawn_standalone, unacked_per_conn, wait_acking, Cold};
 use crate::rig::{AllBins, Rig, RigOpts};
 use crate::stats::{bytes, max, mean, pct, ratio, round1, summary, trio, us, yes};
 use crate::tap::Net;
-use crate::{progress, Jitter, Opts, SYMBOLS};
+use crate::{progress, Jitter, Opts};
 
 /// A quiet window: its longest ack gap is the baseline, and the handoff's
 /// figure is the longest gap within half of it either side of the handoff.
@@ -317,35 +317,7 @@ fn cold_pass(
     worker.0.wait().context("reap bench-worker")?;
     worker = Standalone(spawn_standalone(&rig)?);
     let cs = wait_acking(&rig, conns, conns)?;
-    let (old, new) = (&cs[..conns], &cs[conns..2 * conns]);
-    let old_last = old
-        .iter()
-        .filter_map(|c| c.last_ack_ns)
-        .max()
-        .context("no ack on the old connections")?;
-    let new_first = new
-        .iter()
-        .filter_map(|c| c.first_ack_ns)
-        .min()
-        .context("no ack on the new connections")?;
-    let back = new
-        .iter()
-        .filter_map(|c| c.first_ack_ns)
-        .max()
-        .unwrap_or(t_kill);
-    row.gap
-        .push(new_first.saturating_sub(old_last) as f64 / 1000.0);
-    row.all_back
-        .push(back.saturating_sub(t_kill) as f64 / 1000.0);
-    // Each feed without a subscription: its old connection's close to its
-    // new SUBSCRIBE, both as the exchange sees them.
-    let unsub_s: f64 = old
-        .iter()
-        .zip(new)
-        .filter_map(|(o, n)| Some(n.subscribed_ns?.saturating_sub(o.closed_ns?) as f64 / 1e9))
-        .sum();
-    row.unsubscribed
-        .push(unsub_s * f64::from(o.rate_per_stream(conns)) * SYMBOLS.len() as f64);
+    row.record(&cs[..conns], &cs[conns..2 * conns], t_kill)?;
     // The killed connections' unacked trades, once the simulator has seen
     // them close (it numbers connections in accept order, as the relay does).
     let audit = wait_for(

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::rig::{proc_sample, AllBins, Rig, RigOpts, CLOCK_TICKS_PER_S};
+use crate::rig::{proc_sample, AllBins, CLOCK_TICKS_PER_S};
 use crate::stats::{bytes, round1, yes};
 use crate::Opts;
 
@@ -45,14 +45,10 @@ impl Footprint {
 }
 
 pub fn footprint(bins: &AllBins, o: &Opts, conns: usize, size: usize) -> Result<Footprint> {
-    let mut rig = Rig::feed(
+    let mut rig = o.feed_rig(
         bins,
-        RigOpts {
-            conns,
-            sim_args: o.sim_rate_args(conns),
-            worker_args: vec!["--ballast-bytes".into(), size.to_string()],
-            verbose: o.verbose,
-        },
+        conns,
+        vec!["--ballast-bytes".into(), size.to_string()],
     )?;
     rig.start_supervisor()?;
     let pid = rig.supervisor_pid().context("no supervisor")?;

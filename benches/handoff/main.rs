@@ -266,6 +266,20 @@ impl Opts {
     fn sim_rate_args(&self, conns: usize) -> Vec<String> {
         vec!["--rate".into(), self.rate_per_stream(conns).to_string()]
     }
+
+    /// A rig of `conns` connections fed at this run's rate, its worker run
+    /// with `worker_args` (the supervisor not started yet).
+    fn feed_rig(&self, bins: &AllBins, conns: usize, worker_args: Vec<String>) -> Result<rig::Rig> {
+        rig::Rig::feed(
+            bins,
+            rig::RigOpts {
+                conns,
+                sim_args: self.sim_rate_args(conns),
+                worker_args,
+                verbose: self.verbose,
+            },
+        )
+    }
 }
 
 fn main() -> ExitCode {

@@ -6,7 +6,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use crate::blackout::{caught_up, num, worker_times, Phases};
-use crate::rig::{AllBins, Rig, RigOpts};
+use crate::rig::AllBins;
 use crate::stats::{bytes, pct, summary, us, yes};
 use crate::{Jitter, Opts};
 
@@ -51,15 +51,7 @@ impl Scale {
 }
 
 pub fn snapshot_scale(bins: &AllBins, o: &Opts, positions: usize) -> Result<Scale> {
-    let mut rig = Rig::feed(
-        bins,
-        RigOpts {
-            conns: 1,
-            sim_args: o.sim_rate_args(1),
-            worker_args: vec!["--positions".into(), positions.to_string()],
-            verbose: o.verbose,
-        },
-    )?;
+    let mut rig = o.feed_rig(bins, 1, vec!["--positions".into(), positions.to_string()])?;
     rig.start_supervisor()?;
     let mut sc = Scale {
         positions,
