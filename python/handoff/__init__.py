@@ -104,7 +104,9 @@ class App:
 
     def on_closed(self, conn: Conn, why: str, out: Outbox) -> None:
         """``conn`` ended: ``"lost"`` (opened again, ``on_open`` follows),
-        ``"by_app"`` or ``"max_age"`` (opened again)."""
+        ``"by_app"``, ``"max_age"`` (opened again), or ``"refused"``: an
+        ``out.open`` whose URL can never be connected to (not ``ws://`` or
+        ``wss://``, no host; the library logs why), never opened."""
 
     def on_takeover(self, mode: str, out: Outbox) -> None:
         """This worker now serves (``"handoff"`` or ``"recovery"``):

@@ -287,6 +287,7 @@ impl App for PyApp {
             Closed::Lost(_) => "lost",
             Closed::ByApp => "by_app",
             Closed::MaxAge => "max_age",
+            Closed::Refused(_) => "refused",
         };
         self.callback("on_closed", out, |py, me| {
             Ok(vec![

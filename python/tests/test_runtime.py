@@ -65,6 +65,16 @@ def test_an_exception_in_a_callback_is_logged_and_the_bot_carries_on(sim, spawn)
     assert "on_message" in log
 
 
+@pytest.mark.sim_args("--trades", "200", "--rate", "1000", "--symbols", "btcusdt")
+def test_a_connection_opened_to_a_url_never_reachable_is_refused_and_the_bot_told(sim, spawn):
+    bot = spawn([sys.executable, str(BOTS / "probe_bot.py"), sim.ws_url, "0", "http://127.0.0.1:9/"])
+    assert bot.expect("closed") == "closed extra refused http://127.0.0.1:9/"
+    assert_all_acked(sim, 200)
+    assert bot.stop() == 0, bot.log()
+    assert "only ws:// and wss:// URLs are supported" in bot.log()
+    assert "will retry" not in bot.log()
+
+
 @pytest.mark.sim_args("--trades", "400", "--rate", "1000", "--symbols", "btcusdt,ethusdt")
 def test_the_reference_bot_runs_alone_on_the_simulator(sim, spawn):
     bot = spawn([sys.executable, str(EXAMPLES / "trading_bot.py"), "--feed", sim.ws_url, "--symbols", "btcusdt,ethusdt", "--ack"])

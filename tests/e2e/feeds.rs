@@ -206,3 +206,35 @@ fn a_server_shutdown_is_followed_by_a_reconnect_without_an_upgrade() {
     wait_for_more_acks(&c.sim, "acks on the new connections");
     connections(&c);
 }
+
+#[test]
+fn a_connection_the_app_opens_to_a_url_it_can_never_reach_is_refused_and_the_app_told() {
+    // `http://` is a URL, but no websocket connection can be opened to it:
+    // the library refuses it at once, and does not try it again.
+    let c = cluster()
+        .worker_args(["--runtime-feed", "bad=http://127.0.0.1:9/"])
+        .start()
+        .expect("cluster");
+    let summary = handoff_testkit::wait_for(
+        "the app to hear of the refusal",
+        std::time::Duration::from_secs(10),
+        || {
+            let s = c.fresh_summary()?;
+            Ok(s["refused_connections"]["bad"].is_string().then_some(s))
+        },
+    )
+    .unwrap();
+    let why = summary["refused_connections"]["bad"].as_str().unwrap();
+    assert!(
+        why.contains("only ws:// and wss:// URLs are supported"),
+        "{why}"
+    );
+    // Never held, never carried: an upgrade opens nothing of it either.
+    wait_held(&c, &["feed-0"]);
+    let out = c.upgrade(None).unwrap();
+    assert!(out.success(), "{}", out.stderr);
+    assert!(!out.stdout.contains("feeds "), "{}", out.stdout);
+    wait_held(&c, &["feed-0"]);
+    wait_for_more_acks(&c.sim, "acks after the upgrade");
+    crate::assert_nothing_lost(&c.sim, 1);
+}

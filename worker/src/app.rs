@@ -85,7 +85,10 @@ impl<D> Outbox<D> {
     /// Open a connection named `name` to `url` (`ws://` or `wss://`) once
     /// the callback returns: registered with the supervisor and handed over
     /// like a configured feed; [`App::on_open`] follows once it is open. A
-    /// name already in use is refused (logged).
+    /// name already in use is refused (logged). A URL no connection can
+    /// ever be opened to (not `ws://` or `wss://`, no host) is refused too:
+    /// [`App::on_closed`] follows with [`crate::Closed::Refused`]. One that
+    /// cannot be reached now is tried again every `reconnect_interval`.
     pub fn open(&mut self, name: impl Into<String>, url: impl Into<String>) {
         self.conns.push(crate::opened::ConnOp::Open(crate::Feed {
             name: name.into(),

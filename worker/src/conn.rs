@@ -41,7 +41,49 @@ pub struct Feed {
     pub url: String,
 }
 
+/// Where a feed's URL points: what [`Conn::open`] connects to.
+struct Target {
+    request: tungstenite::handshake::client::Request,
+    kind: ConnKind,
+    host: String,
+    /// `host:port`, the port defaulted from the scheme.
+    addr: String,
+}
+
 impl Feed {
+    /// The URL taken apart, or why no connection can ever be opened to it
+    /// ([`ConnError::BadUrl`]): not a URL, not `ws://` or `wss://`, no host.
+    fn target(&self) -> Result<Target, ConnError> {
+        let bad = |reason: String| ConnError::BadUrl {
+            name: self.name.clone(),
+            url: self.url.clone(),
+            reason,
+        };
+        let request = self
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| bad(e.to_string()))?;
+        let uri = request.uri();
+        let (kind, default_port) =
+            scheme(uri).ok_or_else(|| bad("only ws:// and wss:// URLs are supported".into()))?;
+        let host = uri.host().ok_or_else(|| bad("no host".into()))?.to_string();
+        let port = uri.port_u16().unwrap_or(default_port);
+        let addr = format!("{host}:{port}");
+        Ok(Target {
+            request,
+            kind,
+            host,
+            addr,
+        })
+    }
+
+    /// Whether a connection can ever be opened to this URL: `Err` says
+    /// why not ([`ConnError::BadUrl`]), without touching the network.
+    pub fn check_url(&self) -> Result<(), ConnError> {
+        self.target().map(|_| ())
+    }
+
     /// Whether the feed is `wss://`: its connection holds TLS keys.
     pub fn is_tls(&self) -> bool {
         let request = self.url.as_str().into_client_request();
@@ -181,22 +223,12 @@ impl Conn {
         let timeout = settings.connect_timeout;
         let ca_file = settings.ca_file.as_deref();
         let name = feed.name.clone();
-        let bad = |reason: String| ConnError::BadUrl {
-            name: name.clone(),
-            url: feed.url.clone(),
-            reason,
-        };
-        let request = feed
-            .url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| bad(e.to_string()))?;
-        let uri = request.uri();
-        let (kind, default_port) =
-            scheme(uri).ok_or_else(|| bad("only ws:// and wss:// URLs are supported".into()))?;
-        let host = uri.host().ok_or_else(|| bad("no host".into()))?.to_string();
-        let port = uri.port_u16().unwrap_or(default_port);
-        let addr = format!("{host}:{port}");
+        let Target {
+            request,
+            kind,
+            host,
+            addr,
+        } = feed.target()?;
         let open = async {
             let mut tcp = connect(&name, &addr).await?;
             let _ = tcp.set_nodelay(true);

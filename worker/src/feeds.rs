@@ -201,6 +201,30 @@ mod tests {
     }
 
     #[test]
+    fn a_url_no_connection_can_be_opened_to_is_told_apart_without_the_network() {
+        for ok in ["ws://a:1/ws", "wss://b/ws?x=1", "ws://[::1]:9/"] {
+            assert!(feed("f", ok).check_url().is_ok(), "{ok}");
+        }
+        for (url, says) in [
+            ("http://a/ws", "only ws:// and wss://"),
+            ("not a url", ""),
+            ("ws:///path", ""),
+        ] {
+            match feed("f", url).check_url() {
+                Err(crate::conn::ConnError::BadUrl {
+                    name,
+                    url: u,
+                    reason,
+                }) => {
+                    assert_eq!((name.as_str(), u.as_str()), ("f", url));
+                    assert!(reason.contains(says), "{url}: {reason}");
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn handed_connections_are_matched_by_name_and_every_change_is_said() {
         let mine = [
             feed("market", "ws://x/a"),

@@ -12,11 +12,13 @@
 //! failed (it is opened again, and `on_open` follows), the app closed it,
 //! or it reached [`Settings::max_conn_age`](crate::Settings::max_conn_age)
 //! (closed with a close frame and opened again, without an upgrade:
-//! Binance cuts every connection after 24 h).
+//! Binance cuts every connection after 24 h). An open whose URL can never
+//! be connected to is refused at once, and the app hears that too
+//! ([`Closed::Refused`]); one that fails to connect is tried again.
 
 use std::collections::BTreeMap;
 
-use handoff_protocol::worker::{ConnInfo, FromWorker};
+use handoff_protocol::worker::{ConnInfo, ConnKind, FromWorker};
 use tracing::{info, warn};
 
 use crate::app::{App, Outbox};
@@ -35,6 +37,11 @@ pub enum Closed {
     /// It reached [`crate::Settings::max_conn_age`]: closed with a close
     /// frame and opened again.
     MaxAge,
+    /// It was never opened and never will be: its URL cannot be connected
+    /// to (not a URL, not `ws://` or `wss://`, no host), why in the words
+    /// of [`crate::conn::ConnError::BadUrl`]. The [`ConnInfo`] carries the
+    /// name and URL the app gave, an id no connection has, and no peer.
+    Refused(String),
 }
 
 /// A connection change an app asked for.
@@ -71,6 +78,10 @@ impl<A: App> Worker<A> {
                         warn!(name = %feed.name, "open: a connection of that name exists; ignored");
                         continue;
                     }
+                    if let Err(e) = feed.check_url() {
+                        self.refuse(feed, e.to_string());
+                        continue;
+                    }
                     info!(name = %feed.name, url = %feed.url, "the app opens a connection");
                     self.opened.feeds.push(feed.clone());
                     self.opened.pending.push(feed);
@@ -91,10 +102,44 @@ impl<A: App> Worker<A> {
     pub(crate) async fn open_pending(&mut self) {
         for feed in std::mem::take(&mut self.opened.pending) {
             if let Err(e) = self.open_feeds(std::slice::from_ref(&feed)).await {
+                self.open_failed(feed, e);
+            }
+        }
+    }
+
+    /// A feed that could not be opened: retried at the next
+    /// `reconnect_interval`, unless its URL can never be connected to
+    /// (then the app is told, and it is dropped).
+    pub(crate) fn open_failed(&mut self, feed: Feed, e: crate::error::WorkerError) {
+        match e {
+            crate::error::WorkerError::Conn(e @ crate::conn::ConnError::BadUrl { .. }) => {
+                self.refuse(feed, e.to_string())
+            }
+            e => {
                 warn!(name = %feed.name, error = %e, "cannot open; will retry");
                 self.lost.push(feed);
             }
         }
+    }
+
+    /// Drop `feed` for good and queue the app's `on_closed` with
+    /// [`Closed::Refused`].
+    fn refuse(&mut self, feed: Feed, why: String) {
+        warn!(name = %feed.name, url = %feed.url, error = %why, "cannot ever open this connection; the app is told");
+        self.opened.feeds.retain(|f| f.name != feed.name);
+        self.opened.pending.retain(|f| f.name != feed.name);
+        let info = ConnInfo {
+            id: self.next_conn_id(),
+            kind: if feed.is_tls() {
+                ConnKind::WebSocketTls
+            } else {
+                ConnKind::WebSocket
+            },
+            name: feed.name,
+            url: feed.url,
+            peer: String::new(),
+        };
+        self.opened.notices.push((info, Closed::Refused(why)));
     }
 
     /// Close connection `idx` with a close frame, unregister it, and queue

@@ -412,8 +412,7 @@ impl<A: App> Worker<A> {
     async fn reopen_lost(&mut self) {
         for feed in std::mem::take(&mut self.lost) {
             if let Err(e) = self.open_feeds(std::slice::from_ref(&feed)).await {
-                warn!(name = %feed.name, error = %e, "re-open failed; will retry");
-                self.lost.push(feed);
+                self.open_failed(feed, e);
             }
         }
     }

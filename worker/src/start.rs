@@ -378,7 +378,7 @@ impl<A: App> Worker<A> {
         }
     }
 
-    fn next_conn_id(&mut self) -> ConnId {
+    pub(crate) fn next_conn_id(&mut self) -> ConnId {
         let id = self
             .conns()
             .iter()

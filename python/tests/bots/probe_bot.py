@@ -17,10 +17,11 @@ def report(*parts):
 class Probe(handoff.App):
     NAME, SCHEMA = "probe", 1
 
-    def __init__(self, raise_every):
+    def __init__(self, raise_every, open_url=None):
         self.trades = 0
         self.raise_every = raise_every
         self.kept_out = None
+        self.open_url = open_url
 
     def snapshot(self):
         return json.dumps({"trades": self.trades}).encode()
@@ -40,6 +41,11 @@ class Probe(handoff.App):
             except (TypeError, ValueError) as e:
                 report("refused", type(e).__name__, e)
         out.after(0.05, "tick")
+        if self.open_url:
+            out.open("extra", self.open_url)
+
+    def on_closed(self, conn, why, out):
+        report("closed", conn.name, why, conn.url)
 
     async def answer(self, n):
         await asyncio.sleep(0.01)
@@ -77,4 +83,5 @@ class Probe(handoff.App):
 
 if __name__ == "__main__":
     raise_every = int(sys.argv[2]) if len(sys.argv) > 2 else 0
-    sys.exit(handoff.run(Probe(raise_every), [sys.argv[1]]))
+    open_url = sys.argv[3] if len(sys.argv) > 3 else None
+    sys.exit(handoff.run(Probe(raise_every, open_url), [sys.argv[1]]))

@@ -57,6 +57,7 @@ enum Ended {
     Lost(String),
     ByApp,
     MaxAge,
+    Refused(String),
 }
 
 /// One input delivered to the app.
@@ -137,6 +138,7 @@ impl Journal {
             Closed::Lost(r) => Ended::Lost(r.clone()),
             Closed::ByApp => Ended::ByApp,
             Closed::MaxAge => Ended::MaxAge,
+            Closed::Refused(r) => Ended::Refused(r.clone()),
         };
         self.push(Entry::Closed(id, why), 0);
     }
@@ -192,6 +194,7 @@ impl Journal {
                         Ended::Lost(r) => Closed::Lost(r),
                         Ended::ByApp => Closed::ByApp,
                         Ended::MaxAge => Closed::MaxAge,
+                        Ended::Refused(r) => Closed::Refused(r),
                     };
                     app.on_closed(conn(id)?, &why, &mut out);
                 }

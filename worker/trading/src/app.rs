@@ -46,6 +46,9 @@ pub struct Trader<const S: u32> {
     pub user_stream: Option<std::time::Duration>,
     /// With `--book`: a local order book per symbol (see [`crate::depth`]).
     pub books: Option<crate::depth::Books>,
+    /// Connections this worker asked for that can never be opened (a bad
+    /// URL), by name, with why: shown in the summary, not state.
+    pub refused: std::collections::BTreeMap<String, String>,
 }
 
 impl<const S: u32> Trader<S> {
@@ -71,6 +74,7 @@ impl<const S: u32> Trader<S> {
             runtime_feeds: Vec::new(),
             user_stream: None,
             books: None,
+            refused: Default::default(),
         }
     }
 
@@ -177,6 +181,9 @@ impl<const S: u32> Trader<S> {
             summary["book"] = book.into();
             summary["book_resyncs"] = books.resyncs.into();
         }
+        if !self.refused.is_empty() {
+            summary["refused_connections"] = serde_json::json!(self.refused);
+        }
         summary
     }
 
@@ -275,6 +282,9 @@ impl<const S: u32> App for Trader<S> {
         _out: &mut Outbox<OrderEvent>,
     ) {
         tracing::info!(conn = %conn.id, name = %conn.name, ?why, "connection ended");
+        if let handoff_worker::Closed::Refused(reason) = why {
+            self.refused.insert(conn.name.clone(), reason.clone());
+        }
     }
 
     /// `tick-<n>`: tell the exchange (which counts each key; a tick that
