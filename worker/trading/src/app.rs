@@ -49,6 +49,9 @@ pub struct Trader<const S: u32> {
     /// Connections this worker asked for that can never be opened (a bad
     /// URL), by name, with why: shown in the summary, not state.
     pub refused: std::collections::BTreeMap<String, String>,
+    /// After a crash, the search for the orders the dead worker sent after
+    /// the checkpoint (see [`crate::probe`]); not state.
+    pub probing: Option<crate::probe::Probing>,
 }
 
 impl<const S: u32> Trader<S> {
@@ -75,10 +78,11 @@ impl<const S: u32> Trader<S> {
             user_stream: None,
             books: None,
             refused: Default::default(),
+            probing: None,
         }
     }
 
-    fn record_fill(&mut self, fill: Fill) {
+    pub(crate) fn record_fill(&mut self, fill: Fill) {
         *self.state.notional.entry(fill.book).or_default() += (fill.qty * fill.price).abs();
     }
 
@@ -371,6 +375,7 @@ impl<const S: u32> App for Trader<S> {
                 warn!(%client_id, %reason, "order rejected")
             }
             OrderEvent::Filled { .. } | OrderEvent::Accepted { .. } => {}
+            OrderEvent::Probed { .. } => self.on_probed(event.clone(), out),
             OrderEvent::ListenKey(Ok(key)) => {
                 if let (Some(every), Some(rest)) = (self.user_stream, &self.rest) {
                     info!("user-data stream: listen key obtained; connecting");
@@ -415,6 +420,9 @@ impl<const S: u32> App for Trader<S> {
         }
         for order in &unknown {
             self.reconcile(order, std::time::Duration::ZERO, out);
+        }
+        if mode == RestoreMode::Recovery {
+            self.start_probing(out);
         }
     }
 }

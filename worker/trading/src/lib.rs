@@ -15,6 +15,7 @@ pub mod book;
 pub mod depth;
 pub use handoff_worker::launch;
 pub mod market;
+pub mod probe;
 pub mod rest;
 pub mod schema;
 pub mod signing;

@@ -91,6 +91,10 @@ pub struct Strategy {
     /// Size of the position the signal goes long or short.
     pub lot: Decimal,
     pub execution: Execution,
+    /// Place no order for now (a recovery is finding out from the exchange
+    /// which ids a crashed worker used after the checkpoint): the signals
+    /// go on, and a book still off its target places its order after.
+    pub hold_orders: bool,
 }
 
 impl Default for Strategy {
@@ -99,6 +103,7 @@ impl Default for Strategy {
             signal: SignalParams::default(),
             lot: Decimal::new(1, 2),
             execution: Execution::Paper,
+            hold_orders: false,
         }
     }
 }
@@ -156,7 +161,7 @@ impl State {
         };
         let delta = target - book.position.qty;
         let pending = self.open_orders.values().any(|o| o.book == key);
-        if delta.is_zero() || pending {
+        if delta.is_zero() || pending || strategy.hold_orders {
             return applied;
         }
         let side = if delta.is_sign_positive() {
@@ -164,7 +169,7 @@ impl State {
         } else {
             Side::Sell
         };
-        let client_id = format!("hw-{:08}", self.next_order_seq);
+        let client_id = crate::probe::client_id(self.next_order_seq);
         self.next_order_seq += 1;
         self.orders_sent += 1;
         let status = match strategy.execution {
@@ -219,10 +224,63 @@ impl State {
             // Still unknown: the order stays in flight for reconciliation.
             OrderEvent::NotFound { .. }
             | OrderEvent::Unknown { .. }
+            | OrderEvent::Probed { .. }
             | OrderEvent::ListenKey(_)
             | OrderEvent::KeptAlive { .. }
             | OrderEvent::Depth { .. } => None,
         }
+    }
+
+    /// An order a crashed worker sent after this state's checkpoint, found
+    /// on the exchange by a recovery's probe (`found` is what the exchange
+    /// says of it): counted as sent, and booked on the first book of its
+    /// symbol (by key; a `recovered/<SYMBOL>` book if there is none): the
+    /// id does not say which book placed it, and the per-symbol positions
+    /// are the exchange's again. Returns the fill, if it filled.
+    pub fn adopt_found(
+        &mut self,
+        client_id: &str,
+        symbol: &str,
+        side: Side,
+        found: &OrderEvent,
+    ) -> Option<Fill> {
+        let book = match self.books.iter().find(|(_, b)| b.symbol == symbol) {
+            Some((key, _)) => key.clone(),
+            None => {
+                let key = format!("recovered/{symbol}");
+                self.books.insert(
+                    key.clone(),
+                    Book {
+                        symbol: symbol.to_string(),
+                        ..Book::default()
+                    },
+                );
+                key
+            }
+        };
+        self.orders_sent += 1;
+        let qty = match found {
+            OrderEvent::Filled { qty, .. } => *qty,
+            // Resting (a limit order): its fill comes later, by query.
+            OrderEvent::Accepted { .. } => Decimal::ZERO,
+            OrderEvent::Rejected { .. } => {
+                self.orders_rejected += 1;
+                return None;
+            }
+            _ => return None,
+        };
+        self.open_orders.insert(
+            client_id.to_string(),
+            Order {
+                client_id: client_id.to_string(),
+                book,
+                symbol: symbol.to_string(),
+                side,
+                qty,
+                status: OrderStatus::InFlight,
+            },
+        );
+        self.on_order_event(found)
     }
 
     /// Orders whose status this worker does not know.
