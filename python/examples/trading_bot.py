@@ -14,7 +14,8 @@ rule for rule and number for number, so either can serve the same exchange:
   a Binance-style REST API (``--rest``, ``rest.rs``) under client order ids
   ``hw-%08d``; an order is recorded in flight *before* it is sent, and one of
   unknown status is reconciled by a query (after a takeover, or 500 ms after
-  no answer), never sent under a new id;
+  no answer), never sent under a new id; after a crash, the exchange is first
+  asked which ids the dead worker used since the checkpoint (``probe.rs``);
 - with an API key (``--api-key-file``, or ``HANDOFF_API_KEY`` and
   ``HANDOFF_API_SECRET``) orders are signed as Binance documents
   (``signing.rs``): ``X-MBX-APIKEY``, ``recvWindow``, ``timestamp`` and the
@@ -58,6 +59,7 @@ from trading_state import (  # the state, apart from the runtime
     Strategy,
     ack,
     add,
+    client_id,
     compact,
     norm,
     parse_decimal,
@@ -74,12 +76,15 @@ UNKNOWN_ORDER = -2013  # Binance's "order does not exist"
 
 # --- Orders over REST (rest.rs) -----------------------------------------------------
 def interpret(client_id: str, status: int, body: bytes) -> OrderEvent:
-    """An answer of ``/api/v3/order`` (a placement or a query)."""
+    """An answer of ``/api/v3/order`` (a placement or a query); ``side`` is
+    the order's, when the answer has an order in it."""
+    side: Optional[str] = None
+
     def ev(kind: str, reason: str = "", **kw: Any) -> OrderEvent:
-        return OrderEvent(kind, client_id, reason=reason, **kw)
+        return OrderEvent(kind, client_id, reason=reason, side=side, **kw)
     try:
         a = json.loads(body)
-        texts = ("status", "executedQty", "avgPrice", "price", "msg")
+        texts = ("status", "executedQty", "avgPrice", "price", "msg", "side")
         if not isinstance(a, dict) or any(type(a.get(k)) not in (str, type(None)) for k in texts):
             raise ValueError(f"not an order answer: {a!r:.200}")
         if type(a.get("code")) not in (int, type(None)):
@@ -88,6 +93,7 @@ def interpret(client_id: str, status: int, body: bytes) -> OrderEvent:
         return ev("unknown", f"HTTP {status}: unreadable answer: {e}")
     if status >= 500:
         return ev("unknown", f"HTTP {status}: {a.get('msg') or ''}")
+    side = {"BUY": "Buy", "SELL": "Sell"}.get(a.get("side") or "")
     if not 200 <= status < 300:
         if a.get("code") == UNKNOWN_ORDER:
             return ev("not_found")
@@ -261,6 +267,16 @@ class Rest:
         query = self._text([("symbol", order.symbol), ("origClientOrderId", order.client_id)])
         return await self._call(order.client_id, "GET", f"?{query}", headers=self._headers())
 
+    async def probe(self, cid: str, symbol: str, delay_s: float = 0.0) -> OrderEvent:
+        """A recovery's probe (``RestClient::probe``): whether the exchange has
+        an order ``cid`` on ``symbol``; the answer says its side."""
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        query = self._text([("symbol", symbol), ("origClientOrderId", cid)])
+        event = await self._call(cid, "GET", f"?{query}", headers=self._headers())
+        event.probe = symbol
+        return event
+
     async def _call(self, client_id: str, method: str, query: str, **kw: Any) -> OrderEvent:
         try:
             call = self._http().request(method, f"{self.base}/api/v3/order{query}", **kw)
@@ -293,6 +309,7 @@ class TradingBot(handoff.App):
         self.symbols, self.ack, self.rest, self.timer_every_ms = symbols, ack, rest, timer_every_ms
         self.runtime_feeds = runtime_feeds or {}  # name -> URL, opened by the app itself
         self.strategy = dataclasses.replace(strategy or Strategy(), rest=rest is not None)
+        self.probing: Optional[Dict[str, Any]] = None  # after a crash (probe.rs); not state
 
     def _send(self, order: Order, out: Any) -> None:
         """Send ``order``, recorded in flight already."""
@@ -379,6 +396,8 @@ class TradingBot(handoff.App):
             out.send(conn, ack(trade.stream, trade.id))
 
     def on_done(self, result: Any, out: Any) -> None:
+        if isinstance(result, OrderEvent) and result.probe is not None:
+            return self._on_probed(result, out)
         if isinstance(result, BaseException):
             if getattr(result, "client_id", None) is None:
                 log.warning("an effect failed: %r (orders in flight are reconciled "
@@ -409,6 +428,65 @@ class TradingBot(handoff.App):
             log.info("reconciling %d orders of unknown status (%s)", len(unknown), mode)
         for order in unknown:
             self._reconcile(order, 0.0, out)
+        if mode == "recovery":
+            self._start_probing(out)
+
+    # --- After a crash (probe.rs): ask the exchange for each id from the checkpoint's
+    # next_order_seq on, on every symbol; book what it has, skip every id asked, and
+    # place nothing until more ids in a row than there are books are unused.
+    def _start_probing(self, out: Any) -> None:
+        if self.rest is None or not self.symbols:
+            return
+        window = max(len(self.state.books), len(self.symbols)) + 1
+        seq = self.state.next_order_seq
+        log.info("recovery: asking the exchange which order ids the crashed worker used, "
+                 "from %s (window %d)", client_id(seq), window)
+        self.strategy = dataclasses.replace(self.strategy, hold_orders=True)
+        self.probing = {"seq": seq, "waiting": set(), "found": False, "misses": 0,
+                        "window": window}
+        self._probe_next(out)
+
+    def _probe_next(self, out: Any) -> None:
+        p, rest = self.probing, self.rest
+        if p is None or rest is None:
+            return
+        p["waiting"], p["found"] = {s.upper() for s in self.symbols}, False
+        for symbol in sorted(p["waiting"]):
+            out.spawn(rest.probe(client_id(p["seq"]), symbol))
+
+    def _on_probed(self, ev: OrderEvent, out: Any) -> None:
+        p, symbol = self.probing, ev.probe
+        if p is None or ev.client_id != client_id(p["seq"]) or symbol not in p["waiting"]:
+            return
+        if ev.kind == "unknown" or (ev.kind == "rejected" and ev.side is None):
+            # No answer, or the query itself refused: ask again.
+            log.warning("recovery: no answer about %s on %s (%s); asking again",
+                        ev.client_id, symbol, ev.reason)
+            if self.rest is not None:
+                out.spawn(self.rest.probe(ev.client_id, symbol, RECONCILE_RETRY))
+            return
+        if ev.kind != "not_found":
+            p["found"] = True
+            if ev.side is None:
+                log.warning("recovery: the exchange has %s on %s but no side for it; "
+                            "its fill is not booked", ev.client_id, symbol)
+            else:
+                log.info("recovery: an order the crashed worker sent: %s %s %s (%s)",
+                         ev.client_id, symbol, ev.side, ev.kind)
+                self.state.adopt_found(ev.client_id, symbol, ev.side, ev)
+        p["waiting"].discard(symbol)
+        if p["waiting"]:
+            return
+        # Every symbol has answered: this id is used up, whoever used it.
+        self.state.next_order_seq = max(self.state.next_order_seq, p["seq"] + 1)
+        p["misses"] = 0 if p["found"] else p["misses"] + 1
+        p["seq"] += 1
+        if p["misses"] < p["window"]:
+            return self._probe_next(out)
+        log.info("recovery: the crashed worker's orders are booked; placing orders again "
+                 "from %s", client_id(p["seq"]))
+        self.probing = None
+        self.strategy = dataclasses.replace(self.strategy, hold_orders=False)
 
 
 class TradingBotV2(TradingBot):

@@ -240,6 +240,8 @@ class OrderEvent:
     qty: Optional[Decimal] = None
     price: Optional[Decimal] = None
     reason: str = ""
+    side: Optional[str] = None  # "Buy"/"Sell", as the exchange recorded the order
+    probe: Optional[str] = None  # the symbol, when a recovery's probe asked (probe.rs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,6 +249,12 @@ class Strategy:
     signal: SignalParams = SignalParams()
     lot: Decimal = Decimal("0.01")
     rest: bool = False  # orders over REST (sent in flight), else on paper
+    hold_orders: bool = False  # a recovery is still finding the crashed worker's orders
+
+
+def client_id(seq: int) -> str:
+    """The client order id of sequence number ``seq``."""
+    return f"hw-{seq:08d}"
 
 
 @dataclasses.dataclass
@@ -282,10 +290,11 @@ class State:
             return []
         target = strategy.lot if regime == "Above" else strategy.lot.copy_negate()
         delta = sub(target, book.position.qty)
-        if delta == 0 or any(o.book == key for o in self.open_orders.values()):
+        pending = any(o.book == key for o in self.open_orders.values())
+        if delta == 0 or pending or strategy.hold_orders:
             return []
         side, status = "Buy" if delta > 0 else "Sell", "InFlight" if strategy.rest else "Paper"
-        cid = f"hw-{self.next_order_seq:08d}"
+        cid = client_id(self.next_order_seq)
         order = Order(cid, key, t.symbol, side, delta.copy_abs(), status)
         self.next_order_seq += 1
         self.orders_sent += 1
@@ -307,6 +316,25 @@ class State:
             self.open_orders[ev.client_id].status = "Accepted"
         elif ev.kind == "rejected" and self.open_orders.pop(ev.client_id, None) is not None:
             self.orders_rejected += 1
+
+    def adopt_found(self, cid: str, symbol: str, side: str, ev: OrderEvent) -> None:
+        """An order a crashed worker sent after this state's checkpoint, found
+        on the exchange by a recovery's probe: counted as sent, and booked on
+        the first book of its symbol (by key; a ``recovered/<SYMBOL>`` book if
+        there is none), as ``State::adopt_found``."""
+        book = next((k for k, b in sorted(self.books.items()) if b.symbol == symbol), None)
+        if book is None:
+            book = f"recovered/{symbol}"
+            self.books[book] = Book(symbol)
+        self.orders_sent += 1
+        if ev.kind == "rejected":
+            self.orders_rejected += 1
+            return
+        if ev.kind not in ("filled", "accepted"):
+            return
+        qty = ev.qty if ev.kind == "filled" else Decimal(0)
+        self.open_orders[cid] = Order(cid, book, symbol, side, qty, "InFlight")
+        self.on_order_event(ev)
 
     def in_flight(self) -> List[Order]:
         return [o for _, o in sorted(self.open_orders.items()) if o.status == "InFlight"]

@@ -48,7 +48,7 @@ def test_an_order_is_in_flight_before_it_is_spawned_and_reconciled_by_its_id():
     # It never arrived: sent again, same id; a takeover queries it at once.
     out = Out(bot)
     bot.on_done(ts.OrderEvent("not_found", "hw-00000000"), out)
-    bot.on_takeover("recovery", out)
+    bot.on_takeover("handoff", out)
     assert [(n, a["order"].client_id) for n, a, _ in out.spawned] == [
         ("place", "hw-00000000"),
         ("query", "hw-00000000"),
@@ -70,6 +70,55 @@ def test_an_order_is_in_flight_before_it_is_spawned_and_reconciled_by_its_id():
     bot.on_takeover("handoff", out)
     assert out.spawned == []
 
+
+class ProbeRest(FakeRest):
+    async def probe(self, cid, symbol, delay_s=0.0):
+        return ts.OrderEvent("unknown", cid, probe=symbol)
+
+
+def probes(out):
+    return sorted((a["cid"], a["symbol"], a["delay_s"]) for n, a, _ in out.spawned if n == "probe")
+
+
+def test_after_a_crash_the_dead_workers_orders_are_found_before_any_new_one():
+    bot = tb.TradingBot(["btcusdt", "ethusdt"], rest=ProbeRest())
+    bot.state.next_order_seq = 7  # the checkpoint's; the dead worker went on
+    out = Out(bot)
+    bot.on_takeover("recovery", out)
+    assert probes(out) == [("hw-00000007", "BTCUSDT", 0.0), ("hw-00000007", "ETHUSDT", 0.0)]
+    assert bot.strategy.hold_orders
+    # hw-00000007 was a BUY, filled, on BTCUSDT; ETHUSDT has no such order.
+    out = Out(bot)
+    bot.on_done(ts.OrderEvent("filled", "hw-00000007", qty=D("0.01"), price=D("100"),
+                              side="Buy", probe="BTCUSDT"), out)
+    assert probes(out) == []  # ETHUSDT's answer is still to come
+    bot.on_done(ts.OrderEvent("not_found", "hw-00000007", probe="ETHUSDT"), out)
+    s = bot.state
+    assert (s.next_order_seq, s.orders_sent, s.orders_filled, s.open_orders) == (8, 1, 1, {})
+    assert s.positions_by_symbol()["BTCUSDT"].qty == D("0.01")  # on recovered/BTCUSDT
+    assert probes(out) == [("hw-00000008", "BTCUSDT", 0.0), ("hw-00000008", "ETHUSDT", 0.0)]
+    # No answer: asked again, after a while; a stale or repeated answer is ignored.
+    out = Out(bot)
+    bot.on_done(ts.OrderEvent("unknown", "hw-00000008", reason="timeout", probe="ETHUSDT"), out)
+    assert probes(out) == [("hw-00000008", "ETHUSDT", 0.5)]
+    bot.on_done(ts.OrderEvent("not_found", "hw-00000007", probe="ETHUSDT"), out)
+    assert s.next_order_seq == 8
+    # Three ids in a row that no symbol has (one more than the two symbols)
+    # end the search: every id asked is skipped, and orders may go again.
+    for seq in (8, 9, 10):
+        assert bot.probing is not None
+        for sym in ("BTCUSDT", "ETHUSDT"):
+            bot.on_done(ts.OrderEvent("not_found", f"hw-{seq:08d}", probe=sym), Out(bot))
+    assert (bot.probing, bot.strategy.hold_orders, s.next_order_seq) == (None, False, 11)
+
+
+def test_while_the_search_runs_a_crossing_signal_places_no_order():
+    bot = tb.TradingBot(["btcusdt"], rest=ProbeRest())
+    bot.on_takeover("recovery", Out(bot))
+    out = Out(bot)
+    for i in range(1, 80):
+        bot.on_message(conn(), trade(i, str(100 + (i % 40 - 20) * (1 if i < 30 else -1))), out)
+    assert [n for n, _, _ in out.spawned] == [] and bot.state.orders_sent == 0
 
 def test_exchange_answers_are_interpreted_as_the_rust_worker_does():
     def ev(status, body):
@@ -93,6 +142,12 @@ def test_exchange_answers_are_interpreted_as_the_rust_worker_does():
     assert ev(503, {"code": -2013})[0] == "unknown"
     assert ev(200, b"<html>")[0] == "unknown"
     assert ev(200, {"status": 1})[0] == "unknown"
+    # The order's side, when the answer has an order in it (a recovery books it).
+    side = lambda status, body: tb.interpret("hw-1", status, json.dumps(body).encode()).side
+    assert side(200, {"status": "FILLED", "executedQty": "1", "price": "2", "side": "SELL"}) == "Sell"
+    assert side(200, {"status": "NEW", "side": "BUY"}) == "Buy"
+    assert side(400, {"code": -1022, "msg": "Signature for this request is not valid."}) is None
+    assert ev(200, {"status": "NEW", "side": 3})[0] == "unknown"
 
 
 def test_the_rest_client_speaks_binance():

@@ -77,7 +77,14 @@ fn wait_orders(c: &handoff_testkit::Cluster, n: u64, what: &str) {
 
 #[test]
 fn a_crash_after_orders_since_the_checkpoint_reuses_no_id_and_forgets_no_order() {
-    let c = cluster()
+    crash_after_orders_since_the_checkpoint(cluster());
+}
+
+/// Orders before and after a checkpoint, a kill -9, orders after the
+/// recovery: the exchange refused no id as a duplicate, and what the
+/// worker believes (orders, fills, positions) is what the exchange has.
+pub(crate) fn crash_after_orders_since_the_checkpoint(builder: handoff_testkit::ClusterBuilder) {
+    let c = builder
         .connections(2)
         .rest()
         .sim_args(["--rate", "600", "--order-latency-ms", "15"])

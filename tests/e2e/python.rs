@@ -239,6 +239,13 @@ fn a_python_bot_never_sends_an_order_twice_across_30_upgrades() {
 }
 
 #[test]
+fn a_python_bot_recovered_from_a_crash_reuses_no_order_id_and_forgets_no_order() {
+    if let Some(b) = py_cluster("python crash with orders") {
+        crate::orders::crash_after_orders_since_the_checkpoint(b);
+    }
+}
+
+#[test]
 fn an_upgraded_python_bot_ends_with_the_positions_of_one_never_upgraded() {
     let Some(b) = py_cluster("python continuity") else {
         return;
