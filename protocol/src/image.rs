@@ -83,8 +83,6 @@ pub enum ImageError {
     },
     #[error("the image writer (pid {pid}) failed: {how}")]
     Child { pid: u32, how: String },
-    #[error("cannot seal the image: {0}")]
-    Seal(#[source] nix::Error),
     #[error("the image descriptor is not a memfd (seals unavailable: {0})")]
     NotMemfd(#[source] nix::Error),
     #[error("the image is not sealed against writes (seals {seals:#x})")]
@@ -106,7 +104,7 @@ pub struct Writer {
     /// `None` once reaped.
     watch: Option<PidFd>,
     memfd: Option<OwnedFd>,
-    /// Reaped, having written its image: only the seal is left.
+    /// Reaped, having written (and sealed) its image: it is there to take.
     written: bool,
 }
 
@@ -252,8 +250,9 @@ impl Writer {
         self.pid.as_raw() as u32
     }
 
-    /// Wait for the child to finish, reap it and seal its image. Cancel-safe:
-    /// dropped before it resolves, the child is killed.
+    /// Wait for the child to finish, reap it and take its image, checking
+    /// the seals the child put on it. Cancel-safe: dropped before it
+    /// resolves, the child is killed.
     pub async fn finish(&mut self) -> Result<Image, ImageError> {
         if !self.written {
             self.reap().await?;
@@ -306,9 +305,9 @@ impl Writer {
 /// reference it cannot account for (the pages written last, on their way
 /// to the LRU in another CPU's batch: seen under load as `EBUSY`), after
 /// waiting for them up to about 150 ms itself. Only the child waits.
-pub const SEAL_RETRIES: u32 = 7;
+const SEAL_RETRIES: u32 = 7;
 /// The first wait of [`SEAL_RETRIES`].
-pub const SEAL_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(8);
+const SEAL_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(8);
 
 /// In the child: seal the written image, waiting as long as it takes.
 fn seal_waiting(memfd: std::os::fd::BorrowedFd<'_>) -> nix::Result<()> {

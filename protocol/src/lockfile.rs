@@ -239,6 +239,10 @@ mod tests {
         assert!(handed_over(&path));
         let held = LockFile::try_lock(&path).unwrap();
         assert!(!handed_over(&path), "the new holder's record comes first");
+        // Written over, never truncated (a truncation to zero on ext4 makes
+        // the next one wait for a disk write): the old tail is still there.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with("old junk\n"), "{text:?}");
         drop(held);
         assert_eq!(holder(&path), Some(std::process::id()));
         let held = LockFile::try_lock(&path).unwrap();

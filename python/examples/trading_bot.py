@@ -61,6 +61,7 @@ from trading_state import (  # the state, apart from the runtime
     add,
     client_id,
     compact,
+    interpret,
     norm,
     parse_decimal,
     parse_trade,
@@ -72,45 +73,6 @@ log = logging.getLogger("trading_bot")
 
 NAME = "py-trading-bot"
 RECONCILE_RETRY = 0.5  # seconds before asking again about an order of unknown status
-UNKNOWN_ORDER = -2013  # Binance's "order does not exist"
-
-# --- Orders over REST (rest.rs) -----------------------------------------------------
-def interpret(client_id: str, status: int, body: bytes) -> OrderEvent:
-    """An answer of ``/api/v3/order`` (a placement or a query); ``side`` is
-    the order's, when the answer has an order in it."""
-    side: Optional[str] = None
-
-    def ev(kind: str, reason: str = "", **kw: Any) -> OrderEvent:
-        return OrderEvent(kind, client_id, reason=reason, side=side, **kw)
-    try:
-        a = json.loads(body)
-        texts = ("status", "executedQty", "avgPrice", "price", "msg", "side")
-        if not isinstance(a, dict) or any(type(a.get(k)) not in (str, type(None)) for k in texts):
-            raise ValueError(f"not an order answer: {a!r:.200}")
-        if type(a.get("code")) not in (int, type(None)):
-            raise ValueError(f"code {a['code']!r} is not an integer")
-    except ValueError as e:
-        return ev("unknown", f"HTTP {status}: unreadable answer: {e}")
-    if status >= 500:
-        return ev("unknown", f"HTTP {status}: {a.get('msg') or ''}")
-    side = {"BUY": "Buy", "SELL": "Sell"}.get(a.get("side") or "")
-    if not 200 <= status < 300:
-        if a.get("code") == UNKNOWN_ORDER:
-            return ev("not_found")
-        return ev("rejected", f"HTTP {status} {a.get('code') or 0}: {a.get('msg') or ''}")
-    if a.get("status") == "FILLED":
-        price = parse_decimal(a.get("avgPrice"))
-        price = parse_decimal(a.get("price")) if price is None or price == 0 else price
-        qty = parse_decimal(a.get("executedQty"))
-        if qty is None or price is None:
-            return ev("unknown", "FILLED without quantity or price")
-        return ev("filled", qty=qty, price=price)
-    if a.get("status") in ("NEW", "PARTIALLY_FILLED"):
-        return ev("accepted")
-    if a.get("status") is None:
-        return ev("unknown", "answer without a status")
-    return ev("rejected", f"order {a['status']}")
-
 
 # --- Signed requests (signing.rs) ------------------------------------------------------
 KEY_ENV, SECRET_ENV = "HANDOFF_API_KEY", "HANDOFF_API_SECRET"
@@ -211,6 +173,7 @@ def signed(params: str, keys: ApiKeys, recv_window_ms: int, timestamp_ms: int) -
     return f"{text}&signature={sign(keys.secret, text)}"
 
 
+# --- Orders over REST (rest.rs; answers read by trading_state.interpret) ------------
 class Rest:
     """The exchange's order API. Its coroutines run on the package's effect
     loop, where the httpx client is made (again if the loop is another).
@@ -358,6 +321,8 @@ class TradingBot(handoff.App):
             "streams": {k: {"trades": c.trades, "last_id": c.last_id, "gaps": c.gaps}
                         for k, c in sorted(s.cursors.items())},
             "digest": hashlib.sha256(s.encode(1)).hexdigest()[:16],
+            **({"recovery_asking_order_id": client_id(self.probing["seq"])}
+               if self.probing else {}),
         }
 
     def on_open(self, conn: Any, out: Any) -> None:
@@ -390,7 +355,10 @@ class TradingBot(handoff.App):
         trade = parse_trade(msg) if isinstance(msg, str) else None
         if trade is None:
             return
-        for order in self.state.apply(conn.name, trade, self.strategy):
+        strategy = self.strategy  # no order while a recovery finds the crashed worker's
+        if self.probing is not None:
+            strategy = dataclasses.replace(strategy, hold_orders=True)
+        for order in self.state.apply(conn.name, trade, strategy):
             self._send(order, out)
         if self.ack:
             out.send(conn, ack(trade.stream, trade.id))
@@ -437,20 +405,21 @@ class TradingBot(handoff.App):
     def _start_probing(self, out: Any) -> None:
         if self.rest is None or not self.symbols:
             return
-        window = max(len(self.state.books), len(self.symbols)) + 1
         seq = self.state.next_order_seq
+        window = max(len(self.state.books), len(self._symbols())) + 1
         log.info("recovery: asking the exchange which order ids the crashed worker used, "
                  "from %s (window %d)", client_id(seq), window)
-        self.strategy = dataclasses.replace(self.strategy, hold_orders=True)
-        self.probing = {"seq": seq, "waiting": set(), "found": False, "misses": 0,
-                        "window": window}
+        self.probing = {"seq": seq, "waiting": set(), "found": False, "misses": 0, "window": window}
         self._probe_next(out)
+
+    def _symbols(self) -> set:
+        return {s.upper() for s in self.symbols}  # as the exchange names them, each once
 
     def _probe_next(self, out: Any) -> None:
         p, rest = self.probing, self.rest
         if p is None or rest is None:
             return
-        p["waiting"], p["found"] = {s.upper() for s in self.symbols}, False
+        p["waiting"], p["found"] = self._symbols(), False
         for symbol in sorted(p["waiting"]):
             out.spawn(rest.probe(client_id(p["seq"]), symbol))
 
@@ -468,12 +437,14 @@ class TradingBot(handoff.App):
         if ev.kind != "not_found":
             p["found"] = True
             if ev.side is None:
-                log.warning("recovery: the exchange has %s on %s but no side for it; "
-                            "its fill is not booked", ev.client_id, symbol)
+                log.warning("recovery: %s on %s has no side; not booked", ev.client_id, symbol)
             else:
                 log.info("recovery: an order the crashed worker sent: %s %s %s (%s)",
                          ev.client_id, symbol, ev.side, ev.kind)
                 self.state.adopt_found(ev.client_id, symbol, ev.side, ev)
+                resting = self.state.open_orders.get(ev.client_id)
+                if resting is not None:  # its fill is asked for like any other's
+                    self._reconcile(resting, RECONCILE_RETRY, out)
         p["waiting"].discard(symbol)
         if p["waiting"]:
             return
@@ -483,10 +454,9 @@ class TradingBot(handoff.App):
         p["seq"] += 1
         if p["misses"] < p["window"]:
             return self._probe_next(out)
-        log.info("recovery: the crashed worker's orders are booked; placing orders again "
-                 "from %s", client_id(p["seq"]))
+        log.info("recovery: the crashed worker's orders are booked; orders go from %s",
+                 client_id(p["seq"]))
         self.probing = None
-        self.strategy = dataclasses.replace(self.strategy, hold_orders=False)
 
 
 class TradingBotV2(TradingBot):

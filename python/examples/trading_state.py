@@ -244,6 +244,46 @@ class OrderEvent:
     probe: Optional[str] = None  # the symbol, when a recovery's probe asked (probe.rs)
 
 
+UNKNOWN_ORDER = -2013  # Binance's "order does not exist"
+
+
+def interpret(client_id: str, status: int, body: bytes) -> OrderEvent:
+    """An answer of ``/api/v3/order`` (a placement or a query); ``side`` is
+    the order's, when the answer has an order in it."""
+    side: Optional[str] = None
+
+    def ev(kind: str, reason: str = "", **kw: Any) -> OrderEvent:
+        return OrderEvent(kind, client_id, reason=reason, side=side, **kw)
+    try:
+        a = json.loads(body)
+        texts = ("status", "executedQty", "avgPrice", "price", "msg", "side")
+        if not isinstance(a, dict) or any(type(a.get(k)) not in (str, type(None)) for k in texts):
+            raise ValueError(f"not an order answer: {a!r:.200}")
+        if type(a.get("code")) not in (int, type(None)):
+            raise ValueError(f"code {a['code']!r} is not an integer")
+    except ValueError as e:
+        return ev("unknown", f"HTTP {status}: unreadable answer: {e}")
+    if status >= 500:
+        return ev("unknown", f"HTTP {status}: {a.get('msg') or ''}")
+    side = {"BUY": "Buy", "SELL": "Sell"}.get(a.get("side") or "")
+    if not 200 <= status < 300:
+        if a.get("code") == UNKNOWN_ORDER:
+            return ev("not_found")
+        return ev("rejected", f"HTTP {status} {a.get('code') or 0}: {a.get('msg') or ''}")
+    if a.get("status") == "FILLED":
+        price = parse_decimal(a.get("avgPrice"))
+        price = parse_decimal(a.get("price")) if price is None or price == 0 else price
+        qty = parse_decimal(a.get("executedQty"))
+        if qty is None or price is None:
+            return ev("unknown", "FILLED without quantity or price")
+        return ev("filled", qty=qty, price=price)
+    if a.get("status") in ("NEW", "PARTIALLY_FILLED"):
+        return ev("accepted")
+    if a.get("status") is None:
+        return ev("unknown", "answer without a status")
+    return ev("rejected", f"order {a['status']}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Strategy:
     signal: SignalParams = SignalParams()

@@ -86,7 +86,7 @@ def test_after_a_crash_the_dead_workers_orders_are_found_before_any_new_one():
     out = Out(bot)
     bot.on_takeover("recovery", out)
     assert probes(out) == [("hw-00000007", "BTCUSDT", 0.0), ("hw-00000007", "ETHUSDT", 0.0)]
-    assert bot.strategy.hold_orders
+    assert bot.probing is not None
     # hw-00000007 was a BUY, filled, on BTCUSDT; ETHUSDT has no such order.
     out = Out(bot)
     bot.on_done(ts.OrderEvent("filled", "hw-00000007", qty=D("0.01"), price=D("100"),
@@ -102,14 +102,15 @@ def test_after_a_crash_the_dead_workers_orders_are_found_before_any_new_one():
     bot.on_done(ts.OrderEvent("unknown", "hw-00000008", reason="timeout", probe="ETHUSDT"), out)
     assert probes(out) == [("hw-00000008", "ETHUSDT", 0.5)]
     bot.on_done(ts.OrderEvent("not_found", "hw-00000007", probe="ETHUSDT"), out)
-    assert s.next_order_seq == 8
+    assert bot.probing["waiting"] == {"BTCUSDT", "ETHUSDT"}, "a stale answer counts for nothing"
+    assert bot.summary()["recovery_asking_order_id"] == "hw-00000008"
     # Three ids in a row that no symbol has (one more than the two symbols)
     # end the search: every id asked is skipped, and orders may go again.
     for seq in (8, 9, 10):
         assert bot.probing is not None
         for sym in ("BTCUSDT", "ETHUSDT"):
             bot.on_done(ts.OrderEvent("not_found", f"hw-{seq:08d}", probe=sym), Out(bot))
-    assert (bot.probing, bot.strategy.hold_orders, s.next_order_seq) == (None, False, 11)
+    assert (bot.probing, s.next_order_seq) == (None, 11)
 
 
 def test_while_the_search_runs_a_crossing_signal_places_no_order():

@@ -69,8 +69,9 @@ pub struct Args {
     /// builds can (`on`), or move it whole in the freeze (`off`) [default: on].
     #[arg(long, value_enum)]
     pub precopy: Option<OnOff>,
-    /// Most pre-copy rounds of changes before the freeze [default: 4].
-    #[arg(long)]
+    /// Most pre-copy rounds of changes before the freeze, 0 to 64 (0: the
+    /// state alone, then what changed since, in the freeze) [default: 4].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=MAX_PRECOPY_ROUNDS as i64))]
     pub precopy_rounds: Option<u32>,
     /// A pre-copy round that took no longer than this to make and apply
     /// ends the rounds: the freeze follows [default: 1ms].
@@ -165,6 +166,12 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config file: {key} = {value:?} is not a duration (try \"5s\", \"250ms\")")]
     Duration { key: &'static str, value: String },
+    #[error("{key} = {value}: {why}")]
+    OutOfRange {
+        key: &'static str,
+        value: String,
+        why: &'static str,
+    },
     #[error("--{0} is required (as a flag or in the config file)")]
     Missing(&'static str),
     #[error("cannot make {path:?} absolute: {source}")]
@@ -190,22 +197,56 @@ impl FileConfig {
     }
 }
 
+/// Most pre-copy rounds of changes a flag or the file may ask for.
+pub const MAX_PRECOPY_ROUNDS: u32 = 64;
+
+/// Longest duration a setting may hold: deadlines are `now` plus a
+/// setting, and must not overflow the clock.
+const MAX_SETTING: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A duration setting: the flag, else the file's value, else `default`;
+/// at most [`MAX_SETTING`].
 fn duration(
     flag: Option<Duration>,
     file: &Option<String>,
     key: &'static str,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
-    if let Some(d) = flag {
-        return Ok(d);
-    }
-    match file {
-        Some(v) => humantime::parse_duration(v).map_err(|_| ConfigError::Duration {
+    let d = match (flag, file) {
+        (Some(d), _) => d,
+        (None, Some(v)) => humantime::parse_duration(v).map_err(|_| ConfigError::Duration {
             key,
             value: v.clone(),
-        }),
-        None => Ok(default),
+        })?,
+        (None, None) => default,
+    };
+    if d > MAX_SETTING {
+        return Err(ConfigError::OutOfRange {
+            key,
+            value: humantime::format_duration(d).to_string(),
+            why: "longer than a year",
+        });
     }
+    Ok(d)
+}
+
+/// A timeout: a [`duration`] above zero (a zero timeout would fail what it
+/// times, every time).
+fn timeout(
+    flag: Option<Duration>,
+    file: &Option<String>,
+    key: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let d = duration(flag, file, key, default)?;
+    if d.is_zero() {
+        return Err(ConfigError::OutOfRange {
+            key,
+            value: "0s".into(),
+            why: "a timeout must be above zero",
+        });
+    }
+    Ok(d)
 }
 
 fn absolute(path: PathBuf) -> Result<PathBuf, ConfigError> {
@@ -266,10 +307,16 @@ impl Args {
                 .max(1),
             precopy: crate::config::PreCopyLimits {
                 enabled: self.precopy.or(file.precopy) != Some(OnOff::Off),
-                max_rounds: self
-                    .precopy_rounds
-                    .or(file.precopy_rounds)
-                    .unwrap_or(dp.max_rounds),
+                max_rounds: match self.precopy_rounds.or(file.precopy_rounds) {
+                    Some(n) if n > MAX_PRECOPY_ROUNDS => {
+                        return Err(ConfigError::OutOfRange {
+                            key: "precopy_rounds",
+                            value: n.to_string(),
+                            why: "at most 64",
+                        })
+                    }
+                    n => n.unwrap_or(dp.max_rounds),
+                },
                 target_pause: duration(
                     self.precopy_target_pause,
                     &file.precopy_target_pause,
@@ -284,49 +331,49 @@ impl Args {
                 allow_gids: either(&self.allow_gids, &file.allow_gid),
             },
             timeouts: Timeouts {
-                prepare: duration(
+                prepare: timeout(
                     self.prepare_timeout,
                     &file.prepare_timeout,
                     "prepare_timeout",
                     d.prepare,
                 )?,
-                freeze: duration(
+                freeze: timeout(
                     self.freeze_timeout,
                     &file.freeze_timeout,
                     "freeze_timeout",
                     d.freeze,
                 )?,
-                restore: duration(
+                restore: timeout(
                     self.restore_timeout,
                     &file.restore_timeout,
                     "restore_timeout",
                     d.restore,
                 )?,
-                exit: duration(
+                exit: timeout(
                     self.exit_timeout,
                     &file.exit_timeout,
                     "exit_timeout",
                     d.exit,
                 )?,
-                stop: duration(
+                stop: timeout(
                     self.stop_timeout,
                     &file.stop_timeout,
                     "stop_timeout",
                     d.stop,
                 )?,
-                heartbeat: duration(
+                heartbeat: timeout(
                     self.heartbeat_timeout,
                     &file.heartbeat_timeout,
                     "heartbeat_timeout",
                     d.heartbeat,
                 )?,
-                adopt: duration(
+                adopt: timeout(
                     self.adopt_timeout,
                     &file.adopt_timeout,
                     "adopt_timeout",
                     d.adopt,
                 )?,
-                precopy_round: duration(
+                precopy_round: timeout(
                     self.precopy_timeout,
                     &file.precopy_timeout,
                     "precopy_timeout",
@@ -504,6 +551,49 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("probation") && err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn settings_out_of_range_are_refused_by_name() {
+        let base = [
+            "supervisor",
+            "--socket",
+            "/s",
+            "--state-dir",
+            "/d",
+            "--worker",
+            "/w",
+        ];
+        let refused = |extra: &[&str], text: &str| {
+            let args = Args::try_parse_from(base.iter().chain(extra)).unwrap();
+            args.config(file(text)).unwrap_err().to_string()
+        };
+        let err = refused(&["--precopy-timeout", "0s"], "");
+        assert!(
+            err.contains("precopy_timeout") && err.contains("above zero"),
+            "{err}"
+        );
+        let err = refused(&[], "freeze_timeout = \"0ms\"");
+        assert!(err.contains("freeze_timeout"), "{err}");
+        let err = refused(&["--exit-timeout", "500000000000s"], "");
+        assert!(
+            err.contains("exit_timeout") && err.contains("year"),
+            "{err}"
+        );
+        let err = refused(&[], "precopy_rounds = 65");
+        assert!(
+            err.contains("precopy_rounds") && err.contains("64"),
+            "{err}"
+        );
+        let flag = base.iter().chain(&["--precopy-rounds", "65"]);
+        assert!(Args::try_parse_from(flag).is_err(), "the flag too");
+        // Zero rounds and a zero target pause are settings, not mistakes.
+        let args = Args::try_parse_from(base.iter().chain(&["--precopy-rounds", "0"])).unwrap();
+        let c = args.config(file("precopy_target_pause = \"0s\"")).unwrap();
+        assert_eq!(
+            (c.precopy.max_rounds, c.precopy.target_pause),
+            (0, Duration::ZERO)
+        );
     }
 
     #[test]

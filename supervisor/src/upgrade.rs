@@ -221,8 +221,6 @@ impl Daemon {
                 }
             }
             Action::Restore(f) => return self.restore_successor(*f),
-            // A catch-up is no state of its own.
-            Action::StoreCheckpoint(f) if f.is_catch_up() => {}
             Action::StoreCheckpoint(f) => self.store_checkpoint(
                 f.snapshot,
                 f.summary,
@@ -447,15 +445,31 @@ impl Daemon {
 
     /// A pre-copy part from A: kept for B, and told to the machine.
     pub(crate) fn on_precopied(&mut self, part: PreCopyPart, fds: Vec<std::os::fd::OwnedFd>) {
-        let fds_ok = if part.image_len.is_some() {
-            fds.len() == 1
-        } else {
-            fds.is_empty()
+        // Only while a pre-copy waits for a part (a late or stray one is
+        // dropped, its descriptors closed, and fails nothing).
+        if !matches!(self.handoff.phase, Phase::PreCopying(..)) {
+            tracing::debug!(
+                round = part.round,
+                "a pre-copy part nobody waits for; dropped"
+            );
+            return;
+        }
+        // Round 0 may come as an image (one memfd); every part else comes
+        // in the message, with no descriptor.
+        let well_formed = match (part.image_len, fds.len()) {
+            (Some(_), 1) => part.round == 0,
+            (None, 0) => true,
+            _ => false,
         };
-        if !fds_ok {
+        if !well_formed {
             let why = format!(
-                "pre-copy round {} came with {} descriptors",
+                "pre-copy round {} came {} and with {} descriptors",
                 part.round,
+                if part.image_len.is_some() {
+                    "as an image"
+                } else {
+                    "in the message"
+                },
                 fds.len()
             );
             warn!("{why}");
@@ -466,10 +480,7 @@ impl Daemon {
             bytes: part.image_len.unwrap_or(part.part.bytes.len() as u64),
             took_ns: part.took_ns,
         };
-        // Only while a pre-copy waits for it (a late one is dropped).
-        if matches!(self.handoff.phase, Phase::PreCopying(..)) {
-            self.handoff.part = Some((part, fds));
-        }
+        self.handoff.part = Some((part, fds));
         self.drive(event);
     }
 

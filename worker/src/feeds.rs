@@ -207,8 +207,8 @@ mod tests {
         }
         for (url, says) in [
             ("http://a/ws", "only ws:// and wss://"),
-            ("not a url", ""),
-            ("ws:///path", ""),
+            ("not a url", "invalid uri"),
+            ("ws:///path", "invalid format"),
         ] {
             match feed("f", url).check_url() {
                 Err(crate::conn::ConnError::BadUrl {

@@ -125,7 +125,7 @@ impl<A: App> Worker<A> {
             (None, true) => self
                 .final_catch_up()
                 .map(|(s, d)| (s, Some(d)))
-                .map_err(WorkerError::Snapshot),
+                .map_err(|e| WorkerError::Snapshot(crate::app::AppError::new(e))),
             (None, false) => self.seal(schema).map(|s| (s, None)),
         };
         let (snapshot, digest) = match state {

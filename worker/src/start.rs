@@ -346,7 +346,7 @@ impl<A: App> Worker<A> {
     /// their feeds count as missing and are opened fresh.
     pub(crate) async fn drop_stale(&mut self, stale: Vec<Stale>) -> Result<(), WorkerError> {
         for s in stale {
-            self.id_floor = self.id_floor.max(s.id.0 + 1);
+            self.id_floor = self.id_floor.max(s.id.0.saturating_add(1));
             warn!(conn = %s.id, name = %s.name, "TLS session not continued after a crash: connecting again");
             self.tell(&FromWorker::Unregister {
                 id: s.id,
@@ -382,11 +382,12 @@ impl<A: App> Worker<A> {
         let id = self
             .conns()
             .iter()
-            .map(|c| c.info.id.0 + 1)
+            .map(|c| c.info.id.0.saturating_add(1))
             .max()
             .unwrap_or(0)
             .max(self.id_floor);
-        self.id_floor = id + 1;
+        // Ids come from a predecessor's Restore too: never overflow on one.
+        self.id_floor = id.saturating_add(1);
         ConnId(id)
     }
 }

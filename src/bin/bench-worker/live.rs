@@ -73,7 +73,10 @@ fn h_word(i: u32, w: u64) -> u64 {
 /// The word `i` of the ballast.
 pub fn word(ballast: &[u8], i: u32) -> u64 {
     let at = i as usize * 8;
-    u64::from_le_bytes(ballast[at..at + 8].try_into().unwrap_or([0; 8]))
+    ballast
+        .get(at..at + 8)
+        .and_then(|w| w.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
 /// The digest of `state`, from scratch.

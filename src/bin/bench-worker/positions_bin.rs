@@ -135,7 +135,8 @@ fn unpack_inner(bytes: &[u8]) -> Result<BTreeMap<u64, Position>, Bad> {
     let mut v = Vec::with_capacity(bytes.len() / 7);
     let mut key = 0u64;
     while r.at < bytes.len() {
-        key = key.wrapping_add(r.varint()? as u64);
+        let step = u64::try_from(r.varint()?).map_err(|_| Bad("a key step over 64 bits"))?;
+        key = key.wrapping_add(step);
         let p = Position {
             qty: r.decimal()?,
             avg_price: r.decimal()?,

@@ -12,7 +12,7 @@
 //! event ([`Event::RestoreFailed`]).
 
 use handoff_protocol::ctl::Outcome;
-use handoff_protocol::worker::PreCopyMode;
+use handoff_protocol::worker::{Frozen, PreCopyMode};
 use tokio::time::Instant;
 
 pub use super::events::{Action, Event};
@@ -174,7 +174,7 @@ pub fn step(
                 Some(format!("pid {}", pair.new.pid)),
             )],
         ),
-        (Phase::Idle, E::Frozen(f)) => (Phase::Idle, vec![Action::StoreCheckpoint(f)]),
+        (Phase::Idle, E::Frozen(f)) => (Phase::Idle, late_frozen(f)),
         (Phase::Idle, _) => (Phase::Idle, Vec::new()),
 
         // ---- before the commit -------------------------------------------
@@ -369,9 +369,7 @@ pub fn step(
             c.deadline = None;
             (Phase::Committing(c), vec![Action::KillOld])
         }
-        (Phase::Committing(c), E::Frozen(f)) => {
-            (Phase::Committing(c), vec![Action::StoreCheckpoint(f)])
-        }
+        (Phase::Committing(c), E::Frozen(f)) => (Phase::Committing(c), late_frozen(f)),
         (Phase::Committing(c), E::FeedChanges(lines)) => (
             Phase::Committing(c),
             vec![Action::Mark(Milestone::Feeds, Some(lines))],
@@ -443,7 +441,7 @@ fn before_commit(phase: Phase, event: Event, now: Instant, t: &Timeouts) -> (Pha
         }
         E::FeedChanges(lines) => (phase, vec![Action::Mark(Milestone::Feeds, Some(lines))]),
         // A late answer to a freeze this upgrade no longer waits for.
-        E::Frozen(f) => (phase, vec![Action::StoreCheckpoint(f)]),
+        E::Frozen(f) => (phase, late_frozen(f)),
         // Out of order (a Ready before Restore, a second Hello…): ignored.
         E::Spawned { .. }
         | E::PreCopied { .. }
@@ -495,6 +493,15 @@ fn give_up(phase: Phase, outcome: Outcome, reason: String) -> (Phase, Vec<Action
         error: Some(reason),
     });
     (Phase::Idle, actions)
+}
+
+/// A `Frozen` no upgrade waits for: the whole state is still a valid
+/// checkpoint; a catch-up is only a difference, and is dropped.
+fn late_frozen(f: Box<Frozen>) -> Vec<Action> {
+    if f.is_catch_up() {
+        return Vec::new();
+    }
+    vec![Action::StoreCheckpoint(f)]
 }
 
 fn complete() -> Vec<Action> {

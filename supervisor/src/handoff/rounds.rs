@@ -38,7 +38,7 @@ impl Rounds {
         if self.round >= limits.max_rounds {
             return None;
         }
-        let pause = std::time::Duration::from_nanos(last.made_ns + last.applied_ns);
+        let pause = std::time::Duration::from_nanos(last.made_ns.saturating_add(last.applied_ns));
         if pause <= limits.target_pause {
             return None;
         }

@@ -143,9 +143,8 @@ impl Journal {
         self.push(Entry::Closed(id, why), 0);
     }
 
-    pub(super) fn encode(&self) -> Vec<u8> {
-        // Strings, integers and byte strings only: serialising cannot fail.
-        bincode::serialize(self).unwrap_or_default()
+    pub(super) fn encode(&self) -> Result<Vec<u8>, PreCopyError> {
+        bincode::serialize(self).map_err(|e| PreCopyError::Journal(e.to_string()))
     }
 
     pub(super) fn decode(bytes: &[u8]) -> Result<Journal, PreCopyError> {
@@ -226,15 +225,31 @@ mod tests {
         j.message(&info(0), &Message::text("t"));
         j.message(&info(1), &Message::binary(vec![1, 2]));
         j.message(&info(1), &Message::Ping(vec![3].into()));
+        j.message(&info(1), &Message::Pong(vec![5].into()));
         j.message(&info(1), &Message::Close(None));
+        j.message(
+            &info(1),
+            &Message::Close(Some(tungstenite::protocol::CloseFrame {
+                code: tungstenite::protocol::frame::coding::CloseCode::Away,
+                reason: "bye".into(),
+            })),
+        );
         j.timer(&Timer {
             key: "k".into(),
             due_unix_ms: 9,
             late: true,
         });
         j.done(vec![4]);
-        j.closed(&info(0), &crate::opened::Closed::MaxAge);
-        let mut back = Journal::decode(&j.encode()).unwrap();
+        use crate::opened::Closed;
+        for why in [
+            Closed::MaxAge,
+            Closed::ByApp,
+            Closed::Lost("reset".into()),
+            Closed::Refused("no host".into()),
+        ] {
+            j.closed(&info(0), &why);
+        }
+        let mut back = Journal::decode(&j.encode().unwrap()).unwrap();
         back.bytes = j.bytes;
         assert_eq!(back, j);
         assert_eq!(back.conns.len(), 2);
@@ -244,7 +259,7 @@ mod tests {
     fn a_bad_journal_is_an_error_not_a_panic() {
         let mut j = Journal::default();
         j.message(&info(0), &Message::text("hello"));
-        let bytes = j.encode();
+        let bytes = j.encode().unwrap();
         for cut in 0..bytes.len() {
             assert!(Journal::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }

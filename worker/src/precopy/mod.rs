@@ -51,6 +51,8 @@ pub enum PreCopyError {
     NotStarted,
     #[error("a catch-up came before any pre-copy round")]
     NotWarmed,
+    #[error("round 0's image is still being written")]
+    ImagePending,
     #[error("the pre-copy image: {0}")]
     Image(#[from] ImageError),
     #[error("round 0 names an image but {0} descriptors came with it")]
@@ -254,12 +256,16 @@ impl<A: App> Worker<A> {
         let Some(s) = self.source.as_mut() else {
             return Err(PreCopyError::NotStarted);
         };
+        if s.image.is_some() {
+            // Round 0's image is still being written: nothing to catch up on.
+            return Err(PreCopyError::ImagePending);
+        }
         if let Some(why) = &s.broken {
             return Err(PreCopyError::Journal(why.clone()));
         }
         match s.mode {
             PreCopyMode::Replay => {
-                let bytes = s.journal.encode();
+                let bytes = s.journal.encode()?;
                 s.journal = Journal::default();
                 Ok(bytes)
             }
@@ -269,17 +275,10 @@ impl<A: App> Worker<A> {
     }
 
     /// The freeze after a pre-copy: the rest of the changes and the
-    /// state's digest. The pre-copy ends here, whatever follows.
-    pub(crate) fn final_catch_up(&mut self) -> Result<(Snapshot, u64), AppError> {
-        let ready = self.source.as_ref().is_some_and(|s| s.image.is_none());
-        let made = if ready {
-            self.catch_up().map_err(|e| AppError::new(e.to_string()))
-        } else {
-            Err(AppError::new("asked for a catch-up without a pre-copy"))
-        };
-        let digest = made.and_then(|bytes| Ok((bytes, self.app.digest()?)));
-        self.precopy_end();
-        let (bytes, digest) = digest?;
+    /// state's digest (the freeze ends the pre-copy, whatever follows).
+    pub(crate) fn final_catch_up(&mut self) -> Result<(Snapshot, u64), PreCopyError> {
+        let bytes = self.catch_up()?;
+        let digest = self.app.digest().map_err(PreCopyError::App)?;
         let part = Snapshot::seal(&self.identity.name, self.identity.schema, bytes);
         Ok((part, digest))
     }

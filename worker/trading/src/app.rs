@@ -99,7 +99,12 @@ impl<const S: u32> Trader<S> {
     }
 
     /// Ask what became of `order`, after `delay`.
-    fn reconcile(&self, order: &Order, delay: std::time::Duration, out: &mut Outbox<OrderEvent>) {
+    pub(crate) fn reconcile(
+        &self,
+        order: &Order,
+        delay: std::time::Duration,
+        out: &mut Outbox<OrderEvent>,
+    ) {
         if let Some(rest) = self.rest.clone() {
             let (id, symbol) = (order.client_id.clone(), order.symbol.clone());
             out.spawn(async move {
@@ -184,6 +189,11 @@ impl<const S: u32> Trader<S> {
                 .collect();
             summary["book"] = book.into();
             summary["book_resyncs"] = books.resyncs.into();
+        }
+        if let Some(p) = &self.probing {
+            // Still finding the crashed worker's orders: no order goes out
+            // until this id and those after it are settled.
+            summary["recovery_asking_order_id"] = crate::probe::client_id(p.seq).into();
         }
         if !self.refused.is_empty() {
             summary["refused_connections"] = serde_json::json!(self.refused);
@@ -340,7 +350,12 @@ impl<const S: u32> App for Trader<S> {
         let Some(trade) = parse_trade(text.as_str()) else {
             return;
         };
-        let applied = self.state.base.apply(&conn.name, &trade, &self.strategy);
+        // No order while a recovery is still finding the crashed worker's.
+        let strategy = Strategy {
+            hold_orders: self.probing.is_some(),
+            ..self.strategy
+        };
+        let applied = self.state.base.apply(&conn.name, &trade, &strategy);
         for fill in applied.fills {
             self.record_fill(fill);
         }

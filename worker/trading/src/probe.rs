@@ -15,7 +15,8 @@
 //! is skipped for good: `next_order_seq` moves past it as each answer comes
 //! in, so a checkpoint taken meanwhile does not ask again, nor book twice.
 //! Until the search ends the strategy places nothing
-//! ([`crate::state::Strategy::hold_orders`]); the signals go on.
+//! ([`crate::state::Strategy::hold_orders`], set while [`Trader::probing`]
+//! is); the signals go on.
 //!
 //! One order can escape it: one whose request was still on its way to the
 //! exchange when its id was asked, and arrived after. The exchange then has
@@ -54,10 +55,9 @@ impl<const S: u32> Trader<S> {
             return;
         }
         let base = &self.state.base;
-        let window = base.books.len().max(self.symbols.len()) as u64 + 1;
+        let window = base.books.len().max(self.probed_symbols().len()) as u64 + 1;
         let seq = base.next_order_seq;
         info!(from = %client_id(seq), window, "recovery: asking the exchange which order ids the crashed worker used");
-        self.strategy.hold_orders = true;
         self.probing = Some(Probing {
             seq,
             waiting: Vec::new(),
@@ -68,12 +68,21 @@ impl<const S: u32> Trader<S> {
         self.probe_next(out);
     }
 
+    /// The symbols asked about each id: those this worker trades, as the
+    /// exchange names them, each once.
+    fn probed_symbols(&self) -> Vec<String> {
+        let set: std::collections::BTreeSet<String> =
+            self.symbols.iter().map(|s| s.to_uppercase()).collect();
+        set.into_iter().collect()
+    }
+
     /// Ask every symbol about the current id.
     fn probe_next(&mut self, out: &mut Outbox<OrderEvent>) {
+        let symbols = self.probed_symbols();
         let (Some(p), Some(rest)) = (self.probing.as_mut(), self.rest.clone()) else {
             return;
         };
-        p.waiting = self.symbols.iter().map(|s| s.to_uppercase()).collect();
+        p.waiting = symbols;
         p.found = false;
         for symbol in &p.waiting {
             out.spawn(rest.clone().probe(client_id(p.seq), symbol.clone()));
@@ -91,13 +100,14 @@ impl<const S: u32> Trader<S> {
         else {
             return;
         };
-        let Some(p) = self.probing.as_mut() else {
-            return;
-        };
-        if id != client_id(p.seq) || !p.waiting.contains(&symbol) {
+        let asked = self
+            .probing
+            .as_ref()
+            .is_some_and(|p| id == client_id(p.seq) && p.waiting.contains(&symbol));
+        if !asked {
             return;
         }
-        match (*found, side) {
+        let used = match (*found, side) {
             // No answer, or the query itself refused (an answer without an
             // order in it: a signature, a rate limit): ask again.
             (OrderEvent::Unknown { error, .. }, _)
@@ -111,24 +121,28 @@ impl<const S: u32> Trader<S> {
                 }
                 return;
             }
-            (OrderEvent::NotFound { .. }, _) => {}
+            (OrderEvent::NotFound { .. }, _) => false,
             (found, Some(side)) => {
                 info!(%id, %symbol, ?side, ?found, "recovery: an order the crashed worker sent");
-                p.found = true;
                 if let Some(fill) = self.state.base.adopt_found(&id, &symbol, side, &found) {
                     self.record_fill(fill);
                 }
+                true
             }
             (found, None) => {
                 warn!(%id, %symbol, ?found, "recovery: the exchange has this id but no side for it; its fill is not booked");
-                if let Some(p) = self.probing.as_mut() {
-                    p.found = true;
-                }
+                true
             }
+        };
+        // Resting on the exchange (a limit order): its fill is asked for
+        // like any order's whose status is not final.
+        if let Some(order) = self.state.base.open_orders.get(&id).cloned() {
+            self.reconcile(&order, RECONCILE_RETRY, out);
         }
         let Some(p) = self.probing.as_mut() else {
             return;
         };
+        p.found |= used;
         p.waiting.retain(|s| *s != symbol);
         if !p.waiting.is_empty() {
             return;
@@ -142,7 +156,6 @@ impl<const S: u32> Trader<S> {
         }
         info!(next = %client_id(p.seq), "recovery: the crashed worker's orders are booked; placing orders again");
         self.probing = None;
-        self.strategy.hold_orders = false;
     }
 }
 

@@ -24,6 +24,16 @@ const PAIR: Pair = Pair {
     },
 };
 
+/// The phases of an upgrade without pre-copy that completes.
+const COMPLETED: [&str; 6] = [
+    "idle",
+    "preparing",
+    "freezing",
+    "restoring",
+    "committing",
+    "idle",
+];
+
 fn hello(writes: u32, reads: &[u32]) -> Box<Hello> {
     Box::new(Hello {
         protocol: PROTOCOL_VERSION,
@@ -154,17 +164,7 @@ fn a_successful_upgrade_passes_every_phase_in_order() {
         Event::OldExited("exit status: 0".into()),
         Event::FirstConsumed,
     ]);
-    assert_eq!(
-        r.phases,
-        [
-            "idle",
-            "preparing",
-            "freezing",
-            "restoring",
-            "committing",
-            "idle"
-        ]
-    );
+    assert_eq!(r.phases, COMPLETED);
     assert_eq!(
         r.milestones(),
         [
@@ -233,17 +233,7 @@ fn an_old_worker_that_lingers_after_exit_is_killed_then_reaped() {
     assert_eq!(r.phase.deadline(), None, "nothing more to time");
     r.feed_all([Event::OldExited("signal: 9".into()), Event::FirstConsumed]);
     assert_eq!(r.finish(), Some((Outcome::Completed, None)));
-    assert_eq!(
-        r.phases,
-        [
-            "idle",
-            "preparing",
-            "freezing",
-            "restoring",
-            "committing",
-            "idle"
-        ]
-    );
+    assert_eq!(r.phases, COMPLETED);
 }
 
 #[test]

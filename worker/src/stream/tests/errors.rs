@@ -96,11 +96,7 @@ async fn oversized_handshake_response_is_invalid_data() {
 #[tokio::test]
 async fn end_of_stream_inside_a_frame_is_an_error_not_a_spin() {
     let (client, mut server) = raw_pair().await;
-    let frame = frame_bytes(Frame::message(
-        b"hello world".to_vec(),
-        OpCode::Data(Data::Text),
-        true,
-    ));
+    let frame = hello_frame();
     server.write_all(&frame[..5]).await.expect("write");
     drop(server);
     // No stall timer to rescue it: the wake-up without new bytes must.

@@ -268,11 +268,7 @@ async fn pending_mid_frame(stream: &mut HandoffStream) {
 #[tokio::test]
 async fn a_stalled_frame_is_taken_out_and_survives_a_handover() {
     let (client, mut server) = raw_pair().await;
-    let frame = frame_bytes(Frame::message(
-        b"hello world".to_vec(),
-        OpCode::Data(Data::Text),
-        true,
-    ));
+    let frame = hello_frame();
     server.write_all(&frame[..5]).await.expect("write");
     let mut stream =
         HandoffStream::resume(client, Vec::new()).with_stall_timeout(Duration::from_millis(1));

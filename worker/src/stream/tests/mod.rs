@@ -61,6 +61,15 @@ fn frame_bytes(frame: Frame) -> Vec<u8> {
     out
 }
 
+/// One complete text frame, "hello world": the tests cut it where they need.
+fn hello_frame() -> Vec<u8> {
+    frame_bytes(Frame::message(
+        b"hello world".to_vec(),
+        OpCode::Data(Data::Text),
+        true,
+    ))
+}
+
 /// What the server sends: frames back to back, and where it stops until the
 /// client says go (inside big frames, to force a handover mid-frame).
 struct Plan {
